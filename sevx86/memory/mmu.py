@@ -1,0 +1,469 @@
+"""The guest MMU: page walks with the C-bit, on Unicorn's virtual-TLB hook.
+
+Unicorn 2.1 lets us replace QEMU's page walker (``UC_TLB_VIRTUAL`` plus a
+``UC_HOOK_TLB_FILL`` hook, DESIGN.md "MMU"). The hook runs on TLB misses only;
+it walks the guest's tables here and answers with a *Unicorn* physical
+address:
+
+* the private view (the guest physical address itself) for C=1 accesses,
+* the C=0 alias (``SHARED_ALIAS_BASE + gpa``) for shared data accesses,
+* a refusal for a fault or for guest-physical addresses without RAM.
+
+SEV rules (AMD APM vol 2, 15.34.5 and DESIGN.md): instruction fetches and
+page-table walks are always private; the C-bit of the *leaf* entry decides
+for data. With paging off, or in legacy 32-bit and PAE paging (before long
+mode, where DESIGN.md treats the C-bit as inexpressible), every access is
+private -- which is why early boot cannot share a page and must use the GHCB
+MSR protocol.
+
+Fault reporting follows APM vol 2, 8.4.2 "#PF error code": P (protection
+violation vs not present), W/R, U/S (CPL 3), RSVD, I/D (fetch, when NX or
+SMEP is enabled). Reserved bits of a long-mode entry are those from the
+reduced MAXPHYADDR up to bit 51, except the C-bit, plus bit 63 when EFER.NXE
+is clear, plus PS in a PML4E and the low frame bits of a large page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+from unicorn import (
+    UC_HOOK_TLB_FILL,
+    UC_MEM_FETCH,
+    UC_MEM_WRITE,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    UC_TLB_VIRTUAL,
+    Uc,
+)
+
+from sevx86.arch.cr import Cr0, Cr4
+from sevx86.arch.msr import Efer
+from sevx86.arch.paging import (
+    ENTRY_SIZE,
+    INDEX_MASK,
+    LEVEL_SHIFTS,
+    PAGE_SIZE_1G,
+    PAGE_SIZE_2M,
+    PAGE_SIZE_4K,
+    PfErr,
+    Pte,
+)
+from sevx86.arch.vectors import Vector, vector_name
+from sevx86.config import GuestConfig
+from sevx86.memory.dram import SHARED_ALIAS_BASE, PhysicalMemory
+
+LONG_MODE_LEVEL_NAMES = ("PML4E", "PDPE", "PDE", "PTE")
+
+
+class Access(IntEnum):
+    READ = 0
+    WRITE = 1
+    FETCH = 2
+
+    @classmethod
+    def from_unicorn(cls, uc_access: int) -> Access:
+        if uc_access == UC_MEM_WRITE:
+            return cls.WRITE
+        if uc_access == UC_MEM_FETCH:
+            return cls.FETCH
+        return cls.READ
+
+
+@dataclass(frozen=True)
+class PagingState:
+    """The control state a page walk depends on."""
+
+    cr0: int
+    cr3: int
+    cr4: int
+    efer: int
+    cpl: int = 0
+
+    @property
+    def paging(self) -> bool:
+        return bool(self.cr0 & Cr0.PG)
+
+    @property
+    def long_mode(self) -> bool:
+        return self.paging and bool(self.efer & Efer.LMA)
+
+    @property
+    def pae(self) -> bool:
+        return bool(self.cr4 & Cr4.PAE)
+
+    @property
+    def nxe(self) -> bool:
+        return bool(self.efer & Efer.NXE)
+
+    @property
+    def user(self) -> bool:
+        return self.cpl == 3
+
+
+@dataclass(frozen=True)
+class Translation:
+    """Where a linear page lives and what it allows."""
+
+    vaddr: int  # linear page base (4 KiB aligned)
+    gpa: int  # guest physical address of that 4 KiB page, C-bit stripped
+    private: bool  # C=1 (or an access that is always private)
+    writable: bool
+    user: bool
+    executable: bool
+    page_size: int = PAGE_SIZE_4K
+    dirty: bool = True  # leaf D bit (False: grant no write, so the next write sets it)
+
+
+@dataclass(frozen=True)
+class PageFault:
+    """A refused translation: #PF with CR2 = ``vaddr`` and ``error_code``.
+
+    A non-canonical address is refused too, but the architecture raises #GP(0)
+    for it, not #PF: ``vector`` says which.
+    """
+
+    vaddr: int
+    error_code: int
+    reason: str
+    vector: int = Vector.PF
+
+    def __str__(self) -> str:
+        name = vector_name(self.vector)
+        return f"#{name} at {self.vaddr:#x} error {self.error_code:#x} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class NestedFault:
+    """A guest-physical address with no RAM behind it: an NPF for the host.
+
+    Under SEV-ES the CPU turns this into #VC with error code 0x400 (NPF); in
+    the other modes the host emulates the access (MMIO).
+    """
+
+    vaddr: int
+    gpa: int
+    private: bool
+    access: Access
+
+
+WalkResult = Translation | PageFault
+
+
+class MMU:
+    """Page walker for one guest; stateless apart from the memory it reads."""
+
+    def __init__(self, memory: PhysicalMemory, config: GuestConfig):
+        self.memory = memory
+        self.config = config
+        self.c_bit = config.c_bit
+        # Long-mode reserved bits: reduced MAXPHYADDR .. 51, minus the C-bit.
+        reserved = ((1 << 52) - 1) & ~((1 << config.guest_phys_bits) - 1)
+        self.reserved_mask = reserved & ~self.c_bit
+        self.frame_mask = ((1 << config.guest_phys_bits) - 1) & ~(PAGE_SIZE_4K - 1)
+        self.walks = 0
+
+    # -- reading tables (always private) -------------------------------------
+    def _entry(self, table_gpa: int, index: int, size: int = ENTRY_SIZE) -> int | None:
+        addr = table_gpa + index * size
+        region = self.memory.guest_ram_at(addr, size)
+        if region is None:
+            return None
+        off = addr - region.base
+        return int.from_bytes(region.view[off : off + size], "little")
+
+    def _set_bits(self, table_gpa: int, index: int, old: int, bits: int, size: int) -> None:
+        """Set A/D bits the way the hardware does: in place, no exit."""
+        if old & bits == bits:
+            return
+        addr = table_gpa + index * size
+        region = self.memory.guest_ram_at(addr, size)
+        if region is not None:
+            off = addr - region.base
+            region.view[off : off + size] = (old | bits).to_bytes(size, "little")
+
+    # -- the walk ----------------------------------------------------------
+    def walk(self, vaddr: int, access: Access, state: PagingState) -> WalkResult:
+        """Translate the linear page containing ``vaddr``."""
+        self.walks += 1
+        page = vaddr & ~(PAGE_SIZE_4K - 1)
+        if not state.paging:
+            return Translation(page, page & 0xFFFF_FFFF_FFFF_F000, True, True, True, True)
+        if state.long_mode:
+            return self._walk_long(vaddr, page, access, state)
+        if state.pae:
+            return self._walk_pae(vaddr, page, access, state)
+        return self._walk_legacy(vaddr, page, access, state)
+
+    def _fault(
+        self,
+        vaddr: int,
+        access: Access,
+        state: PagingState,
+        *,
+        present: bool,
+        rsvd: bool = False,
+        reason: str,
+    ) -> PageFault:
+        code = 0
+        if present:
+            code |= PfErr.P
+        if access is Access.WRITE:
+            code |= PfErr.WR
+        if state.user:
+            code |= PfErr.US
+        if rsvd:
+            code |= PfErr.RSVD | PfErr.P
+        if access is Access.FETCH and (state.nxe or state.cr4 & Cr4.SMEP):
+            code |= PfErr.ID
+        return PageFault(vaddr, int(code), reason)
+
+    def _check_rights(
+        self, vaddr: int, access: Access, state: PagingState, writable: bool, user: bool, nx: bool
+    ) -> PageFault | None:
+        if state.user and not user:
+            return self._fault(
+                vaddr, access, state, present=True, reason="user access to a supervisor page"
+            )
+        if access is Access.WRITE and not writable and (state.user or state.cr0 & Cr0.WP):
+            return self._fault(
+                vaddr, access, state, present=True, reason="write to a read-only page"
+            )
+        if access is Access.FETCH:
+            if nx:
+                return self._fault(
+                    vaddr, access, state, present=True, reason="fetch from a no-execute page"
+                )
+            if user and not state.user and state.cr4 & Cr4.SMEP:
+                return self._fault(
+                    vaddr,
+                    access,
+                    state,
+                    present=True,
+                    reason="supervisor fetch from a user page (SMEP)",
+                )
+        return None
+
+    def _walk_long(self, vaddr: int, page: int, access: Access, state: PagingState) -> WalkResult:
+        top = vaddr >> 47
+        if top not in (0, (1 << 17) - 1):
+            # Non-canonical: the architecture raises #GP(0), not #PF.
+            return PageFault(vaddr, 0, "non-canonical address", Vector.GP)
+        reserved = self.reserved_mask | (0 if state.nxe else Pte.NX)
+        table = state.cr3 & self.frame_mask
+        writable = user = True
+        nx = False
+        entries: list[tuple[int, int, int]] = []
+        for level, shift in enumerate(LEVEL_SHIFTS):
+            index = (vaddr >> shift) & INDEX_MASK
+            entry = self._entry(table, index)
+            name = LONG_MODE_LEVEL_NAMES[level]
+            if entry is None:
+                return self._fault(
+                    vaddr,
+                    access,
+                    state,
+                    present=False,
+                    reason=f"{name} table at {table:#x} is not RAM",
+                )
+            if not entry & Pte.P:
+                return self._fault(
+                    vaddr, access, state, present=False, reason=f"{name} not present"
+                )
+            leaf = level == 3 or (level in (1, 2) and entry & Pte.PS)
+            bad = entry & reserved
+            if level == 0 and entry & Pte.PS:
+                bad |= Pte.PS
+            if leaf and level == 1:
+                bad |= entry & (PAGE_SIZE_1G - 1) & ~0x1FFF  # bits 29:13
+            elif leaf and level == 2:
+                bad |= entry & (PAGE_SIZE_2M - 1) & ~0x1FFF  # bits 20:13
+            if bad:
+                return self._fault(
+                    vaddr,
+                    access,
+                    state,
+                    present=True,
+                    rsvd=True,
+                    reason=f"reserved bits {bad:#x} set in {name}",
+                )
+            writable = writable and bool(entry & Pte.RW)
+            user = user and bool(entry & Pte.US)
+            nx = nx or (state.nxe and bool(entry & Pte.NX))
+            entries.append((table, index, entry))
+            if leaf:
+                size = (PAGE_SIZE_1G, PAGE_SIZE_2M, PAGE_SIZE_4K)[level - 1]
+                fault = self._check_rights(vaddr, access, state, writable, user, nx)
+                if fault is not None:
+                    return fault
+                for t, i, e in entries:
+                    self._set_bits(t, i, e, Pte.A, ENTRY_SIZE)
+                dirty = bool(entry & Pte.D)
+                if access is Access.WRITE and not dirty:
+                    self._set_bits(table, index, entry | Pte.A, Pte.A | Pte.D, ENTRY_SIZE)
+                    dirty = True
+                frame = entry & self.frame_mask & ~(size - 1)
+                gpa = frame | (vaddr & (size - 1) & ~(PAGE_SIZE_4K - 1))
+                private = access is Access.FETCH or not self.c_bit or bool(entry & self.c_bit)
+                return Translation(page, gpa, private, writable, user, not nx, size, dirty)
+            table = entry & self.frame_mask
+        raise AssertionError("unreachable: level 3 is always a leaf")
+
+    def _walk_pae(self, vaddr: int, page: int, access: Access, state: PagingState) -> WalkResult:
+        # Legacy PAE: a 4-entry PDPT, then PD and PT; the C-bit cannot take
+        # effect before long mode, so it is stripped and the page is private.
+        vaddr &= 0xFFFF_FFFF
+        mask = self.frame_mask | self.c_bit
+        strip = ~self.c_bit
+        reserved = self.reserved_mask | (0 if state.nxe else Pte.NX)
+        pdpte = self._entry(state.cr3 & 0xFFFF_FFE0, (vaddr >> 30) & 3)
+        if pdpte is None or not pdpte & Pte.P:
+            return self._fault(vaddr, access, state, present=False, reason="PDPTE not present")
+        table = pdpte & mask & strip
+        writable = user = True
+        nx = False
+        for level, shift in ((2, 21), (3, 12)):
+            index = (vaddr >> shift) & INDEX_MASK
+            entry = self._entry(table, index)
+            if entry is None or not entry & Pte.P:
+                return self._fault(
+                    vaddr,
+                    access,
+                    state,
+                    present=False,
+                    reason=f"{LONG_MODE_LEVEL_NAMES[level]} not present",
+                )
+            if entry & reserved:
+                return self._fault(
+                    vaddr, access, state, present=True, rsvd=True, reason="reserved bits set"
+                )
+            writable = writable and bool(entry & Pte.RW)
+            user = user and bool(entry & Pte.US)
+            nx = nx or (state.nxe and bool(entry & Pte.NX))
+            leaf = level == 3 or bool(entry & Pte.PS)
+            if leaf:
+                size = PAGE_SIZE_4K if level == 3 else PAGE_SIZE_2M
+                fault = self._check_rights(vaddr, access, state, writable, user, nx)
+                if fault is not None:
+                    return fault
+                self._set_bits(
+                    table,
+                    index,
+                    entry,
+                    Pte.A | (Pte.D if access is Access.WRITE else 0),
+                    ENTRY_SIZE,
+                )
+                frame = entry & mask & strip & ~(size - 1)
+                gpa = frame | (vaddr & (size - 1) & ~(PAGE_SIZE_4K - 1))
+                return Translation(page & 0xFFFF_FFFF, gpa, True, writable, user, not nx, size)
+            table = entry & mask & strip
+        raise AssertionError("unreachable")
+
+    def _walk_legacy(self, vaddr: int, page: int, access: Access, state: PagingState) -> WalkResult:
+        # 32-bit paging: two levels of 4-byte entries, 4 MiB pages with PSE.
+        vaddr &= 0xFFFF_FFFF
+        pde = self._entry(state.cr3 & 0xFFFF_F000, vaddr >> 22, 4)
+        if pde is None or not pde & Pte.P:
+            return self._fault(vaddr, access, state, present=False, reason="PDE not present")
+        writable, user = bool(pde & Pte.RW), bool(pde & Pte.US)
+        if pde & Pte.PS and state.cr4 & Cr4.PSE:
+            fault = self._check_rights(vaddr, access, state, writable, user, False)
+            if fault is not None:
+                return fault
+            self._set_bits(
+                state.cr3 & 0xFFFF_F000,
+                vaddr >> 22,
+                pde,
+                Pte.A | (Pte.D if access is Access.WRITE else 0),
+                4,
+            )
+            gpa = (pde & 0xFFC0_0000) | (vaddr & 0x003F_F000)
+            return Translation(page & 0xFFFF_FFFF, gpa, True, writable, user, True, 1 << 22)
+        pte = self._entry(pde & 0xFFFF_F000, (vaddr >> 12) & 0x3FF, 4)
+        if pte is None or not pte & Pte.P:
+            return self._fault(vaddr, access, state, present=False, reason="PTE not present")
+        writable = writable and bool(pte & Pte.RW)
+        user = user and bool(pte & Pte.US)
+        fault = self._check_rights(vaddr, access, state, writable, user, False)
+        if fault is not None:
+            return fault
+        self._set_bits(state.cr3 & 0xFFFF_F000, vaddr >> 22, pde, Pte.A, 4)
+        self._set_bits(
+            pde & 0xFFFF_F000,
+            (vaddr >> 12) & 0x3FF,
+            pte,
+            Pte.A | (Pte.D if access is Access.WRITE else 0),
+            4,
+        )
+        return Translation(page & 0xFFFF_FFFF, pte & 0xFFFF_F000, True, writable, user, True)
+
+    # -- the answer for Unicorn ----------------------------------------------
+    def unicorn_entry(self, t: Translation, access: Access) -> tuple[int, int] | NestedFault:
+        """Unicorn physical address and permissions for a translation."""
+        private = t.private
+        if self.memory.guest_ram_at(t.gpa, PAGE_SIZE_4K) is None:
+            return NestedFault(t.vaddr, t.gpa, private, access)
+        if access is Access.FETCH:
+            # Fetches are private even on a C=0 page; grant only execute so a
+            # later data access to a shared page refills with the alias.
+            perms = UC_PROT_EXEC if not private else UC_PROT_EXEC | UC_PROT_READ
+            if private and t.writable and t.dirty:
+                perms |= UC_PROT_WRITE
+            if not t.executable:
+                perms &= ~UC_PROT_EXEC
+            return t.gpa, perms
+        perms = UC_PROT_READ
+        if t.writable and (t.dirty or access is Access.WRITE):
+            perms |= UC_PROT_WRITE
+        if private and t.executable:
+            perms |= UC_PROT_EXEC
+        paddr = t.gpa if private else SHARED_ALIAS_BASE + t.gpa
+        return paddr, perms
+
+
+StateReader = Callable[[], PagingState]
+
+
+class TlbFiller:
+    """The ``UC_HOOK_TLB_FILL`` callback: walk, then answer Unicorn.
+
+    A refusal leaves the reason in ``pending`` (a ``PageFault`` or a
+    ``NestedFault``); Unicorn then stops with the PC on the faulting
+    instruction and the CPU engine delivers the exception.
+    """
+
+    def __init__(self, mmu: MMU, state: StateReader):
+        self.mmu = mmu
+        self.state = state
+        self.pending: PageFault | NestedFault | None = None
+        self.fills = 0
+
+    def install(self, uc: Uc) -> None:
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        uc.hook_add(UC_HOOK_TLB_FILL, self._fill)
+
+    def translate(self, vaddr: int, access: Access) -> Translation | PageFault | NestedFault:
+        """One translation as the hook would do it, without touching Unicorn."""
+        result = self.mmu.walk(vaddr, access, self.state())
+        if isinstance(result, PageFault):
+            return result
+        if self.mmu.memory.guest_ram_at(result.gpa) is None:
+            return NestedFault(vaddr, result.gpa, result.private, access)
+        return result
+
+    def _fill(self, uc: Uc, vaddr: int, uc_access: int, entry, _data: object) -> bool:
+        self.fills += 1
+        access = Access.from_unicorn(uc_access)
+        result = self.mmu.walk(vaddr, access, self.state())
+        if isinstance(result, PageFault):
+            self.pending = result
+            return False
+        answer = self.mmu.unicorn_entry(result, access)
+        if isinstance(answer, NestedFault):
+            self.pending = answer
+            return False
+        entry.paddr, entry.perms = answer
+        return True
