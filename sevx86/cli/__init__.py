@@ -1,0 +1,1 @@
+"""The ``sevx86`` command line: one module per subcommand."""

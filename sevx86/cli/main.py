@@ -1,0 +1,61 @@
+"""``sevx86``: the command-line entry point.
+
+Each subcommand lives in its own module of this package and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a
+function taking the parsed arguments and returning the exit status.
+
+Exit statuses: 0 success; 2 bad usage or unreadable input (argparse's
+convention); other values are documented by each subcommand (the guest's own
+status for ``run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from sevx86 import __version__
+
+SUBCOMMANDS: tuple[str, ...] = ("measure",)
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument or input file: one line on stderr, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sevx86",
+        description=(
+            "Run x86 guest code as an AMD SEV-ES guest: encrypted memory, #VC, the GHCB, "
+            "VMGEXIT, a Secure Processor and an untrusted hypervisor you can replace."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sevx86 {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"sevx86.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"sevx86 {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"sevx86 {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
