@@ -20,6 +20,7 @@ GUID directly 0x20 bytes before the end, with its length before it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sevx86.arch.layout import Field, Layout
@@ -176,6 +177,25 @@ def parse_footer_table(data: bytes) -> dict[uuid.UUID, bytes]:
         top -= entry_len
         remaining -= entry_len
     return entries
+
+
+def build_footer_table(entries: Iterable[tuple[uuid.UUID, bytes]]) -> bytes:
+    """Footer table bytes for a firmware image (e.g. sevx86's own firmware).
+
+    Place the result so that it ends ``FOOTER_END_OFFSET`` bytes before the
+    image end. Entries are laid out in the order given, the last one on top
+    (the first QEMU finds). Use ``SEV_ES_RESET_BLOCK``/``SEV_AREA`` for payloads.
+    """
+    table = bytearray()
+    for guid, data in entries:
+        table += data + (len(data) + ENTRY_TRAILER_SIZE).to_bytes(ENTRY_LENGTH_SIZE, "little")
+        table += guid.bytes_le
+    total = len(table) + ENTRY_TRAILER_SIZE
+    if total > 0xFFFF:
+        raise OvmfError(f"footer table of {total} bytes does not fit its 16-bit length")
+    return (
+        bytes(table) + total.to_bytes(ENTRY_LENGTH_SIZE, "little") + OVMF_TABLE_FOOTER_GUID.bytes_le
+    )
 
 
 def _legacy_reset_block(data: bytes) -> bytes | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 
 from sevx86.boot.launch import launch_guest
 from sevx86.boot.ovmf import OvmfError, OvmfImage
@@ -35,7 +36,9 @@ examples:
   sevx86 measure --firmware OVMF.fd --vcpus 4 --vcpu-sig 0xa00f11 --json
 
 same value as: sev-snp-measure --mode seves --ovmf FILE --vcpus N --vcpu-type TYPE
-vCPU types: """ + ", ".join(VCPU_TYPES)
+""" + textwrap.fill(
+    "vCPU types: " + ", ".join(VCPU_TYPES), width=78, subsequent_indent="  ", break_on_hyphens=False
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

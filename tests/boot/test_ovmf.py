@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from sevx86.boot.ovmf import OvmfError, OvmfImage, parse_footer_table
+from sevx86.boot.ovmf import (
+    SEV_AREA,
+    SEV_ES_RESET_BLOCK,
+    SEV_ES_RESET_BLOCK_GUID,
+    SEV_SECRET_AREA_GUID,
+    OvmfError,
+    OvmfImage,
+    build_footer_table,
+    parse_footer_table,
+)
 from tests.boot import synthetic_firmware as fw
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
@@ -73,3 +82,20 @@ def test_debian_ovmf_reset_block_matches_sev_snp_measure():
     ours_meta = [(s.gpa, s.size, s.type) for s in ours.sev_metadata()]
     theirs_meta = [(s.gpa, s.size, s.section_type_int) for s in theirs.metadata_items()]
     assert ours_meta == theirs_meta
+
+
+def test_built_footer_table_is_the_hand_built_one(tmp_path):
+    reset = SEV_ES_RESET_BLOCK.new()
+    SEV_ES_RESET_BLOCK.write(reset, "reset_addr", fw.DEFAULT_AP_RESET)
+    area = SEV_AREA.new()
+    SEV_AREA.write(area, "base", fw.DEFAULT_SECRET_AREA[0])
+    SEV_AREA.write(area, "size", fw.DEFAULT_SECRET_AREA[1])
+    table = build_footer_table(
+        [
+            (fw.UNRELATED_GUID, b"\x01\x02\x03\x04\x05\x06"),
+            (SEV_SECRET_AREA_GUID, bytes(area)),
+            (SEV_ES_RESET_BLOCK_GUID, bytes(reset)),
+        ]
+    )
+    image = fw.build()
+    assert image[-0x20 - len(table) : -0x20] == table

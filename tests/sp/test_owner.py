@@ -96,7 +96,7 @@ def test_wrong_expectations_are_refused():
     owner.verify(guest.measurement, expected_launch_digest(image, 2, sig), platform)
 
 
-def test_wrap_secret_pads_to_blocks_and_needs_a_verified_launch():
+def test_wrap_secret_needs_a_verified_launch():
     owner = GuestOwner(ES_POLICY)
     with pytest.raises(MeasurementMismatch):
         owner.wrap_secret(b"early")
