@@ -82,6 +82,8 @@ def launch_guest(
         config = GuestConfig(mode=mode, vcpus=vcpus or 1)
     elif config.mode is not mode:
         raise ValueError(f"policy {policy} launches {mode.value}, config says {config.mode.value}")
+    elif vcpus is not None and vcpus != config.vcpus:
+        raise ValueError(f"vcpus {vcpus} disagrees with the config's {config.vcpus}")
     vcpus = vcpus or config.vcpus
     if vcpus < 1:
         raise ValueError(f"vcpus {vcpus} must be at least 1")

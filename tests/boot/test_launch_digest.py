@@ -144,3 +144,14 @@ def test_launch_failure_decommissions_the_guest():
     with pytest.raises(RuntimeError):
         launch_guest(sp, fw.build(), secret=bad_secret)
     assert sp.status().guest_count == 0
+
+
+def test_config_must_agree_with_the_launch():
+    from sevx86.config import GuestConfig, GuestMode
+
+    with pytest.raises(ValueError, match="sev-es"):
+        launch_guest(SecureProcessor(), fw.build(), config=GuestConfig(mode=GuestMode.SEV))
+    with pytest.raises(ValueError, match="disagrees"):
+        launch_guest(SecureProcessor(), fw.build(), vcpus=2, config=GuestConfig(vcpus=3))
+    guest = launch_guest(SecureProcessor(), fw.build(), config=GuestConfig(vcpus=3))
+    assert len(guest.vmsa_spas) == 3
