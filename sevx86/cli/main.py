@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from sevx86 import __version__
 
-SUBCOMMANDS: tuple[str, ...] = ("measure",)
+SUBCOMMANDS: tuple[str, ...] = ("measure", "owner")
 
 EXIT_USAGE = 2
 
@@ -58,4 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m sevx86.cli.main`` this file runs as ``__main__``, a
+    # second copy of the module: subcommands raise ``sevx86.cli.main.UsageError``,
+    # which this copy's ``except UsageError`` would not catch. Dispatch through
+    # the imported module so there is one UsageError class.
+    from sevx86.cli import main as _cli
+
+    sys.exit(_cli.main())
