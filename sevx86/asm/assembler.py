@@ -438,8 +438,15 @@ class _Assembler:
             if bracket is None:
                 bare = _OPERAND_KEYWORDS.sub("", op)
                 if bare.strip() and is_expression(bare):
-                    expressions.append(self._value(bare, insn.line))
-                pieces.append(self._substitute(op, insn.line))
+                    # Our value, not keystone's: it lacks '%' and has its own
+                    # ideas about operator precedence.
+                    value = self._value(bare, insn.line)
+                    expressions.append(value)
+                    keywords = _OPERAND_KEYWORDS.match(op)
+                    shown = f"{value:#x}" if value >= 0 else f"-{-value:#x}"
+                    pieces.append((keywords.group(0) if keywords else "") + shown)
+                else:
+                    pieces.append(self._substitute(op, insn.line))
                 continue
             memory_registers = memory_registers or set()
             inner, target, registers = self._memory_operand(bracket.group(1), insn.line)
@@ -453,9 +460,13 @@ class _Assembler:
             else:
                 if "rip" in registers:
                     expect.rip_allowed = True
-                if not registers:
+                if not registers and is_expression(inner):
+                    value = self._value(inner, insn.line)
                     expect.absolute_operands.append(raw.strip())
-                pieces.append(f"[{self._substitute(inner, insn.line)}]")
+                    expect.absolute_addresses.append(value)
+                    pieces.append(f"[{_number(value)}]")
+                else:
+                    pieces.append(f"[{self._substitute(inner, insn.line)}]")
             pieces.append(self._substitute(op[bracket.end() :], insn.line))
         if mnemonic in _BRANCH_MNEMONICS and len(expressions) == 1 and len(ops) == 1:
             expect.branch_target = expressions[0]

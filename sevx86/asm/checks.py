@@ -46,6 +46,7 @@ class Expectations:
     rip_allowed: bool = False  # the keystone text says rip (user wrote it, or a label operand)
     rip_targets: list[int] = field(default_factory=list)  # addresses rip operands must reach
     absolute_operands: list[str] = field(default_factory=list)  # user's [x] text, for messages
+    absolute_addresses: list[int] = field(default_factory=list)  # values of [number] operands
     branch_target: int | None = None
     immediates: list[int] = field(default_factory=list)
     memory_registers: set[str] | None = None
@@ -86,6 +87,8 @@ def verify(code: bytes, address: int, bits: int, expect: Expectations) -> None:
             _check_immediates(insn, expect.immediates)
         if expect.memory_registers is not None:
             _check_memory_registers(insn, expect.memory_registers)
+        for value in expect.absolute_addresses:
+            _check_absolute(insn, value, bits)
         if bits == 16 and not expect.address_size_prefix_ok and 0x67 in insn.prefix:
             raise CheckError(
                 "the address does not fit in 16 bits, so keystone switched to 32-bit "
@@ -107,11 +110,12 @@ def _check_rip(insn: CsInsn, expect: Expectations) -> None:
                 )
             continue
         written = expect.absolute_operands[0] if expect.absolute_operands else "[...]"
+        sign = "+" if op.mem.disp >= 0 else "-"
         raise CheckError(
             f"keystone encoded the absolute operand {written} as RIP-relative "
-            f"([rip {op.mem.disp:+#x}], which is address {target:#x} here): the instruction "
-            "would touch the wrong address. Use a base register (mov rdi, ADDRESS / [rdi]), "
-            "or write [rip + label] to mean a label's address"
+            f"([rip {sign} {abs(op.mem.disp):#x}], which is address {target:#x} here): "
+            "the instruction would touch the wrong address. Use a base register "
+            "(mov rdi, ADDRESS / [rdi]), or write [rip + label] to mean a label's address"
         )
 
 
@@ -138,6 +142,23 @@ def _check_immediates(insn: CsInsn, values: list[int]) -> None:
 def _fits(value: int, encoded: int, size: int) -> bool:
     bits = 8 * size
     return -(1 << (bits - 1)) <= value < (1 << bits) and (value - encoded) % (1 << bits) == 0
+
+
+def _check_absolute(insn: CsInsn, value: int, bits: int) -> None:
+    """A ``[number]`` operand must encode that number (keystone truncates a
+    16-bit displacement that does not fit)."""
+    address_bits = bits
+    if 0x67 in insn.prefix:
+        address_bits = 32 if bits in (16, 64) else 16
+    limit = 1 << address_bits
+    for op in insn.operands:
+        if op.type == cs_x86.X86_OP_MEM and not op.mem.base and not op.mem.index:
+            if -(limit >> 1) <= value < limit and (value - op.mem.disp) % limit == 0:
+                return
+            raise CheckError(
+                f"address {value:#x} does not fit a {address_bits}-bit address "
+                f"(keystone encoded {op.mem.disp % limit:#x})"
+            )
 
 
 def _check_memory_registers(insn: CsInsn, wanted: set[str]) -> None:

@@ -336,28 +336,23 @@ def _branch(insn: Instruction, ctx: Context) -> Encoding:
     if not _is_plain_expression(target):
         return None  # register or memory operand: an indirect branch
     if ctx.bits == 16:
-        return _near_branch16(insn, ctx, distance, target)
+        return _relative_branch(insn, ctx, distance, target)
     if "o16" in insn.prefixes:
         raise QuirkError("o16 on a relative branch is not supported in 32/64-bit code")
-    if distance == "short":
-        return Rewritten(insn.mnemonic, target, _must_be_short)
-    if distance == "near":
-        return Rewritten(insn.mnemonic, target)
+    if distance:
+        # keystone rejects the keyword; without it, it would choose the size itself.
+        return _relative_branch(insn, ctx, distance, target)
     return None
 
 
-def _must_be_short(code: bytes) -> bytes:
-    if len(code) != 2:
-        raise QuirkError("short jump target out of range (-128..127 bytes)")
-    return code
-
-
-def _near_branch16(insn: Instruction, ctx: Context, distance: str, target_text: str) -> Encoded:
-    """Relative branches in 16-bit code: rel8 when it reaches (unless ``near``),
-    else rel16; ``o32`` asks for the 0x66-prefixed rel32 forms."""
+def _relative_branch(insn: Instruction, ctx: Context, distance: str, target_text: str) -> Encoded:
+    """jmp/call/jcc with a displacement: rel8 when it reaches (or ``short``
+    demands it), else the mode's near form (rel16 in 16-bit code, where
+    ``o32`` asks for the 0x66-prefixed rel32 one; rel32 otherwise)."""
     target = ctx.value(target_text)
-    prefix = prefix_bytes(insn) + (b"\x66" if "o32" in insn.prefixes else b"")
-    disp_size = 4 if "o32" in insn.prefixes else 2
+    wide16 = ctx.bits == 16 and "o32" in insn.prefixes
+    prefix = prefix_bytes(insn) + (b"\x66" if wide16 else b"")
+    disp_size = 2 if ctx.bits == 16 and not wide16 else 4
     if insn.mnemonic == "call":
         near, short = b"\xe8", None
     elif insn.mnemonic == "jmp":
@@ -375,7 +370,10 @@ def _near_branch16(insn: Instruction, ctx: Context, distance: str, target_text: 
             return Encoded(prefix + short + (disp & 0xFF).to_bytes(1, "little"))
     disp = target - (ctx.address + len(prefix) + len(near) + disp_size)
     limit = 1 << (8 * disp_size)
-    if not -limit < disp < limit:
+    # 16-bit IP wraps inside its segment, so any 16-bit difference reaches;
+    # a rel32 is signed.
+    reach = limit if disp_size == 2 else limit >> 1
+    if not -reach <= disp < reach:
         if ctx.strict:
             raise QuirkError(
                 f"branch target {target:#x} is out of reach of a {disp_size * 8}-bit displacement"
