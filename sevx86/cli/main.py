@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from sevx86 import __version__
 
-SUBCOMMANDS: tuple[str, ...] = ("measure",)
+SUBCOMMANDS: tuple[str, ...] = ("measure", "asm")
 
 EXIT_USAGE = 2
 
