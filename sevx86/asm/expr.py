@@ -59,6 +59,10 @@ class ExprError(ValueError):
     """An expression that does not parse or cannot be evaluated (no location)."""
 
 
+class EvaluationError(ExprError):
+    """A well-formed expression without a value (division by zero, ...)."""
+
+
 class UndefinedSymbol(ExprError):
     def __init__(self, name: str) -> None:
         super().__init__(f"undefined symbol '{name}'")
@@ -200,9 +204,9 @@ class _Parser:
 
 def _apply(op: str, a: int, b: int) -> int:
     if op in "/%" and b == 0:
-        raise ExprError("division by zero")
+        raise EvaluationError("division by zero")
     if op in ("<<", ">>") and b < 0:
-        raise ExprError("negative shift count")
+        raise EvaluationError("negative shift count")
     if op == "/":
         q = abs(a) // abs(b)
         return q if (a >= 0) == (b >= 0) else -q
@@ -297,6 +301,8 @@ def is_expression(text: str) -> bool:
     """Whether ``text`` parses as an expression (symbols are not looked up)."""
     try:
         _Parser(text, lambda _name: 0, 0, 0).parse()
+    except EvaluationError:
+        return True
     except ExprError:
         return False
     return True
