@@ -132,6 +132,8 @@ class _Assembler:
         self.defined_at: dict[str, SourceLine] = {}
         self.sizes: dict[tuple[int, int], int] = {}
         self._ks_cache: dict[tuple[int, str, int], bytes | KsError] = {}
+        self._insn_cache: dict[tuple[object, ...], bytes] = {}
+        self._refs: dict[int, tuple[str, ...]] = {}
         self._missing: list[str] = []
         self._engines = {b: self._engine(b) for b in (16, 32, 64)}
         self._collect_definitions()
@@ -341,6 +343,26 @@ class _Assembler:
     # -- instructions --------------------------------------------------------
 
     def _instruction(self, insn: Instruction) -> bytes:
+        """Bytes of ``insn`` here; reused while its address, mode and the
+        symbols it names are unchanged (later passes are mostly repeats)."""
+        refs = self._refs.get(id(insn))
+        if refs is None:
+            names = identifiers(insn.operands)
+            refs = self._refs[id(insn)] = tuple(n for n in names if n in self.defined_at)
+        key = (
+            id(insn),
+            self.strict,  # early passes tolerate out-of-range values; the last may not
+            self.bits,
+            self.address,
+            self.start,
+            tuple((self.values.get(n), self.is_address.get(n)) for n in refs),
+        )
+        code = self._insn_cache.get(key)
+        if code is None:
+            code = self._insn_cache[key] = self._encode(insn)
+        return code
+
+    def _encode(self, insn: Instruction) -> bytes:
         line = insn.line
         ctx = quirks.Context(
             self.bits, self.address, lambda text: self._value(text, line), self.strict
