@@ -41,7 +41,7 @@ from keystone import (
 )
 
 from sevx86.asm import checks, quirks
-from sevx86.asm.errors import AsmError
+from sevx86.asm.errors import AsmError, SourceLocation
 from sevx86.asm.expr import (
     ADDRESS_REGISTERS_32,
     REGISTERS,
@@ -574,7 +574,7 @@ def assemble(
         try:
             source = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise AsmError(None, f"cannot read '{path}': {exc}") from None
+            raise AsmError(SourceLocation(str(path), 0), f"cannot read: {exc}") from None
     shown = name or (str(path) if path is not None else "<string>")
     lines = Preprocessor(include_paths, defines).run(
         source, shown, Path(path) if path is not None else None

@@ -92,6 +92,10 @@ def strip_operand_size_prefix(code: bytes) -> bytes:
     return code
 
 
+# These name their implicit rAX operand in some assemblers' syntax; accept it.
+_IMPLICIT_RAX = frozenset({"vmrun", "vmload", "vmsave", "skinit"})
+
+
 def _fixed(table: dict[tuple[str, int], bytes | str]) -> Handler:
     """A handler for operand-less instructions with one encoding per mode; a
     ``str`` entry is a refusal with that advice."""
@@ -102,8 +106,11 @@ def _fixed(table: dict[tuple[str, int], bytes | str]) -> Handler:
             raise QuirkError(f"'{insn.mnemonic}' does not exist in {ctx.bits}-bit mode")
         if isinstance(entry, str):
             raise QuirkError(entry)
-        if insn.operands and not re.fullmatch(r"[er]?ax", insn.operands.strip().lower()):
-            raise QuirkError(f"'{insn.mnemonic}' takes no operands here")
+        implicit = insn.mnemonic in _IMPLICIT_RAX
+        if insn.operands and not (
+            implicit and re.fullmatch(r"[er]?ax", insn.operands.strip().lower())
+        ):
+            raise QuirkError(f"'{insn.mnemonic}' takes no operands")
         return Encoded(prefix_bytes(insn) + entry)
 
     return handle

@@ -161,3 +161,11 @@ def test_o32_and_a32_prefixes():
 def test_every_quirk_names_what_keystone_does():
     for quirk in QUIRKS:
         assert quirk.mnemonics and quirk.modes and quirk.keystone_does
+
+
+def test_implicit_rax_operand_is_accepted_only_where_it_exists():
+    assert assemble("vmrun rax\nvmload rax\nskinit eax").code == bytes.fromhex("0f01d80f01da0f01de")
+    with pytest.raises(AsmError, match="takes no operands"):
+        assemble("vmgexit rax")
+    with pytest.raises(AsmError, match="takes no operands"):
+        assemble("pushf rax")
