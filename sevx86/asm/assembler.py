@@ -6,10 +6,10 @@ How it works, and why:
   (16/32/64-bit) in force on its line, so ``bits`` may change anywhere and
   every byte is known to come from one source line.
 - keystone never sees a symbol: we substitute every label and ``equ`` with
-  its number first. keystone's symbol-resolver callback is unusable for
-  this (0.9.2 drops the addend of ``label+4`` and places PC-relative targets
-  off by the size of the displacement field); it is installed only to
-  name a symbol nobody defined.
+  its number first. keystone's symbol-resolver callback is unusable (0.9.2
+  drops the addend of ``label+4``, places PC-relative targets off by the
+  size of the displacement field, and closing an engine that had one
+  switches keystone to hex numbers process-wide), so it is never set.
 - Addresses depend on instruction sizes, which depend on addresses (short or
   near jumps), so the whole program is laid out pass after pass until labels
   and sizes stop changing (first passes assume forward labels are near).
@@ -134,23 +134,18 @@ class _Assembler:
         self._ks_cache: dict[tuple[int, str, int], bytes | KsError] = {}
         self._insn_cache: dict[tuple[object, ...], bytes] = {}
         self._refs: dict[int, tuple[str, ...]] = {}
-        self._missing: list[str] = []
         self._engines = {b: self._engine(b) for b in (16, 32, 64)}
         self._collect_definitions()
         self.leading_org = self._find_leading_org()
 
     # -- set-up --------------------------------------------------------------
 
-    def _engine(self, bits: int) -> Ks:
-        ks = Ks(KS_ARCH_X86, _KS_MODES[bits])
-
-        def resolver(name: bytes, value: object) -> bool:
-            # Only reached for names we did not substitute: undefined ones.
-            self._missing.append(name.decode("ascii", "replace"))
-            return False
-
-        ks.sym_resolver = resolver
-        return ks
+    @staticmethod
+    def _engine(bits: int) -> Ks:
+        # No sym_resolver: besides its wrong answers, closing a Ks that had
+        # one makes every later Ks in the process read decimal numbers as
+        # hex (keystone 0.9.2; tests/asm/test_quirks.py pins it).
+        return Ks(KS_ARCH_X86, _KS_MODES[bits])
 
     def _collect_definitions(self) -> None:
         for stmt in self.statements:
@@ -425,19 +420,21 @@ class _Assembler:
         key = (self.bits, text, self.address)
         cached = self._ks_cache.get(key)
         if cached is None:
-            self._missing.clear()
             try:
                 encoding, _ = self._engines[self.bits].asm(text, self.address, as_bytes=True)
                 cached = encoding or b""
             except KsError as exc:
                 cached = exc
-                if exc.errno == KS_ERR_ASM_SYMBOL_MISSING and self._missing:
-                    exc.missing = self._missing[0]  # type: ignore[attr-defined]
             self._ks_cache[key] = cached
         if isinstance(cached, KsError):
-            missing = getattr(cached, "missing", None)
-            if missing:
-                raise quirks.QuirkError(f"undefined symbol '{missing}'")
+            if cached.errno == KS_ERR_ASM_SYMBOL_MISSING:
+                unknown = [
+                    n
+                    for n in identifiers(insn.operands)
+                    if n.lower() not in RESERVED and n not in self.defined_at
+                ]
+                if unknown:
+                    raise quirks.QuirkError(f"undefined symbol '{unknown[0]}'")
             raise quirks.QuirkError(
                 f"keystone cannot assemble '{insn.line.text}' in {self.bits}-bit mode: "
                 f"{_ks_reason(cached)}"
@@ -530,7 +527,7 @@ class _Assembler:
     def _substitute(self, text: str, line: SourceLine) -> str:
         def ident(name: str) -> str:
             if name.lower() in RESERVED or name not in self.defined_at:
-                return name  # registers, keywords; undefined names reach the resolver
+                return name  # registers and keywords; keystone reports undefined names
             try:
                 return _number(self._lookup(name))
             except ExprError as exc:

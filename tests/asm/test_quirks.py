@@ -6,6 +6,9 @@ keystone upgrade, the matching entry of sevx86/asm/quirks.py may go.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, Ks, KsError
 
@@ -169,3 +172,38 @@ def test_implicit_rax_operand_is_accepted_only_where_it_exists():
         assemble("vmgexit rax")
     with pytest.raises(AsmError, match="takes no operands"):
         assemble("pushf rax")
+
+
+def test_keystone_symbol_resolver_is_still_wrong_so_we_never_use_it():
+    # Run in a child process: closing a resolver-equipped engine changes
+    # keystone for the whole process (decimal numbers become hex).
+    script = """
+import gc
+from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+
+def resolver(name, value):
+    value[0] = 0x3000
+    return True
+
+ks = Ks(KS_ARCH_X86, KS_MODE_64)
+ks.sym_resolver = resolver
+print(bytes(ks.asm("mov rax, lab+4", 0x1000)[0]).hex())   # addend dropped
+print(bytes(ks.asm("jmp lab", 0x1000)[0]).hex())          # lands at 0x3004
+del ks
+gc.collect()
+print(bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm("mov edi, 4198400")[0]).hex())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == "48c7c000300000"  # mov rax, 0x3000 (not 0x3004)
+    assert out[1] == "e9ff1f0000"  # jmp 0x3004 (not 0x3000)
+    assert out[2] == "bf00841904"  # 4198400 read as 0x4198400
+
+
+def test_assembling_leaves_keystone_reading_decimal():
+    import gc
+
+    assemble("jmp x\nx: mov eax, 10")
+    gc.collect()
+    assert keystone(64, "mov edi, 4198400") == bytes.fromhex("bf00104000")
