@@ -443,7 +443,7 @@ class TlbFiller:
 
     def install(self, uc: Uc) -> None:
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-        uc.hook_add(UC_HOOK_TLB_FILL, self._fill)
+        uc.hook_add(UC_HOOK_TLB_FILL, self.fill)
 
     def translate(self, vaddr: int, access: Access) -> Translation | PageFault | NestedFault:
         """One translation as the hook would do it, without touching Unicorn."""
@@ -454,7 +454,7 @@ class TlbFiller:
             return NestedFault(vaddr, result.gpa, result.private, access)
         return result
 
-    def _fill(self, uc: Uc, vaddr: int, uc_access: int, entry, _data: object) -> bool:
+    def fill(self, uc: Uc, vaddr: int, uc_access: int, entry, _data: object) -> bool:
         self.fills += 1
         access = Access.from_unicorn(uc_access)
         result = self.mmu.walk(vaddr, access, self.state())

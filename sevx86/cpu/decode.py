@@ -1,0 +1,186 @@
+"""The little instruction decoding the CPU itself needs.
+
+Real hardware knows the instruction it intercepted; Unicorn tells us only
+"intercept N at RIP". The engine decodes just enough to act like the
+processor: the length (for nRIP and for AE instructions whose RIP the CPU
+advances under SEV-ES), MOV to CRn/CLTS/LMSW (to perform a trapped write),
+INT n (software interrupt delivery) and IN/OUT/INS/OUTS (IOIO EXITINFO1 for
+a non-ES host). Everything else -- MMIO MOVs, string I/O -- is the guest #VC
+handler's or the host's job, as in the real architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, CS_MODE_64, Cs
+
+from sevx86.arch.vmcb import SegReg, encode_ioio
+
+MAX_INSN = 15
+_LEGACY_PREFIXES = frozenset({0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65})
+_SEGMENT_PREFIX = {
+    0x26: SegReg.ES,
+    0x2E: SegReg.CS,
+    0x36: SegReg.SS,
+    0x3E: SegReg.DS,
+    0x64: SegReg.FS,
+    0x65: SegReg.GS,
+}
+
+
+class DecodeError(ValueError):
+    pass
+
+
+@cache
+def _capstone(bits: int) -> Cs:
+    return Cs(CS_ARCH_X86, {16: CS_MODE_16, 32: CS_MODE_32, 64: CS_MODE_64}[bits])
+
+
+def length(insn: bytes, bits: int) -> int:
+    """Length of the instruction at the start of ``insn`` (0 if undecodable)."""
+    for decoded in _capstone(bits).disasm(insn[:MAX_INSN], 0, 1):
+        return decoded.size
+    return 0
+
+
+def mnemonic(insn: bytes, bits: int) -> str:
+    for decoded in _capstone(bits).disasm(insn[:MAX_INSN], 0, 1):
+        return f"{decoded.mnemonic} {decoded.op_str}".strip()
+    return "(bad)"
+
+
+@dataclass(frozen=True)
+class Prefixes:
+    length: int
+    opsize: bool = False  # 0x66
+    addrsize: bool = False  # 0x67
+    rep: bool = False  # 0xF3 (or 0xF2)
+    segment: int = SegReg.DS
+    rex: int = 0
+
+    @property
+    def rex_w(self) -> bool:
+        return bool(self.rex & 8)
+
+    @property
+    def rex_r(self) -> bool:
+        return bool(self.rex & 4)
+
+    @property
+    def rex_b(self) -> bool:
+        return bool(self.rex & 1)
+
+
+def prefixes(insn: bytes, bits: int) -> Prefixes:
+    i, opsize, addrsize, rep, seg, rex = 0, False, False, False, SegReg.DS, 0
+    while i < len(insn) and insn[i] in _LEGACY_PREFIXES:
+        b = insn[i]
+        opsize |= b == 0x66
+        addrsize |= b == 0x67
+        rep |= b in (0xF3, 0xF2)
+        seg = _SEGMENT_PREFIX.get(b, seg)
+        i += 1
+    if bits == 64 and i < len(insn) and 0x40 <= insn[i] <= 0x4F:
+        rex = insn[i]
+        i += 1
+    return Prefixes(i, opsize, addrsize, rep, seg, rex)
+
+
+# -- MOV to CRn, CLTS, LMSW ---------------------------------------------------------
+@dataclass(frozen=True)
+class CrWrite:
+    cr: int
+    gpr: int | None  # source register (architectural index), None for CLTS/LMSW forms
+    length: int
+    kind: str  # "mov", "clts" or "lmsw"
+
+
+def cr_write(insn: bytes, bits: int) -> CrWrite:
+    p = prefixes(insn, bits)
+    body = insn[p.length :]
+    if body[:2] == b"\x0f\x22" and len(body) >= 3:
+        modrm = body[2]
+        cr = ((modrm >> 3) & 7) | (8 if p.rex_r else 0)
+        gpr = (modrm & 7) | (8 if p.rex_b else 0)
+        return CrWrite(cr, gpr, p.length + 3, "mov")
+    if body[:2] == b"\x0f\x06":
+        return CrWrite(0, None, p.length + 2, "clts")
+    if body[:2] == b"\x0f\x01" and len(body) >= 3 and (body[2] >> 3) & 7 == 6:
+        modrm = body[2]
+        if modrm >> 6 == 3:
+            return CrWrite(0, modrm & 7 | (8 if p.rex_b else 0), p.length + 3, "lmsw")
+        raise DecodeError("LMSW with a memory operand is not supported")
+    raise DecodeError(f"not a control-register write: {insn[:4].hex()}")
+
+
+# -- INT n ---------------------------------------------------------------------------
+def software_interrupt(insn: bytes, bits: int) -> tuple[int, int]:
+    """(vector, length) of INT n / INT3 / INTO / INT1."""
+    p = prefixes(insn, bits)
+    body = insn[p.length :]
+    if body[:1] == b"\xcd" and len(body) >= 2:
+        return body[1], p.length + 2
+    if body[:1] == b"\xcc":
+        return 3, p.length + 1
+    if body[:1] == b"\xce":
+        return 4, p.length + 1
+    if body[:1] == b"\xf1":
+        return 1, p.length + 1
+    raise DecodeError(f"not a software interrupt: {insn[:3].hex()}")
+
+
+# -- IN/OUT/INS/OUTS --------------------------------------------------------------------
+@dataclass(frozen=True)
+class IoAccess:
+    port: int | None  # None: the port is in DX
+    size: int
+    is_in: bool
+    string: bool
+    rep: bool
+    addr_size: int
+    segment: int
+    length: int
+
+    def exitinfo1(self, dx: int) -> int:
+        port = self.port if self.port is not None else dx & 0xFFFF
+        return encode_ioio(
+            port,
+            self.size,
+            self.is_in,
+            string=self.string,
+            rep=self.rep,
+            addr_size=self.addr_size,
+            seg=self.segment,
+        )
+
+
+def io_access(insn: bytes, bits: int) -> IoAccess:
+    p = prefixes(insn, bits)
+    body = insn[p.length :]
+    if not body:
+        raise DecodeError("empty instruction")
+    op = body[0]
+    wide = 2 if p.opsize != (bits == 16) else 4  # 16-bit code defaults to 16-bit operands
+    size = 1 if op in (0xE4, 0xE6, 0xEC, 0xEE, 0x6C, 0x6E) else wide
+    if bits == 64:
+        addr = 32 if p.addrsize else 64
+    elif bits == 32:
+        addr = 16 if p.addrsize else 32
+    else:
+        addr = 32 if p.addrsize else 16
+    common = dict(size=size, addr_size=addr, segment=p.segment, rep=p.rep)
+    if op in (0xE4, 0xE5, 0xE6, 0xE7):
+        if len(body) < 2:
+            raise DecodeError("truncated IN/OUT imm8")
+        return IoAccess(body[1], is_in=op < 0xE6, string=False, length=p.length + 2, **common)
+    if op in (0xEC, 0xED, 0xEE, 0xEF):
+        return IoAccess(None, is_in=op < 0xEE, string=False, length=p.length + 1, **common)
+    if op in (0x6C, 0x6D, 0x6E, 0x6F):
+        # INS always writes through ES; OUTS reads through DS or an override.
+        seg = SegReg.ES if op < 0x6E else p.segment
+        common["segment"] = seg
+        return IoAccess(None, is_in=op < 0x6E, string=True, length=p.length + 1, **common)
+    raise DecodeError(f"not an I/O instruction: {insn[:3].hex()}")

@@ -1,0 +1,999 @@
+"""The vCPU: guest code on Unicorn in SVM guest mode, and what the CPU does at each event.
+
+Path of an event (the names below are the functions to follow):
+
+    guest instruction
+      -> Unicorn intercept (UC_HOOK_INTR, intno = 0x100 + exit code)   _on_intr
+      -> _on_intercept: classify with sevx86.cpu.intercepts.RULES
+           NAE, SEV-ES      -> _inject_vc: #VC in the guest, error code = exit code
+           NAE, none/sev    -> _exit_to_host: a plain #VMEXIT with the registers
+           AE               -> _automatic_exit: VMSA written and sealed, exit to host
+           in place         -> _in_place_msr: GHCB MSR / SEV_STATUS, no exit
+      -> exceptions (INTR with a vector, #UD hook, refused TLB fills)
+           -> deliver(): sevx86.cpu.exceptions plans, this module applies
+
+The host (``sevx86.machine.HostVcpu``) calls ``vmrun()``, which checks the
+VMSA with the Secure Processor (SEV-ES), reloads the registers from it,
+injects any event the host put in EVENTINJ, and runs the guest until the next
+exit for the host.
+
+Unicorn facts this relies on (measured on unicorn 2.1.4):
+* intercepts arrive with RIP on the instruction; nothing is written to the
+  VMCB and the guest stays in guest mode; exceptions arrive with their vector
+  and are never delivered by Unicorn; #UD goes to UC_HOOK_INSN_INVALID;
+* IN/OUT are never intercepted (Unicorn stubs out the IOPM check): only
+  UC_HOOK_INSN sees them, mid-instruction, so the engine rolls the CPU back to
+  the state before the instruction (``_on_io``) and then treats it as the
+  IOIO intercept the architecture defines;
+* RDTSCP/INVD/VMGEXIT arrive as RDTSC/WBINVD/VMMCALL (see intercepts.resolve);
+* QEMU's own double-fault bookkeeping (``old_exception``) must be reset after
+  each delivery, or the next unrelated #GP arrives as #DF.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_ERR_EXCEPTION,
+    UC_HOOK_BLOCK,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_TLB_FILL,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    UC_TLB_VIRTUAL,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as ux
+
+from sevx86.arch.cr import Cr0, Cr4, Rflags
+from sevx86.arch.exits import SvmExit, exit_name
+from sevx86.arch.msr import Efer, Msr, SevStatus
+from sevx86.arch.paging import PfErr
+from sevx86.arch.vectors import Vector, has_error_code, vector_name
+from sevx86.arch.vmcb import EVENTINJ_V, EventType, Intercept, decode_event
+from sevx86.arch.vmsa import VMSA_SIZE
+from sevx86.config import PAGE_SIZE, GuestMode
+from sevx86.cpu import context as C
+from sevx86.cpu import decode, state
+from sevx86.cpu.context import CpuContext, SegmentState
+from sevx86.cpu.exceptions import (
+    CpuMode,
+    DeliveryPlan,
+    Event,
+    EventKind,
+    GuestFault,
+    InterruptContext,
+    Segment,
+    TripleFault,
+    deliver_with_escalation,
+)
+from sevx86.cpu.intercepts import IN_PLACE_MSRS, Handling, resolve, rule_for
+from sevx86.cpu.svm import STUB, SvmHardware
+from sevx86.cpu.vmcb import Vmcb
+from sevx86.memory.mmu import MMU, Access, NestedFault, PageFault, PagingState, TlbFiller
+
+if TYPE_CHECKING:
+    from sevx86.machine import Machine
+
+_UCREG_CR = {
+    0: ux.UC_X86_REG_CR0,
+    2: ux.UC_X86_REG_CR2,
+    3: ux.UC_X86_REG_CR3,
+    4: ux.UC_X86_REG_CR4,
+    8: ux.UC_X86_REG_CR8,
+}
+_STUB_PAGE = STUB & ~(PAGE_SIZE - 1)
+
+
+class VcpuState(Enum):
+    NEW = "new"  # not yet entered
+    RUNNING = "running"
+    DEAD = "dead"  # shutdown or failed VMRUN: never runs again
+
+
+class StopReason(Enum):
+    """Why ``vmrun`` returned without an architectural exit."""
+
+    TIMEOUT = "timeout"
+    INSTRUCTION_LIMIT = "instruction-limit"
+    EMULATION_ERROR = "emulation-error"
+
+
+@dataclass
+class VmExit:
+    """What the host learns at a #VMEXIT (a copy of the VMCB exit fields)."""
+
+    vcpu: int
+    code: int
+    info1: int = 0
+    info2: int = 0
+    rip: int | None = None  # only where the host may know it (none/sev)
+    regs: state.RegisterFile | None = None  # none/sev only: the guest's registers
+    stop: StopReason | None = None  # the emulator stopped, not the guest
+    detail: str = ""
+    data: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        if self.stop is not None:
+            return self.stop.value
+        return exit_name(self.code)
+
+
+class _Stop(Exception):
+    """Internal: leave the run loop with an exit for the host."""
+
+
+class GuestLinear:
+    """The guest's linear memory as the processor's own accesses see it.
+
+    Used for exception delivery (IDT, GDT, TSS reads, stack pushes) and for
+    fetching instruction bytes: it walks the guest's page tables with the
+    MMU, honouring the C-bit (a C=0 stack page is written as shared).
+    """
+
+    def __init__(self, vcpu: VCpu):
+        self.vcpu = vcpu
+
+    def _translate(self, addr: int, access: Access, user: bool):
+        st = self.vcpu.paging_state(cpl=3 if user else 0)
+        res = self.vcpu.mmu.walk(addr, access, st)
+        if isinstance(res, PageFault):
+            raise GuestFault(
+                res.vector,
+                res.error_code,
+                cr2=addr if res.vector == Vector.PF else None,
+                reason=res.reason,
+            )
+        if self.vcpu.memory.guest_ram_at(res.gpa) is None:
+            raise GuestFault(Vector.GP, 0, reason=f"linear {addr:#x} is not RAM ({res.gpa:#x})")
+        return res
+
+    def _chunks(self, addr: int, size: int):
+        while size > 0:
+            n = min(size, PAGE_SIZE - (addr & (PAGE_SIZE - 1)))
+            yield addr, n
+            addr += n
+            size -= n
+
+    def read(self, addr: int, size: int, *, user: bool = False, fetch: bool = False) -> bytes:
+        out = bytearray()
+        access = Access.FETCH if fetch else Access.READ
+        for a, n in self._chunks(addr, size):
+            t = self._translate(a, access, user)
+            out += self.vcpu.memory.read(t.gpa | (a & 0xFFF), n, private=t.private)
+        return bytes(out)
+
+    def check_write(self, addr: int, size: int, *, user: bool = False) -> None:
+        for a, _n in self._chunks(addr, size):
+            self._translate(a, Access.WRITE, user)
+
+    def write(self, addr: int, data: bytes, *, user: bool = False) -> None:
+        pos = 0
+        for a, n in self._chunks(addr, len(data)):
+            t = self._translate(a, Access.WRITE, user)
+            self.vcpu.memory.write(t.gpa | (a & 0xFFF), data[pos : pos + n], private=t.private)
+            pos += n
+
+
+class VCpu:
+    """One virtual CPU of a ``Machine``."""
+
+    def __init__(
+        self, machine: Machine, index: int, initial_state: bytes, vmsa_spa: int | None = None
+    ):
+        self.machine = machine
+        self.index = index
+        self.config = machine.config
+        self.mode = machine.config.mode
+        self.memory = machine.memory
+        self.tracer = machine.tracer
+        self.vmsa_spa = vmsa_spa
+        self.vmcb = Vmcb()
+        self.vmcb["vmsa_pa"] = vmsa_spa or 0
+        self.status = VcpuState.NEW
+        self.ghcb_msr = 0
+        self.exits = 0
+        self.vc_count = 0
+        self._initial_state = bytes(initial_state)
+        self._exit: VmExit | None = None
+        self._rollback: bytes | None = None  # CPU state before an intercepted IN/OUT
+        self._io: tuple[int, int, bool] | None = None  # (port, size, is_in) of that IN/OUT
+        self._stub_pending = False
+        self._timed_out = False
+        self._budget: int | None = None
+        self._last_exception: Event | None = None
+
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_cpu_model(ux.UC_CPU_X86_EPYC_ROME)
+        self.uc = uc
+        self.memory.attach(uc)
+        self.svm = SvmHardware(uc)
+        self.ctx = CpuContext(uc)
+        self.mmu = MMU(self.memory, self.config)
+        self.filler = TlbFiller(self.mmu, self.paging_state)
+        self.linear = GuestLinear(self)
+        # No exit addresses: the engine stops Unicorn itself (emu_stop).
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        uc.hook_add(UC_HOOK_TLB_FILL, self._fill)
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ux.UC_X86_INS_OUT)
+        self._scratch_page = bytearray(VMSA_SIZE)
+
+    # ------------------------------------------------------------------ state
+    def paging_state(self, cpl: int | None = None) -> PagingState:
+        ctx = self.ctx.load()
+        return PagingState(
+            ctx.cr(0), ctx.cr(3), ctx.cr(4), ctx.efer, ctx.cpl if cpl is None else cpl
+        )
+
+    def code_bits(self) -> int:
+        ctx = self.ctx
+        if not ctx.cr(0) & Cr0.PE:
+            return 16
+        cs = ctx.segment(C.SEG_CS)
+        if ctx.hflags & C.HF_LMA and cs.attrib & 0x200:
+            return 64
+        return 32 if cs.attrib & 0x400 else 16
+
+    def cpu_mode(self) -> CpuMode:
+        if not self.ctx.cr(0) & Cr0.PE:
+            return CpuMode.REAL
+        return CpuMode.LONG if self.ctx.efer & Efer.LMA else CpuMode.PROTECTED
+
+    def rip(self) -> int:
+        return self.ctx.load().rip
+
+    def linear_rip(self) -> int:
+        ctx = self.ctx.load()
+        base = ctx.segment(C.SEG_CS).base if self.code_bits() != 64 else 0
+        return (base + ctx.rip) & (0xFFFF_FFFF_FFFF_FFFF if self.code_bits() == 64 else 0xFFFF_FFFF)
+
+    def fetch_insn(self) -> bytes:
+        """Up to 15 bytes at RIP, fetched as the CPU would (always private)."""
+        addr = self.linear_rip()
+        for size in (decode.MAX_INSN, 8, 4, 1):
+            try:
+                return self.linear.read(addr, size, fetch=True)
+            except GuestFault:
+                continue
+        return b""
+
+    def capture(self) -> bytearray:
+        return state.capture(self.uc, self.ctx)
+
+    # ------------------------------------------------------------------ tracing
+    def _trace(self, actor: str, kind: str, summary: str, target: str | None = None, **data):
+        self.tracer.emit(actor, kind, summary, vcpu=self.index, target=target, **data)
+
+    # ------------------------------------------------------------------ running
+    def vmrun(self, *, timeout: float | None = None, max_instructions: int | None = None) -> VmExit:
+        """VMRUN: run the guest until the next exit for the host."""
+        if self.status is VcpuState.DEAD:
+            return self._invalid("the vCPU is dead (shutdown or failed VMRUN)")
+        if self.status is VcpuState.NEW:
+            failure = self._first_entry()
+        else:
+            failure = self._resume()
+        if failure is not None:
+            return failure
+        return self._execute(timeout, max_instructions)
+
+    def _invalid(self, why: str) -> VmExit:
+        self.status = VcpuState.DEAD
+        self.vmcb["exit_code"] = SvmExit.INVALID
+        self._trace("cpu", "vmrun-failed", f"VMRUN failed: {why}", target="hv", reason=why)
+        return VmExit(self.index, SvmExit.INVALID, detail=why)
+
+    def _first_entry(self) -> VmExit | None:
+        initial = self._initial_state
+        if self.mode is GuestMode.SEV_ES:
+            assert self.vmsa_spa is not None
+            if not self.machine.vmsa_check(self):
+                return self._invalid("the VMSA does not match its launch measurement")
+            initial = self.memory.read_private(self.vmsa_spa, VMSA_SIZE)
+        self.svm.program(self.vmcb, self.mode)
+        self.vmcb.intercept_words_changed()
+        self.svm.prepare_entry(initial)
+        self._preload_unsaved_state(initial)
+        self._stub_pending = True
+        self.status = VcpuState.RUNNING
+        self._entry = STUB
+        self._trace("hv", "vmrun", "VMRUN (first entry)", target="cpu")
+        return None
+
+    def _preload_unsaved_state(self, page: bytes) -> None:
+        """State VMRUN does not load (GPRs, FS/GS/TR/LDTR, MSRs, XMM): set it in host mode."""
+        from sevx86.arch.vmsa import VMSA
+
+        ctx = self.ctx.load()
+        for i, name in enumerate(
+            (
+                "rax",
+                "rcx",
+                "rdx",
+                "rbx",
+                "rsp",
+                "rbp",
+                "rsi",
+                "rdi",
+                "r8",
+                "r9",
+                "r10",
+                "r11",
+                "r12",
+                "r13",
+                "r14",
+                "r15",
+            )
+        ):
+            if name not in ("rax", "rsp"):
+                ctx.set_gpr(i, VMSA.read(page, name))
+        for name, off in (
+            ("fs", C.SEGS + 24 * C.SEG_FS),
+            ("gs", C.SEGS + 24 * C.SEG_GS),
+            ("ldtr", C.LDT),
+            ("tr", C.TR),
+        ):
+            ctx.set_table(
+                off,
+                SegmentState(
+                    *(
+                        VMSA.read(page, f"{name}.{p}")
+                        for p in ("selector", "base", "limit", "attrib")
+                    )
+                ),
+            )
+        for vname, off, size in (
+            ("star", C.STAR, 8),
+            ("lstar", C.LSTAR, 8),
+            ("cstar", C.CSTAR, 8),
+            ("sfmask", C.FMASK, 8),
+            ("kernel_gs_base", C.KERNEL_GS_BASE, 8),
+            ("sysenter_cs", C.SYSENTER_CS, 8),
+            ("sysenter_esp", C.SYSENTER_ESP, 8),
+            ("sysenter_eip", C.SYSENTER_EIP, 8),
+            ("dr0", C.DR, 8),
+            ("dr1", C.DR + 8, 8),
+            ("dr2", C.DR + 16, 8),
+            ("dr3", C.DR + 24, 8),
+            ("tsc_aux", C.TSC_AUX, 4),
+            ("mxcsr", C.MXCSR, 4),
+        ):
+            value = VMSA.read(page, vname)
+            if size == 8:
+                ctx.set_u64(off, value)
+            else:
+                ctx.set_u32(off, value)
+        for n in range(16):
+            ctx.set_xmm(n, VMSA.read(page, f"xmm{n}"))
+        ctx.store()
+
+    def _resume(self) -> VmExit | None:
+        """VMRUN after an exit: SEV-ES checks and reloads the VMSA."""
+        if self.vmcb.intercept_words_changed():
+            self.svm.program(self.vmcb, self.mode)
+        if self.mode is GuestMode.SEV_ES:
+            if not self.machine.vmsa_check(self):
+                return self._invalid("VMSA integrity check failed (changed or rolled back)")
+            page = self.memory.read_private(self.vmsa_spa, VMSA_SIZE)  # type: ignore[arg-type]
+            state.apply(self.uc, self.ctx, page)
+            self.ghcb_msr = self.vmcb["ghcb_gpa"]
+            self._trace("sp", "vmsa-check", "VMSA integrity verified", target="cpu")
+        elif self._pending_regs is not None and self._pending_regs.dirty:
+            state.apply(self.uc, self.ctx, self._pending_regs.raw())
+        self._pending_regs = None
+        self._inject_pending_event()
+        self._entry = self.rip()
+        return None
+
+    _pending_regs: state.RegisterFile | None = None
+    _entry: int = 0
+
+    def _execute(self, timeout: float | None, max_instructions: int | None) -> VmExit:
+        self._timed_out = False
+        timer = None
+        if timeout is not None:
+            timer = threading.Timer(timeout, self._on_timeout)
+            timer.daemon = True
+            timer.start()
+        block_hook = None
+        if max_instructions is not None:
+            self._budget = max_instructions
+            block_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._count_block)
+        try:
+            return self._loop()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if block_hook is not None:
+                self.uc.hook_del(block_hook)
+                self._budget = None
+
+    def _loop(self) -> VmExit:
+        while True:
+            self._exit = None
+            self.filler.pending = None
+            error: UcError | None = None
+            try:
+                self.uc.emu_start(self._entry, 0)
+            except UcError as exc:
+                error = exc
+            except _Stop:
+                pass
+            if error is not None:
+                self._after_error(error)
+            if self._exit is not None:
+                return self._exit
+            if self._timed_out:
+                return self._stopped(StopReason.TIMEOUT, "wall-clock limit reached")
+            if self._budget is not None and self._budget <= 0:
+                return self._stopped(StopReason.INSTRUCTION_LIMIT, "instruction limit reached")
+            if self.status is VcpuState.DEAD:
+                return self._invalid("the vCPU died")
+            self._entry = self.rip()
+
+    def _stopped(self, reason: StopReason, detail: str) -> VmExit:
+        self._trace(
+            "cpu", "stop", f"emulation stopped: {detail}", reason=reason.value, rip=self.rip()
+        )
+        # The guest can continue after a timeout or a limit: it is still running.
+        self._entry = self.rip()
+        return VmExit(self.index, 0, stop=reason, detail=detail)
+
+    def _on_timeout(self) -> None:
+        self._timed_out = True
+        self.uc.emu_stop()
+
+    def _count_block(self, uc: Uc, address: int, size: int, _data: object) -> None:
+        # One call per executed translation block; an approximation that
+        # never lets a guest run past the budget by more than one block.
+        self._budget = (self._budget or 0) - 1
+        if self._budget <= 0:
+            uc.emu_stop()
+
+    # ------------------------------------------------------------------ hooks
+    def _fill(self, uc: Uc, vaddr: int, access: int, entry, data: object) -> bool:
+        if self._rollback is not None:
+            return False  # freeze the tail of the TB after an IN/OUT
+        if self._stub_pending and vaddr == _STUB_PAGE:
+            self._stub_pending = False
+            entry.paddr, entry.perms = _STUB_PAGE, UC_PROT_ALL
+            return True
+        return self.filler.fill(uc, vaddr, access, entry, data)
+
+    def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
+        if self._rollback is not None or self._exit is not None:
+            uc.emu_stop()
+            return
+        try:
+            if intno >= 0x100:
+                self._on_intercept(intno - 0x100)
+            else:
+                self._on_cpu_exception(intno)
+        except _ExitNow:
+            uc.emu_stop()
+        except Exception as exc:  # never let a Python error escape into Unicorn
+            self._emulation_error(exc)
+            uc.emu_stop()
+
+    def _on_invalid(self, uc: Uc, _data: object) -> bool:
+        if self._rollback is not None or self._exit is not None:
+            uc.emu_stop()
+            return True
+        try:
+            self.deliver(Event(Vector.UD), self.rip())
+        except _ExitNow:
+            uc.emu_stop()
+        except Exception as exc:
+            self._emulation_error(exc)
+            uc.emu_stop()
+        return True
+
+    def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
+        return self._on_io(port, size, True, 0)
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
+        self._on_io(port, size, False, value)
+
+    def _on_io(self, port: int, size: int, is_in: bool, value: int) -> int:
+        if self._rollback is not None or self._exit is not None:
+            self.uc.emu_stop()
+            return 0
+        if not self.vmcb.io_intercepted(port, size):
+            return (1 << (8 * size)) - 1  # nothing on the bus: reads float high
+        # Roll back to the state before this instruction: snapshot now (RIP is
+        # still on the IN/OUT), make every further access fault so the rest of
+        # the translation block cannot store anything, and stop.
+        self._rollback = self.ctx.load().copy_bytes()
+        self._io = (port, size, is_in)
+        self._flush_tlb()
+        self.uc.emu_stop()
+        return 0
+
+    # ------------------------------------------------------------------ after a stop
+    def _after_error(self, error: UcError) -> None:
+        if self._rollback is not None:
+            snapshot, self._rollback = self._rollback, None
+            self.ctx.restore_bytes(snapshot)
+            self._flush_tlb()
+            self._entry = self.rip()
+            try:
+                self._intercept_io()
+            except _ExitNow:
+                pass
+            return
+        pending = self.filler.pending
+        if error.errno == UC_ERR_EXCEPTION and pending is not None:
+            self.filler.pending = None
+            try:
+                if isinstance(pending, PageFault):
+                    self.deliver(
+                        Event(pending.vector, EventKind.EXCEPTION, pending.error_code),
+                        self.rip(),
+                        cr2=pending.vaddr if pending.vector == Vector.PF else None,
+                    )
+                else:
+                    self._nested_fault(pending)
+            except _ExitNow:
+                pass
+            return
+        if self._exit is not None:
+            return
+        self._emulation_error(error)
+
+    def _emulation_error(self, exc: BaseException) -> None:
+        rip = self.rip()
+        detail = f"{type(exc).__name__}: {exc} at RIP {rip:#x}"
+        self._trace("cpu", "emulation-error", detail, target="hv", rip=rip)
+        self.status = VcpuState.DEAD
+        self._exit = VmExit(
+            self.index, SvmExit.SHUTDOWN, stop=StopReason.EMULATION_ERROR, detail=detail
+        )
+
+    # ------------------------------------------------------------------ intercepts
+    def _on_intercept(self, code: int) -> None:
+        if code == SvmExit.SWINT:
+            insn = self.fetch_insn()
+            vector, length = decode.software_interrupt(insn, self.code_bits())
+            rip = self.rip()
+            kind = EventKind.SOFTWARE
+            self._set_rip(rip + length)
+            self.deliver(Event(vector, kind), rip + length)
+            return
+        if code in (
+            SvmExit.VMRUN,
+            SvmExit.VMLOAD,
+            SvmExit.VMSAVE,
+            SvmExit.STGI,
+            SvmExit.CLGI,
+            SvmExit.SKINIT,
+            SvmExit.INVLPGA,
+        ):
+            # sevx86 guests cannot nest SVM; the instruction is undefined to them.
+            self.deliver(Event(Vector.UD), self.rip())
+            return
+        if code == SvmExit.SHUTDOWN:
+            self._shutdown("the CPU reported a triple fault")
+        if 0x10 <= code <= 0x1F:
+            self._cr_write(code - 0x10)
+            return
+        insn = (
+            self.fetch_insn() if code in (SvmExit.VMMCALL, SvmExit.RDTSC, SvmExit.WBINVD) else b""
+        )
+        code = resolve(code, insn)
+        if code == SvmExit.MSR:
+            self._msr()
+            return
+        if code == SvmExit.VMGEXIT and self.mode is not GuestMode.SEV_ES:
+            code = SvmExit.VMMCALL  # REP VMMCALL is plain VMMCALL outside SEV-ES
+        if code == SvmExit.VMMCALL and not self.vmcb.intercepts(Intercept.VMMCALL):
+            self.deliver(Event(Vector.UD), self.rip())  # VMMCALL without intercept: #UD
+            return
+        rule = rule_for(code)
+        if rule is None:
+            raise RuntimeError(f"unexpected intercept {exit_name(code)}")
+        if rule.handling is Handling.AE:
+            self._automatic_exit(code, advance=rule.advances_rip)
+        else:
+            self._non_automatic(code)
+
+    def _non_automatic(self, code: int, info1: int = 0, info2: int = 0, **data) -> None:
+        if self.mode is GuestMode.SEV_ES:
+            self._inject_vc(code)
+        else:
+            self._exit_to_host(code, info1, info2, **data)
+
+    def _inject_vc(self, code: int) -> None:
+        rip = self.rip()
+        self.vc_count += 1
+        self._trace(
+            "cpu",
+            "vc",
+            f"#VC {exit_name(code)} at {rip:#x}",
+            target="guest",
+            code=code,
+            name=exit_name(code),
+            rip=rip,
+        )
+        self.deliver(Event(Vector.VC, EventKind.EXCEPTION, code), rip)
+
+    # -- exits to the host -------------------------------------------------------
+    def _exit_to_host(
+        self, code: int, info1: int = 0, info2: int = 0, *, next_rip: int | None = None, **data
+    ) -> None:
+        """A plain #VMEXIT (modes none and sev): the host sees the registers."""
+        page = self.capture()
+        regs = state.RegisterFile(page)
+        rip = regs.rip
+        if next_rip is None:
+            insn = self.fetch_insn()
+            length = decode.length(insn, self.code_bits()) if insn else 0
+            next_rip = rip + length
+        self._record_exit(code, info1, info2, rip=rip, regs=regs, next_rip=next_rip, **data)
+
+    def _record_exit(
+        self,
+        code: int,
+        info1: int,
+        info2: int,
+        *,
+        rip: int | None,
+        regs: state.RegisterFile | None,
+        next_rip: int = 0,
+        **data,
+    ) -> None:
+        vmcb = self.vmcb
+        vmcb["exit_code"] = code
+        vmcb["exit_info_1"] = info1
+        vmcb["exit_info_2"] = info2
+        vmcb["next_rip"] = next_rip
+        vmcb["ghcb_gpa"] = self.ghcb_msr
+        self.exits += 1
+        self._pending_regs = regs
+        self._exit = VmExit(self.index, code, info1, info2, rip=rip, regs=regs, data=data)
+        self._trace(
+            "cpu",
+            "exit",
+            f"#VMEXIT {exit_name(code)}",
+            target="hv",
+            code=code,
+            name=exit_name(code),
+            info1=info1,
+            info2=info2,
+            **data,
+        )
+        raise _ExitNow
+
+    def _automatic_exit(
+        self, code: int, *, advance: bool = False, info1: int = 0, info2: int = 0
+    ) -> None:
+        """AE: SEV-ES world switch; in other modes a plain exit."""
+        if self.mode is not GuestMode.SEV_ES:
+            self._exit_to_host(code, info1, info2)
+        if advance:
+            insn = self.fetch_insn()
+            self._set_rip(self.rip() + decode.length(insn, self.code_bits()))
+        self._save_vmsa()
+        self._record_exit(code, info1, info2, rip=None, regs=None)
+
+    def _save_vmsa(self) -> None:
+        """Write all state into the encrypted VMSA and have the SP seal it."""
+        assert self.vmsa_spa is not None
+        page = state.capture(self.uc, self.ctx, self._scratch_page)
+        self.memory.write_private(self.vmsa_spa, page)
+        self.machine.vmsa_seal(self)
+        self._trace("cpu", "world-switch", "state saved to the VMSA and sealed", target="sp")
+
+    def _shutdown(self, why: str) -> None:
+        self.status = VcpuState.DEAD
+        self._trace("cpu", "shutdown", f"shutdown: {why}", target="hv", reason=why)
+        self.vmcb["exit_code"] = SvmExit.SHUTDOWN
+        self._exit = VmExit(self.index, SvmExit.SHUTDOWN, detail=why)
+        raise _ExitNow
+
+    # -- control registers ----------------------------------------------------------
+    def _cr_write(self, cr: int) -> None:
+        insn = self.fetch_insn()
+        w = decode.cr_write(insn, self.code_bits())
+        if self.vmcb["intercept_cr_write"] >> cr & 1:
+            self._non_automatic(0x10 + cr)
+            return
+        ctx = self.ctx.load()
+        current = ctx.cr(cr) if cr != 8 else self.uc.reg_read(ux.UC_X86_REG_CR8)
+        if w.kind == "mov":
+            value = ctx.gpr(w.gpr)  # type: ignore[arg-type]
+            if self.code_bits() != 64:
+                value &= 0xFFFF_FFFF
+        elif w.kind == "clts":
+            value = current & ~Cr0.TS
+        else:  # lmsw: only PE, MP, EM, TS, and PE cannot be cleared
+            src = ctx.gpr(w.gpr) & 0xF  # type: ignore[arg-type]
+            value = (current & ~0xE) | src | (current & 1)
+        if cr == 0:
+            value |= Cr0.ET  # hardwired to 1 on AMD64
+        fault = self._check_cr(cr, value)
+        if fault is not None:
+            self.deliver(Event(Vector.GP, EventKind.EXCEPTION, 0), ctx.rip)
+            return
+        self.uc.reg_write(_UCREG_CR[cr], value)
+        self._set_rip(ctx.rip + w.length)
+        self._trace("guest", "cr-write", f"CR{cr} <- {value:#x}", target="cpu", cr=cr, value=value)
+        if self.mode is GuestMode.SEV_ES and self.vmcb.intercepts(Intercept.CR0_WRITE_TRAP + cr):
+            self._automatic_exit(0x90 + cr, info1=value)
+
+    def _check_cr(self, cr: int, value: int) -> str | None:
+        """The architectural #GP checks QEMU's TCG leaves out (APM vol 2, 3.1.1, 3.1.3)."""
+        if value >> 32 and cr in (0, 4):
+            return "reserved bits"
+        if cr == 0 and value & Cr0.PG and not value & Cr0.PE:
+            return "PG without PE"
+        if cr == 0 and value & Cr0.NW and not value & Cr0.CD:
+            return "NW without CD"
+        if cr == 4 and self.ctx.efer & Efer.LMA and not value & Cr4.PAE:
+            return "clearing PAE in long mode"
+        return None
+
+    # -- MSRs ------------------------------------------------------------------------
+    def _msr(self) -> None:
+        ctx = self.ctx.load()
+        msr = ctx.gpr(1) & 0xFFFF_FFFF
+        write = ctx.error_code == 1
+        rip = ctx.rip
+        value = (ctx.gpr(0) & 0xFFFF_FFFF) | ((ctx.gpr(2) & 0xFFFF_FFFF) << 32)
+        in_place = IN_PLACE_MSRS.get(msr)
+        if in_place is not None and self._in_place_msr(msr, write, value, in_place):
+            self._set_rip(rip + 2)
+            return
+        if self.vmcb.msr_intercepted(msr, write):
+            self._non_automatic(SvmExit.MSR, int(write), 0, msr=msr)
+            return
+        # Not intercepted by the host: the hardware executes it.
+        if write:
+            self._native_wrmsr(msr, value)
+        else:
+            result = self._native_rdmsr(msr)
+            ctx = self.ctx.load()
+            ctx.set_gpr(0, result & 0xFFFF_FFFF)
+            ctx.set_gpr(2, result >> 32)
+            ctx.store()
+        self._set_rip(rip + 2)
+        if (
+            write
+            and msr == Msr.EFER
+            and self.mode is GuestMode.SEV_ES
+            and self.vmcb.intercepts(Intercept.EFER_WRITE_TRAP)
+        ):
+            self._automatic_exit(SvmExit.EFER_WRITE_TRAP, info1=self.ctx.load().efer)
+
+    def _native_rdmsr(self, msr: int) -> int:
+        from sevx86.arch.vmcb import msrpm_covers
+
+        if not msrpm_covers(msr):
+            raise GuestFault(Vector.GP, 0, reason=f"RDMSR {msr:#x}")
+        return self.svm.read_msr(msr)
+
+    def _native_wrmsr(self, msr: int, value: int) -> None:
+        from sevx86.arch.vmcb import msrpm_covers
+
+        if not msrpm_covers(msr):
+            raise GuestFault(Vector.GP, 0, reason=f"WRMSR {msr:#x}")
+        if msr == Msr.EFER:
+            # LMA is read-only: hardware keeps it (APM vol 2, 3.1.7).
+            value = (value & ~Efer.LMA) | (self.ctx.load().efer & Efer.LMA)
+        self.svm.write_msr(msr, value)
+
+    def _in_place_msr(self, msr: int, write: bool, value: int, allowed: tuple[bool, bool]) -> bool:
+        """The MSRs SEV hardware virtualizes itself; True if handled here."""
+        if msr == Msr.SEV_STATUS and not write and self.mode.encrypted:
+            status = SevStatus.SEV_ENABLED
+            if self.mode is GuestMode.SEV_ES:
+                status |= SevStatus.SEV_ES_ENABLED
+            self._set_edx_eax(int(status))
+            return True
+        if msr == Msr.SEV_ES_GHCB and self.mode is GuestMode.SEV_ES:
+            if write:
+                self.ghcb_msr = value
+                self._trace(
+                    "guest", "ghcb-msr-write", f"GHCB MSR <- {value:#x}", target="cpu", value=value
+                )
+            else:
+                self._set_edx_eax(self.ghcb_msr)
+            return True
+        if msr == Msr.SEV_STATUS and write and self.mode.encrypted:
+            raise GuestFault(Vector.GP, 0, reason="SEV_STATUS is read-only")
+        return False
+
+    def _set_edx_eax(self, value: int) -> None:
+        ctx = self.ctx.load()
+        ctx.set_gpr(0, value & 0xFFFF_FFFF)
+        ctx.set_gpr(2, (value >> 32) & 0xFFFF_FFFF)
+        ctx.store()
+
+    # -- I/O ---------------------------------------------------------------------------
+    def _intercept_io(self) -> None:
+        assert self._io is not None
+        port, size, is_in = self._io
+        self._io = None
+        insn = self.fetch_insn()
+        access = decode.io_access(insn, self.code_bits())
+        ctx = self.ctx.load()
+        info1 = access.exitinfo1(ctx.gpr(2))
+        next_rip = ctx.rip + access.length
+        if self.mode is GuestMode.SEV_ES:
+            self._inject_vc(SvmExit.IOIO)
+        else:
+            self._exit_to_host(
+                SvmExit.IOIO, info1, next_rip, next_rip=next_rip, port=port, size=size, is_in=is_in
+            )
+
+    # -- nested page faults (MMIO) --------------------------------------------------------
+    def _nested_fault(self, fault: NestedFault) -> None:
+        if self.mode is GuestMode.SEV_ES:
+            self._inject_vc(SvmExit.NPF)
+            return
+        # Decode assist: the host gets the instruction bytes (APM 15.33).
+        insn = self.fetch_insn()
+        self.vmcb["insn_len"] = len(insn)
+        VMCB_INSN = self.vmcb
+        VMCB_INSN.control[0xD1 : 0xD1 + 15] = insn.ljust(15, b"\0")[:15]
+        code = PfErr.US if self.ctx.load().cpl == 3 else 0
+        if fault.access is Access.WRITE:
+            code |= PfErr.WR
+        if fault.access is Access.FETCH:
+            code |= PfErr.ID
+        self._exit_to_host(
+            SvmExit.NPF,
+            int(code),
+            fault.gpa,
+            gpa=fault.gpa,
+            access=fault.access.name.lower(),
+            private=fault.private,
+        )
+
+    # ------------------------------------------------------------------ exceptions
+    def _on_cpu_exception(self, vector: int) -> None:
+        ctx = self.ctx.load()
+        code = ctx.error_code if has_error_code(vector) else None
+        self.deliver(Event(vector, EventKind.EXCEPTION, code), ctx.rip)
+
+    def interrupt_context(self, return_rip: int) -> InterruptContext:
+        ctx = self.ctx.load()
+        rflags = self.uc.reg_read(ux.UC_X86_REG_RFLAGS)
+        seg = ctx.segment
+        gdt, idt = ctx.table(C.GDT), ctx.table(C.IDT)
+        cs = seg(C.SEG_CS)
+        return InterruptContext(
+            mode=self.cpu_mode(),
+            cpl=ctx.cpl,
+            rip=return_rip,
+            rsp=ctx.gpr(4),
+            rflags=rflags,
+            cs=Segment(cs.selector, cs.base, cs.limit, cs.attrib),
+            ss=Segment(*_seg_tuple(seg(C.SEG_SS))),
+            idtr_base=idt.base,
+            idtr_limit=idt.limit,
+            gdtr_base=gdt.base,
+            gdtr_limit=gdt.limit,
+            ldtr=Segment(*_seg_tuple(ctx.table(C.LDT))),
+            tr=Segment(*_seg_tuple(ctx.table(C.TR))),
+            code64=bool(cs.attrib & 0x200),
+        )
+
+    def deliver(self, event: Event, return_rip: int, *, cr2: int | None = None) -> None:
+        """Deliver ``event`` through the guest's IVT/IDT, as the processor does."""
+        ictx = self.interrupt_context(return_rip)
+        try:
+            plan, chain = deliver_with_escalation(ictx, event, self.linear)
+        except TripleFault as exc:
+            self._trace(
+                "cpu",
+                "exception",
+                f"{event} -> triple fault",
+                target="guest",
+                vector=event.vector,
+                error_code=event.error_code,
+                rip=return_rip,
+            )
+            self._shutdown(f"triple fault: {exc}")
+            return
+        final = chain[-1]
+        if plan.cr2 is not None:
+            cr2 = plan.cr2
+        elif final.vector != Vector.PF or len(chain) > 1 and chain[0].vector != Vector.PF:
+            cr2 = cr2 if final is event else None
+        self._apply(plan, cr2 if final.vector == Vector.PF else None)
+        if event.vector != Vector.VC or len(chain) > 1:
+            names = " -> ".join(str(e) for e in chain)
+            self._trace(
+                "cpu",
+                "exception",
+                f"{names} delivered to {plan.rip:#x}",
+                target="guest",
+                vector=final.vector,
+                name=vector_name(final.vector),
+                error_code=final.error_code,
+                rip=return_rip,
+                handler=plan.rip,
+                cr2=cr2,
+            )
+
+    def _apply(self, plan: DeliveryPlan, cr2: int | None) -> None:
+        user_stack = plan.cpl == 3
+        for addr, data in plan.stack:
+            self.linear.write(addr, data, user=user_stack)
+        ctx = self.ctx.load()
+        ctx.set_segment(
+            C.SEG_CS, SegmentState(plan.cs.selector, plan.cs.base, plan.cs.limit, plan.cs.attrib)
+        )
+        if plan.ss is not None:
+            ctx.set_segment(
+                C.SEG_SS,
+                SegmentState(plan.ss.selector, plan.ss.base, plan.ss.limit, plan.ss.attrib),
+            )
+        ctx.set_u64(C.EIP, plan.rip)
+        ctx.set_gpr(4, plan.rsp)
+        if cr2 is not None:
+            ctx.set_u64(C.CR + 16, cr2)
+        ctx.set_u32(C.OLD_EXCEPTION, 0xFFFF_FFFF)  # -1: no exception in flight
+        ctx.recompute_hflags()
+        ctx.store()
+        self.uc.reg_write(ux.UC_X86_REG_RFLAGS, plan.rflags)
+
+    def _flush_tlb(self) -> None:
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def _set_rip(self, rip: int) -> None:
+        self.uc.reg_write(ux.UC_X86_REG_RIP, rip)
+
+    # ------------------------------------------------------------------ event injection
+    def _inject_pending_event(self) -> None:
+        value = self.vmcb["event_inj"] | (self.vmcb["event_inj_err"] << 32)
+        if not value & EVENTINJ_V:
+            return
+        self.vmcb["event_inj"] = 0
+        ev = decode_event(value)
+        kind = {
+            EventType.INTR: EventKind.EXTERNAL,
+            EventType.NMI: EventKind.EXTERNAL,
+            EventType.SOFT_INT: EventKind.SOFTWARE,
+        }.get(ev.event_type, EventKind.EXCEPTION)
+        self._trace(
+            "hv",
+            "inject",
+            f"inject vector {ev.vector:#x}",
+            target="cpu",
+            vector=ev.vector,
+            type=ev.event_type,
+        )
+        try:
+            self.deliver(Event(ev.vector, kind, ev.error_code), self.rip())
+        except _ExitNow:
+            pass
+
+
+class _ExitNow(Exception):
+    """Internal: an exit was recorded; stop Unicorn and return it."""
+
+
+def _seg_tuple(s: SegmentState) -> tuple[int, int, int, int]:
+    return s.selector, s.base, s.limit, s.attrib
+
+
+RflagsReader = Callable[[], int]
+__all__ = ["VCpu", "VmExit", "VcpuState", "StopReason", "GuestLinear", "Rflags"]

@@ -1,0 +1,205 @@
+"""A ready-made guest environment, built by the host, for running guest code in tests.
+
+Firmware normally builds its GDT, IDT and page tables itself (our firmware/
+does). To test a #VC handler or a few instructions, that is a lot of code to
+repeat, so the harness does it host-side and hands the program a ready
+environment -- the way a loader or a unit-test rig would:
+
+* 64-bit long mode (or 32-bit protected mode), CPL 0, interrupts off;
+* a GDT with flat ring-0 and ring-3 code and data and a TSS (RSP0 and IST1);
+* an IDT whose gates point at labels of the program (``handlers``);
+* page tables identity-mapping the guest's RAM with the C-bit set (2 MiB
+  pages; the first 2 MiB in 4 KiB pages so single pages can be shared);
+* a stack, and the program at ``CODE_BASE`` entered at its ``start`` label.
+
+Every image goes through the launch (LAUNCH_UPDATE_DATA), so in the
+encrypted modes it is measured and encrypted like any guest memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sevx86.arch.cr import Cr0, Cr4, Rflags
+from sevx86.arch.descriptors import ATTR_P, code_segment, data_segment
+from sevx86.arch.msr import Efer
+from sevx86.arch.vmsa import VMSA
+from sevx86.asm import Program, assemble
+from sevx86.config import GuestConfig, GuestMode
+from sevx86.machine import Machine
+from sevx86.memory.dram import PhysicalMemory
+from sevx86.memory.pagetables import PageTableBuilder
+from sevx86.sp.secure_processor import SecureProcessor
+from sevx86.trace.events import Tracer
+
+GDT_BASE = 0x1000
+IDT_BASE = 0x2000
+TSS_BASE = 0x3000
+TABLES_BASE = 0x10000
+TABLES_SIZE = 0x10000
+STACK_TOP = 0x80000  # ring-0 stack, grows down
+IST1_TOP = 0x90000  # IST1 stack (e.g. for #DF)
+USER_STACK_TOP = 0xA0000
+CODE_BASE = 0x100000
+
+# GDT selectors.
+KERNEL_CS = 0x08
+KERNEL_DS = 0x10
+KERNEL_CS32 = 0x18
+USER_DS = 0x23  # index 4, RPL 3
+USER_CS = 0x2B  # index 5, RPL 3
+TSS_SELECTOR = 0x30  # 16-byte system descriptor in long mode
+TSS_LIMIT = 0x67
+
+
+def _gdt(long_mode: bool) -> bytes:
+    entries = [
+        bytes(8),
+        code_segment(dpl=0, long=long_mode).encode(),
+        data_segment(dpl=0).encode(),
+        code_segment(dpl=0, long=False).encode(),
+        data_segment(dpl=3).encode(),
+        code_segment(dpl=3, long=long_mode).encode(),
+    ]
+    # Available TSS (type 9), present; 16 bytes in long mode.
+    tss = TSS_BASE
+    low = (TSS_LIMIT & 0xFFFF) | ((tss & 0xFFFFFF) << 16) | ((0x89) << 40)
+    low |= ((tss >> 24) & 0xFF) << 56
+    entries.append(low.to_bytes(8, "little"))
+    entries.append((tss >> 32).to_bytes(8, "little"))
+    return b"".join(entries)
+
+
+def _gate(offset: int, *, long_mode: bool, dpl: int = 0, ist: int = 0) -> bytes:
+    from sevx86.arch.descriptors import encode_gate32, encode_gate64
+
+    if long_mode:
+        return encode_gate64(KERNEL_CS, offset, dpl=dpl, ist=ist)
+    return encode_gate32(KERNEL_CS32, offset, dpl=dpl)
+
+
+@dataclass
+class GuestSpec:
+    """What to build: the program and how its vectors are wired."""
+
+    source: str
+    bits: int = 64
+    handlers: Mapping[int, str] = field(default_factory=dict)  # vector -> label
+    ist: Mapping[int, int] = field(default_factory=dict)  # vector -> IST index
+    user_gates: Iterable[int] = ()  # vectors callable from ring 3 (INT n)
+    shared_pages: Iterable[int] = ()  # GPAs of 4 KiB pages mapped with C=0
+    entry: str = "start"
+    name: str = "<test>"
+    include_paths: tuple[Path, ...] = ()
+
+
+def build_tables(config: GuestConfig, shared_pages: Iterable[int]) -> tuple[int, bytes]:
+    """(CR3, image of the table pool) identity-mapping RAM, C-bit on all but ``shared_pages``."""
+    scratch = PhysicalMemory(
+        GuestConfig(mode=GuestMode.NONE, memory=config.memory, cbitpos=config.cbitpos)
+    )
+    builder = PageTableBuilder(scratch, TABLES_BASE, TABLES_SIZE, config.c_bit)
+    shared = set(shared_pages)
+    builder.map(0, 0, 0x200000, private=True)
+    for gpa in shared:
+        if gpa >= 0x200000:
+            raise ValueError(f"shared page {gpa:#x}: only the first 2 MiB can be shared")
+        builder.map(gpa, gpa, 0x1000, private=False)
+    top = max(config.memory, 0x200000)
+    if top > 0x200000:
+        builder.map(0x200000, 0x200000, (top - 0x200000 + 0x1FFFFF) & ~0x1FFFFF, page_size=0x200000)
+    return builder.cr3, scratch.read_private(TABLES_BASE, TABLES_SIZE)
+
+
+def initial_state(program: Program, spec: GuestSpec, cr3: int) -> bytearray:
+    """The VMSA page the vCPU starts from."""
+    page = VMSA.new()
+    long_mode = spec.bits == 64
+    cs = code_segment(dpl=0, long=long_mode)
+    ds = data_segment(dpl=0)
+    values: dict[str, int] = {
+        "cs.selector": KERNEL_CS if long_mode else KERNEL_CS32,
+        "cs.attrib": cs.attrib,
+        "cs.limit": cs.limit,
+        "cs.base": 0,
+        "gdtr.base": GDT_BASE,
+        "gdtr.limit": len(_gdt(long_mode)) - 1,
+        "idtr.base": IDT_BASE,
+        "idtr.limit": (256 * (16 if long_mode else 8)) - 1,
+        "tr.selector": TSS_SELECTOR,
+        "tr.base": TSS_BASE,
+        "tr.limit": TSS_LIMIT,
+        "tr.attrib": ATTR_P | 0xB,  # busy TSS
+        "ldtr.attrib": ATTR_P | 0x2,
+        "ldtr.limit": 0xFFFF,
+        "rip": program.symbol(spec.entry),
+        "rsp": STACK_TOP,
+        "rflags": int(Rflags.FIXED1),
+        "cr0": int(Cr0.PE | Cr0.MP | Cr0.ET | Cr0.NE | Cr0.WP | (Cr0.PG if long_mode else 0)),
+        "cr3": cr3 if long_mode else 0,
+        "cr4": int(Cr4.PAE | Cr4.OSFXSR | Cr4.OSXMMEXCPT) if long_mode else int(Cr4.OSFXSR),
+        "efer": int(Efer.SVME | ((Efer.LME | Efer.LMA | Efer.NXE | Efer.SCE) if long_mode else 0)),
+        "g_pat": 0x0007_0406_0007_0406,
+        "xcr0": 1,
+        "mxcsr": 0x1F80,
+        "x87_fcw": 0x37F,
+        "dr7": 0x400,
+        "dr6": 0xFFFF_0FF0,
+    }
+    for seg in ("ss", "ds", "es", "fs", "gs"):
+        values[f"{seg}.selector"] = KERNEL_DS
+        values[f"{seg}.attrib"] = ds.attrib
+        values[f"{seg}.limit"] = ds.limit
+    for name, value in values.items():
+        VMSA.write(page, name, value)
+    return page
+
+
+def build_machine(
+    spec: GuestSpec,
+    config: GuestConfig | None = None,
+    *,
+    tracer: Tracer | None = None,
+    sp: SecureProcessor | None = None,
+    finish: bool = True,
+) -> tuple[Machine, Program]:
+    """Assemble ``spec``, launch a machine with the environment, one vCPU."""
+    config = config or GuestConfig(memory=8 << 20)
+    program = assemble(
+        spec.source,
+        base=CODE_BASE,
+        bits=spec.bits,
+        name=spec.name,
+        include_paths=spec.include_paths,
+    )
+    long_mode = spec.bits == 64
+    machine = Machine(config, tracer=tracer, sp=sp)
+    idt = bytearray(256 * (16 if long_mode else 8))
+    user = set(spec.user_gates)
+    for vector, label in spec.handlers.items():
+        gate = _gate(
+            program.symbol(label),
+            long_mode=long_mode,
+            dpl=3 if vector in user else 0,
+            ist=spec.ist.get(vector, 0),
+        )
+        idt[vector * len(gate) : (vector + 1) * len(gate)] = gate
+    tss = bytearray(0x68)
+    tss[4:12] = STACK_TOP.to_bytes(8, "little")  # RSP0
+    tss[0x24:0x2C] = IST1_TOP.to_bytes(8, "little")  # IST1
+    if not long_mode:
+        tss[4:8] = STACK_TOP.to_bytes(4, "little")  # ESP0
+        tss[8:10] = KERNEL_DS.to_bytes(2, "little")  # SS0
+    cr3, tables = build_tables(config, spec.shared_pages) if long_mode else (0, b"")
+    machine.load(GDT_BASE, _gdt(long_mode), name="gdt")
+    machine.load(IDT_BASE, bytes(idt), name="idt")
+    machine.load(TSS_BASE, bytes(tss), name="tss")
+    if tables:
+        machine.load(TABLES_BASE, tables, name="page tables")
+    machine.load(program.base, program.code, name="program")
+    machine.add_vcpu(initial_state(program, spec, cr3))
+    if finish:
+        machine.finish()
+    return machine, program

@@ -1,0 +1,259 @@
+"""A guest VM and the host's view of it: the trust boundary as types.
+
+``Machine`` is the trusted side -- guest memory with its AES engine, the
+vCPUs (Unicorn), the Secure Processor context. ``HostView`` is everything an
+untrusted hypervisor may touch (DESIGN.md, "Trust boundary"):
+
+* DRAM as the host sees it (ciphertext for every private page),
+* each vCPU's VMCB control area and permission maps,
+* the right to ask for VMRUN,
+* in modes ``none`` and ``sev`` only, the guest's registers at an exit.
+
+It holds no Unicorn handle, no key, no Secure Processor object on any public
+attribute; ``tests/cpu/test_boundary.py`` walks its object graph to prove it.
+
+Launch follows the SEV API order (sevx86.sp): LAUNCH_START when the machine
+is created, LAUNCH_UPDATE_DATA per loaded image, LAUNCH_UPDATE_VMSA per
+SEV-ES vCPU, then LAUNCH_MEASURE and LAUNCH_FINISH in ``finish()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sevx86.arch.vmsa import VMSA_SIZE
+from sevx86.config import PAGE_SIZE, GuestConfig, GuestMode
+from sevx86.cpu.vcpu import VCpu, VmExit
+from sevx86.cpu.vmcb import Vmcb
+from sevx86.memory.dram import PhysicalMemory, RamRegion
+from sevx86.sp.policy import GuestPolicy, PolicyFlag
+from sevx86.sp.secure_processor import SecureProcessor
+from sevx86.trace.events import NullTracer, Tracer
+
+DEFAULT_ASID = 1
+
+
+class LaunchError(RuntimeError):
+    """The machine cannot be launched as asked."""
+
+
+class Machine:
+    """One guest: memory, vCPUs and (encrypted modes) its Secure Processor context."""
+
+    def __init__(
+        self,
+        config: GuestConfig,
+        *,
+        sp: SecureProcessor | None = None,
+        policy: GuestPolicy | int | None = None,
+        tracer: Tracer | None = None,
+        memory: PhysicalMemory | None = None,
+        handle: int | None = None,
+    ):
+        self.config = config
+        self.mode = config.mode
+        self.tracer: Tracer = tracer if tracer is not None else NullTracer()
+        self.vcpus: list[VCpu] = []
+        self.measurement = None
+        self._finished = False
+        self._sp: SecureProcessor | None = None
+        self._handle = 0
+        if memory is not None:
+            # Launched elsewhere (sevx86.boot.launch): adopt its memory and handle.
+            if config.mode.encrypted and (sp is None or handle is None):
+                raise LaunchError("an adopted encrypted guest needs its SP and handle")
+            self._sp, self._handle, self.memory = sp, handle or 0, memory
+            return
+        if config.mode.encrypted:
+            self._sp = sp if sp is not None else SecureProcessor()
+            if policy is None:
+                flags = PolicyFlag.NODBG | (PolicyFlag.ES if config.mode is GuestMode.SEV_ES else 0)
+                policy = GuestPolicy.make(flags)
+            policy = policy if isinstance(policy, GuestPolicy) else GuestPolicy(int(policy))
+            if policy.es != (config.mode is GuestMode.SEV_ES):
+                raise LaunchError(f"policy {policy} does not match mode {config.mode.value}")
+            self._handle = self._sp.launch_start(policy)
+            self._sp.activate(self._handle, DEFAULT_ASID)
+            self.memory = PhysicalMemory(config, self._sp.memory_cipher(self._handle))
+            self.tracer.emit(
+                "sp",
+                "launch",
+                f"LAUNCH_START policy {policy.value:#x}",
+                target="hv",
+                policy=policy.value,
+            )
+        else:
+            self.memory = PhysicalMemory(config)
+
+    # -- launch ----------------------------------------------------------------------
+    def load(self, gpa: int, data: bytes, *, name: str | None = None) -> None:
+        """Place an image in guest memory: the host writes it, the SP encrypts and measures it."""
+        if self._finished:
+            raise LaunchError("the launch is finished; images can no longer be loaded")
+        data = bytes(data)
+        start = gpa & ~(PAGE_SIZE - 1)
+        end = (gpa + len(data) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if self.memory.guest_ram_at(start, end - start) is None:
+            if any(start < r.end and r.base < end for r in self.memory.regions):
+                raise LaunchError(f"image at {gpa:#x}+{len(data):#x} straddles a RAM region")
+            self.memory.add_region(name or f"image@{start:#x}", start, end - start)
+        self.memory.write_dram(gpa, data)
+        if self._sp is not None:
+            self._sp.launch_update_data(self._handle, self.memory, start, end - start)
+        self.tracer.emit(
+            "hv",
+            "load",
+            f"image {name or ''} at {gpa:#x}, {len(data)} bytes",
+            target="sp" if self._sp else None,
+            gpa=gpa,
+            size=len(data),
+        )
+
+    def add_vcpu(self, initial_state: bytes) -> VCpu:
+        """A vCPU starting from ``initial_state`` (a VMSA-layout page)."""
+        if self._finished:
+            raise LaunchError("the launch is finished; vCPUs can no longer be added")
+        index = len(self.vcpus)
+        spa = None
+        if self.mode is GuestMode.SEV_ES:
+            assert self._sp is not None
+            page = self.memory.allocate_host_page(f"vmsa{index}")
+            self.memory.write_dram(page.base, bytes(initial_state))
+            self._sp.launch_update_vmsa(self._handle, self.memory, page.base, index)
+            spa = page.base
+            self.tracer.emit(
+                "sp", "launch", f"LAUNCH_UPDATE_VMSA vCPU {index}", vcpu=index, target="hv"
+            )
+        vcpu = VCpu(self, index, initial_state, spa)
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def adopt_vcpus(self, vmsa_spas: tuple[int, ...]) -> None:
+        """vCPUs for a guest launched by sevx86.boot (VMSAs already measured)."""
+        for index, spa in enumerate(vmsa_spas):
+            self.vcpus.append(VCpu(self, index, self.memory.read_private(spa, VMSA_SIZE), spa))
+        self._finished = True
+
+    def finish(self) -> None:
+        """LAUNCH_MEASURE + LAUNCH_FINISH (encrypted modes)."""
+        if self._finished:
+            return
+        if self._sp is not None:
+            self.measurement = self._sp.launch_measure(self._handle)
+            self._sp.launch_finish(self._handle)
+            self.tracer.emit(
+                "sp",
+                "launch",
+                "LAUNCH_MEASURE + LAUNCH_FINISH",
+                target="hv",
+                digest=self._sp.launch_digest(self._handle).hex(),
+            )
+        self._finished = True
+
+    @property
+    def launch_digest(self) -> bytes | None:
+        return self._sp.launch_digest(self._handle) if self._sp is not None else None
+
+    # -- the CPU's calls into the Secure Processor ---------------------------------------
+    def vmsa_seal(self, vcpu: VCpu) -> None:
+        assert self._sp is not None and vcpu.vmsa_spa is not None
+        self._sp.vmsa_seal(self._handle, vcpu.index, self.memory, vcpu.vmsa_spa)
+
+    def vmsa_check(self, vcpu: VCpu) -> bool:
+        assert self._sp is not None and vcpu.vmsa_spa is not None
+        return self._sp.vmsa_check(self._handle, vcpu.index, self.memory, vcpu.vmsa_spa)
+
+    # -- the host's side ------------------------------------------------------------------
+    def host_view(self) -> HostView:
+        if not self._finished:
+            self.finish()
+        return HostView(self)
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    """A RAM region as the host knows it (it allocated it)."""
+
+    name: str
+    base: int
+    size: int
+    guest_visible: bool
+
+
+class HostMemory:
+    """Guest DRAM through the host's eyes: ciphertext for private pages."""
+
+    __slots__ = ("_memory",)
+
+    def __init__(self, memory: PhysicalMemory):
+        self._memory = memory
+
+    def read(self, gpa: int, size: int) -> bytes:
+        return self._memory.read_dram(gpa, size)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self._memory.write_dram(gpa, bytes(data))
+
+    def regions(self) -> list[RegionInfo]:
+        return [_info(r) for r in self._memory.regions]
+
+    def contains(self, gpa: int, size: int = 1) -> bool:
+        """Is ``[gpa, gpa+size)`` guest RAM (a host must check before touching it)?"""
+        return self._memory.guest_ram_at(gpa, size) is not None
+
+    def image(self) -> Iterator[tuple[RegionInfo, bytes]]:
+        for region, data in self._memory.dram_image():
+            yield _info(region), data
+
+
+def _info(r: RamRegion) -> RegionInfo:
+    return RegionInfo(r.name, r.base, r.size, r.guest_visible)
+
+
+class HostVcpu:
+    """One vCPU as the host drives it: its VMCB, and VMRUN."""
+
+    __slots__ = ("index", "vmcb", "_vcpu")
+
+    def __init__(self, vcpu: VCpu):
+        self.index = vcpu.index
+        self.vmcb: Vmcb = vcpu.vmcb
+        self._vcpu = vcpu
+
+    def vmrun(self, *, timeout: float | None = None, max_instructions: int | None = None) -> VmExit:
+        return self._vcpu.vmrun(timeout=timeout, max_instructions=max_instructions)
+
+    @property
+    def vmsa_gpa(self) -> int | None:
+        """Where the VMSA is (the host allocated it; it sees only ciphertext there)."""
+        return self._vcpu.vmsa_spa
+
+    @property
+    def alive(self) -> bool:
+        return self._vcpu.status.value != "dead"
+
+
+class HostView:
+    """What the untrusted hypervisor gets. No keys, no Unicorn, no SP."""
+
+    __slots__ = ("mode", "config", "memory", "vcpus", "_tracer")
+
+    def __init__(self, machine: Machine):
+        self.mode: GuestMode = machine.mode
+        self.config: GuestConfig = machine.config
+        self.memory = HostMemory(machine.memory)
+        self.vcpus: tuple[HostVcpu, ...] = tuple(HostVcpu(v) for v in machine.vcpus)
+        self._tracer = machine.tracer
+
+    def log(
+        self,
+        kind: str,
+        summary: str,
+        *,
+        vcpu: int | None = None,
+        target: str | None = None,
+        **data: object,
+    ) -> None:
+        """Add a host event to the trace (write-only: the host cannot read the trace)."""
+        self._tracer.emit("hv", kind, summary, vcpu=vcpu, target=target, **data)
