@@ -90,26 +90,39 @@ class GuestSpec:
     ist: Mapping[int, int] = field(default_factory=dict)  # vector -> IST index
     user_gates: Iterable[int] = ()  # vectors callable from ring 3 (INT n)
     shared_pages: Iterable[int] = ()  # GPAs of 4 KiB pages mapped with C=0
+    mmio: Iterable[int] = ()  # GPAs (rounded to 2 MiB) identity-mapped with C=0 for devices
     entry: str = "start"
     name: str = "<test>"
     include_paths: tuple[Path, ...] = ()
 
 
-def build_tables(config: GuestConfig, shared_pages: Iterable[int]) -> tuple[int, bytes]:
+def build_tables(
+    config: GuestConfig, shared_pages: Iterable[int], mmio: Iterable[int] = ()
+) -> tuple[int, bytes]:
     """(CR3, image of the table pool) identity-mapping RAM, C-bit on all but ``shared_pages``."""
     scratch = PhysicalMemory(
         GuestConfig(mode=GuestMode.NONE, memory=config.memory, cbitpos=config.cbitpos)
     )
     builder = PageTableBuilder(scratch, TABLES_BASE, TABLES_SIZE, config.c_bit)
     shared = set(shared_pages)
-    builder.map(0, 0, 0x200000, private=True)
+    # User-accessible everywhere so tests can drop to ring 3 (SMEP stays off).
+    builder.map(0, 0, 0x200000, private=True, user=True)
     for gpa in shared:
         if gpa >= 0x200000:
             raise ValueError(f"shared page {gpa:#x}: only the first 2 MiB can be shared")
-        builder.map(gpa, gpa, 0x1000, private=False)
+        builder.map(gpa, gpa, 0x1000, private=False, user=True)
     top = max(config.memory, 0x200000)
     if top > 0x200000:
-        builder.map(0x200000, 0x200000, (top - 0x200000 + 0x1FFFFF) & ~0x1FFFFF, page_size=0x200000)
+        builder.map(
+            0x200000,
+            0x200000,
+            (top - 0x200000 + 0x1FFFFF) & ~0x1FFFFF,
+            page_size=0x200000,
+            user=True,
+        )
+    for gpa in sorted({g & ~0x1FFFFF for g in mmio}):
+        # Device windows live outside RAM and are shared (C=0), as guests map MMIO.
+        builder.map(gpa, gpa, 0x200000, page_size=0x200000, private=False, nx=True)
     return builder.cr3, scratch.read_private(TABLES_BASE, TABLES_SIZE)
 
 
@@ -192,7 +205,7 @@ def build_machine(
     if not long_mode:
         tss[4:8] = STACK_TOP.to_bytes(4, "little")  # ESP0
         tss[8:10] = KERNEL_DS.to_bytes(2, "little")  # SS0
-    cr3, tables = build_tables(config, spec.shared_pages) if long_mode else (0, b"")
+    cr3, tables = build_tables(config, spec.shared_pages, spec.mmio) if long_mode else (0, b"")
     machine.load(GDT_BASE, _gdt(long_mode), name="gdt")
     machine.load(IDT_BASE, bytes(idt), name="idt")
     machine.load(TSS_BASE, bytes(tss), name="tss")

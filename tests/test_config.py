@@ -47,8 +47,15 @@ def test_from_qemu_style_options():
 
 
 @pytest.mark.parametrize(
-    "text,size", [("64M", 64 << 20), ("1G", 1 << 30), ("512MiB", 512 << 20), ("64", 64 << 20),
-                  ("65536", 65536), ("2g", 2 << 30)]
+    "text,size",
+    [
+        ("64M", 64 << 20),
+        ("1G", 1 << 30),
+        ("512MiB", 512 << 20),
+        ("64", 64 << 20),
+        ("65536", 65536),
+        ("2g", 2 << 30),
+    ],
 )
 def test_parse_size(text, size):
     assert parse_size(text) == size

@@ -11,6 +11,7 @@ handler's or the host's job, as in the real architecture.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -37,6 +38,87 @@ class DecodeError(ValueError):
 @cache
 def _capstone(bits: int) -> Cs:
     return Cs(CS_ARCH_X86, {16: CS_MODE_16, 32: CS_MODE_32, 64: CS_MODE_64}[bits])
+
+
+@cache
+def _capstone_detail(bits: int) -> Cs:
+    cs = Cs(CS_ARCH_X86, {16: CS_MODE_16, 32: CS_MODE_32, 64: CS_MODE_64}[bits])
+    cs.detail = True
+    return cs
+
+
+# Capstone register ids -> architectural GPR index, for address computation.
+def _gpr_index() -> dict[int, tuple[int, int]]:
+    from capstone import x86_const as cx
+
+    table: dict[int, tuple[int, int]] = {}
+    names64 = ["RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI"]
+    names32 = ["EAX", "ECX", "EDX", "EBX", "ESP", "EBP", "ESI", "EDI"]
+    names16 = ["AX", "CX", "DX", "BX", "SP", "BP", "SI", "DI"]
+    for i in range(8):
+        table[getattr(cx, f"X86_REG_{names64[i]}")] = (i, 64)
+        table[getattr(cx, f"X86_REG_{names32[i]}")] = (i, 32)
+        table[getattr(cx, f"X86_REG_{names16[i]}")] = (i, 16)
+    for i in range(8, 16):
+        table[getattr(cx, f"X86_REG_R{i}")] = (i, 64)
+        table[getattr(cx, f"X86_REG_R{i}D")] = (i, 32)
+        table[getattr(cx, f"X86_REG_R{i}W")] = (i, 16)
+    return table
+
+
+_GPRS = _gpr_index()
+_STACK_PUSH = {"push", "pushf", "pushfq", "pushfd", "call", "enter"}
+_STACK_POP = {"pop", "popf", "popfq", "popfd", "ret", "retf", "leave", "iret", "iretq", "iretd"}
+
+
+def fault_address(
+    insn: bytes,
+    bits: int,
+    rip: int,
+    gprs: tuple[int, ...],
+    segment_base: Callable[[int], int],
+    page: int,
+    page_size: int = 0x1000,
+) -> int:
+    """The exact linear address an instruction faulted at, given the faulting page.
+
+    Unicorn's TLB-fill hook only knows the page, but CR2 must hold the
+    first byte that faulted (APM vol 2, 8.4.2). The instruction's memory
+    operands (capstone) and implicit stack accesses give the candidates; the
+    one that touches ``page`` decides. Unknown cases fall back to the page.
+    """
+    from capstone import x86_const as cx
+
+    decoded = next(_capstone_detail(bits).disasm(insn[:MAX_INSN], rip, 1), None)
+    if decoded is None:
+        return page
+    mask = (1 << bits) - 1 if bits != 16 else 0xFFFF_FFFF
+    candidates: list[tuple[int, int]] = []
+    for op in decoded.operands:
+        if op.type != cx.X86_OP_MEM:
+            continue
+        mem = op.mem
+        ea = mem.disp
+        if mem.base == cx.X86_REG_RIP:
+            ea += rip + decoded.size
+        elif mem.base in _GPRS:
+            idx, width = _GPRS[mem.base]
+            ea += gprs[idx] & ((1 << width) - 1)
+        if mem.index in _GPRS:
+            idx, width = _GPRS[mem.index]
+            ea += (gprs[idx] & ((1 << width) - 1)) * mem.scale
+        if bits != 64 or mem.segment in (cx.X86_REG_FS, cx.X86_REG_GS):
+            ea += segment_base(mem.segment)
+        candidates.append((ea & mask, max(op.size, 1)))
+    stack_width = {64: 8, 32: 4, 16: 2}[bits]
+    if decoded.mnemonic in _STACK_PUSH:
+        candidates.append(((gprs[4] - stack_width) & mask, stack_width))
+    elif decoded.mnemonic in _STACK_POP:
+        candidates.append((gprs[4] & mask, stack_width))
+    for ea, size in candidates:
+        if ea < page + page_size and ea + size > page:
+            return max(ea, page)
+    return page
 
 
 def length(insn: bytes, bits: int) -> int:

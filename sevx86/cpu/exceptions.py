@@ -23,7 +23,7 @@ Faults found while planning are raised as ``GuestFault`` and combined by
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
 
@@ -438,11 +438,19 @@ def escalate(first: Event, second: GuestFault) -> Event:
 
 
 def deliver_with_escalation(
-    ctx: InterruptContext, event: Event, mem: LinearMemory, *, limit: int = 8
+    ctx: InterruptContext,
+    event: Event,
+    mem: LinearMemory,
+    *,
+    fault_rip: int | None = None,
+    limit: int = 8,
 ) -> tuple[DeliveryPlan, list[Event]]:
     """Plan ``event``; on nested faults apply the #DF rules.
 
-    Returns the final plan and the chain of events tried (for the trace).
+    ``fault_rip`` is where a fault raised during delivery points (for INT n,
+    the INT instruction; ``ctx.rip`` is then the next instruction).
+    Returns the final plan and the chain of events (for the trace): the
+    original event, each nested fault, and what it escalated to.
     """
     chain = [event]
     cr2: int | None = None
@@ -452,8 +460,15 @@ def deliver_with_escalation(
             plan.cr2 = cr2
             return plan, chain
         except GuestFault as fault:
+            nested = fault.as_event()
             event = escalate(event, fault)
+            if event != nested:
+                chain.append(nested)  # the fault itself, then what it escalated to
             if fault.vector == Vector.PF and event.vector == Vector.PF:
                 cr2 = fault.cr2
             chain.append(event)
+            if fault_rip is not None:
+                # A fault raised by INT n itself restarts the INT: the frame
+                # holds the instruction's address, not the next one.
+                ctx = replace(ctx, rip=fault_rip)
     raise TripleFault("delivery did not converge")

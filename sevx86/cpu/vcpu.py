@@ -543,10 +543,13 @@ class VCpu:
             self.filler.pending = None
             try:
                 if isinstance(pending, PageFault):
+                    cr2 = (
+                        self._exact_fault_address(pending) if pending.vector == Vector.PF else None
+                    )
                     self.deliver(
                         Event(pending.vector, EventKind.EXCEPTION, pending.error_code),
                         self.rip(),
-                        cr2=pending.vaddr if pending.vector == Vector.PF else None,
+                        cr2=cr2,
                     )
                 else:
                     self._nested_fault(pending)
@@ -556,6 +559,39 @@ class VCpu:
         if self._exit is not None:
             return
         self._emulation_error(error)
+
+    def _exact_fault_address(self, fault: PageFault) -> int:
+        """CR2 for a refused fill: the hook saw only the page; the instruction says where."""
+        page = fault.vaddr & ~(PAGE_SIZE - 1)
+        linear_rip = self.linear_rip()
+        if fault.error_code & PfErr.ID:
+            # A fetch: the instruction's first byte, or the start of the next
+            # page when the instruction straddles into it.
+            return linear_rip if linear_rip >= page else page
+        insn = self.fetch_insn()
+        if not insn:
+            return page
+        ctx = self.ctx
+        return decode.fault_address(
+            insn,
+            self.code_bits(),
+            ctx.rip,
+            ctx.gprs(),
+            self._segment_base_by_capstone_id,
+            page,
+        )
+
+    def _segment_base_by_capstone_id(self, reg: int) -> int:
+        from capstone import x86_const as cx
+
+        index = {
+            cx.X86_REG_ES: C.SEG_ES,
+            cx.X86_REG_CS: C.SEG_CS,
+            cx.X86_REG_SS: C.SEG_SS,
+            cx.X86_REG_FS: C.SEG_FS,
+            cx.X86_REG_GS: C.SEG_GS,
+        }.get(reg, C.SEG_DS)
+        return self.ctx.segment(index).base
 
     def _emulation_error(self, exc: BaseException) -> None:
         rip = self.rip()
@@ -572,9 +608,7 @@ class VCpu:
             insn = self.fetch_insn()
             vector, length = decode.software_interrupt(insn, self.code_bits())
             rip = self.rip()
-            kind = EventKind.SOFTWARE
-            self._set_rip(rip + length)
-            self.deliver(Event(vector, kind), rip + length)
+            self.deliver(Event(vector, EventKind.SOFTWARE), rip + length, fault_rip=rip)
             return
         if code in (
             SvmExit.VMRUN,
@@ -895,11 +929,13 @@ class VCpu:
             code64=bool(cs.attrib & 0x200),
         )
 
-    def deliver(self, event: Event, return_rip: int, *, cr2: int | None = None) -> None:
+    def deliver(
+        self, event: Event, return_rip: int, *, cr2: int | None = None, fault_rip: int | None = None
+    ) -> None:
         """Deliver ``event`` through the guest's IVT/IDT, as the processor does."""
         ictx = self.interrupt_context(return_rip)
         try:
-            plan, chain = deliver_with_escalation(ictx, event, self.linear)
+            plan, chain = deliver_with_escalation(ictx, event, self.linear, fault_rip=fault_rip)
         except TripleFault as exc:
             self._trace(
                 "cpu",
