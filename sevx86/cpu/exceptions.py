@@ -223,15 +223,20 @@ def _pack(values: list[int], width: int) -> bytes:
     return b"".join((v & mask).to_bytes(width, "little") for v in values)
 
 
+_CLEAR_ALWAYS = int(Rflags.TF | Rflags.NT | Rflags.RF)
+_AC, _VM, _IF, _FIXED1 = int(Rflags.AC), int(Rflags.VM), int(Rflags.IF), int(Rflags.FIXED1)
+
+
 def _cleared_flags(rflags: int, gate_interrupt: bool, *, mode: CpuMode) -> int:
-    flags = rflags & ~(Rflags.TF | Rflags.NT | Rflags.RF)
+    """RFLAGS in the handler: TF, NT, RF cleared; IF too through an interrupt gate."""
+    flags = rflags & ~_CLEAR_ALWAYS
     if mode is CpuMode.REAL:
-        flags &= ~Rflags.AC
-    if mode is not CpuMode.REAL:
-        flags &= ~Rflags.VM
+        flags &= ~_AC
+    else:
+        flags &= ~_VM
     if gate_interrupt:
-        flags &= ~Rflags.IF
-    return int(flags) | Rflags.FIXED1
+        flags &= ~_IF
+    return flags | _FIXED1
 
 
 # -- the three modes -------------------------------------------------------------

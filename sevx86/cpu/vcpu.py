@@ -78,7 +78,7 @@ from sevx86.cpu.exceptions import (
     TripleFault,
     deliver_with_escalation,
 )
-from sevx86.cpu.intercepts import IN_PLACE_MSRS, Handling, resolve, rule_for
+from sevx86.cpu.intercepts import IN_PLACE_MSRS, VMGEXIT_BYTES, Handling, resolve, rule_for
 from sevx86.cpu.svm import STUB, SvmHardware
 from sevx86.cpu.vmcb import Vmcb
 from sevx86.memory.mmu import MMU, Access, NestedFault, PageFault, PagingState, TlbFiller
@@ -94,6 +94,8 @@ _UCREG_CR = {
     8: ux.UC_X86_REG_CR8,
 }
 _STUB_PAGE = STUB & ~(PAGE_SIZE - 1)
+_CR0_PE = int(Cr0.PE)
+_EFER_LMA = int(Efer.LMA)
 
 
 class VcpuState(Enum):
@@ -145,9 +147,25 @@ class GuestLinear:
 
     def __init__(self, vcpu: VCpu):
         self.vcpu = vcpu
+        # Translations reused while the CPU handles one event (the page
+        # tables cannot change under it); forget() at every new event.
+        self._cache: dict[tuple[int, Access, bool], object] = {}
+        self._state: PagingState | None = None
+
+    def forget(self) -> None:
+        self._cache.clear()
+        self._state = None
 
     def _translate(self, addr: int, access: Access, user: bool):
-        st = self.vcpu.paging_state(cpl=3 if user else 0)
+        key = (addr >> 12, access, user)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        if self._state is None:
+            self._state = self.vcpu.paging_state(cpl=0)
+        st = self._state
+        if user != st.user:
+            st = PagingState(st.cr0, st.cr3, st.cr4, st.efer, 3 if user else 0)
         res = self.vcpu.mmu.walk(addr, access, st)
         if isinstance(res, PageFault):
             raise GuestFault(
@@ -158,6 +176,7 @@ class GuestLinear:
             )
         if self.vcpu.memory.guest_ram_at(res.gpa) is None:
             raise GuestFault(Vector.GP, 0, reason=f"linear {addr:#x} is not RAM ({res.gpa:#x})")
+        self._cache[key] = res
         return res
 
     def _chunks(self, addr: int, size: int):
@@ -234,6 +253,7 @@ class VCpu:
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ux.UC_X86_INS_OUT)
         self._scratch_page = bytearray(VMSA_SIZE)
+        self._saved_vmsa = b""
 
     # ------------------------------------------------------------------ state
     def paging_state(self, cpl: int | None = None) -> PagingState:
@@ -244,7 +264,7 @@ class VCpu:
 
     def code_bits(self) -> int:
         ctx = self.ctx
-        if not ctx.cr(0) & Cr0.PE:
+        if not ctx.cr(0) & _CR0_PE:
             return 16
         cs = ctx.segment(C.SEG_CS)
         if ctx.hflags & C.HF_LMA and cs.attrib & 0x200:
@@ -252,9 +272,9 @@ class VCpu:
         return 32 if cs.attrib & 0x400 else 16
 
     def cpu_mode(self) -> CpuMode:
-        if not self.ctx.cr(0) & Cr0.PE:
+        if not self.ctx.cr(0) & _CR0_PE:
             return CpuMode.REAL
-        return CpuMode.LONG if self.ctx.efer & Efer.LMA else CpuMode.PROTECTED
+        return CpuMode.LONG if self.ctx.efer & _EFER_LMA else CpuMode.PROTECTED
 
     def rip(self) -> int:
         return self.ctx.load().rip
@@ -309,6 +329,9 @@ class VCpu:
             initial = self.memory.read_private(self.vmsa_spa, VMSA_SIZE)
         self.svm.program(self.vmcb, self.mode)
         self.vmcb.intercept_words_changed()
+        # Fields the engine does not model (SEV_FEATURES, XCR0, ...) carry
+        # over from the launch VMSA into every VMSA the CPU writes.
+        self._scratch_page[:] = initial
         self.svm.prepare_entry(initial)
         self._preload_unsaved_state(initial)
         self._stub_pending = True
@@ -392,9 +415,14 @@ class VCpu:
             if not self.machine.vmsa_check(self):
                 return self._invalid("VMSA integrity check failed (changed or rolled back)")
             page = self.memory.read_private(self.vmsa_spa, VMSA_SIZE)  # type: ignore[arg-type]
-            state.apply(self.uc, self.ctx, page)
+            # VMRUN loads every register from the VMSA. When the page is the
+            # one the CPU left at the exit, byte for byte, the live state in
+            # Unicorn already is that state and the load is a no-op.
+            if page != self._saved_vmsa:
+                state.apply(self.uc, self.ctx, page)
             self.ghcb_msr = self.vmcb["ghcb_gpa"]
-            self._trace("sp", "vmsa-check", "VMSA integrity verified", target="cpu")
+            if self.tracer.enabled:
+                self._trace("sp", "vmsa-check", "VMSA integrity verified", target="cpu")
         elif self._pending_regs is not None and self._pending_regs.dirty:
             state.apply(self.uc, self.ctx, self._pending_regs.raw())
         self._pending_regs = None
@@ -481,6 +509,7 @@ class VCpu:
         if self._rollback is not None or self._exit is not None:
             uc.emu_stop()
             return
+        self.linear.forget()
         try:
             if intno >= 0x100:
                 self._on_intercept(intno - 0x100)
@@ -496,6 +525,7 @@ class VCpu:
         if self._rollback is not None or self._exit is not None:
             uc.emu_stop()
             return True
+        self.linear.forget()
         try:
             self.deliver(Event(Vector.UD), self.rip())
         except _ExitNow:
@@ -528,6 +558,7 @@ class VCpu:
 
     # ------------------------------------------------------------------ after a stop
     def _after_error(self, error: UcError) -> None:
+        self.linear.forget()
         if self._rollback is not None:
             snapshot, self._rollback = self._rollback, None
             self.ctx.restore_bytes(snapshot)
@@ -656,15 +687,16 @@ class VCpu:
     def _inject_vc(self, code: int) -> None:
         rip = self.rip()
         self.vc_count += 1
-        self._trace(
-            "cpu",
-            "vc",
-            f"#VC {exit_name(code)} at {rip:#x}",
-            target="guest",
-            code=code,
-            name=exit_name(code),
-            rip=rip,
-        )
+        if self.tracer.enabled:
+            self._trace(
+                "cpu",
+                "vc",
+                f"#VC {exit_name(code)} at {rip:#x}",
+                target="guest",
+                code=code,
+                name=exit_name(code),
+                rip=rip,
+            )
         self.deliver(Event(Vector.VC, EventKind.EXCEPTION, code), rip)
 
     # -- exits to the host -------------------------------------------------------
@@ -721,18 +753,28 @@ class VCpu:
         if self.mode is not GuestMode.SEV_ES:
             self._exit_to_host(code, info1, info2)
         if advance:
-            insn = self.fetch_insn()
-            self._set_rip(self.rip() + decode.length(insn, self.code_bits()))
+            self._set_rip(self.rip() + self._ae_length(code))
         self._save_vmsa()
         self._record_exit(code, info1, info2, rip=None, regs=None)
+
+    def _ae_length(self, code: int) -> int:
+        """Length of the AE instruction the CPU steps over (VMGEXIT, HLT)."""
+        insn = self.fetch_insn()
+        if code == SvmExit.VMGEXIT and insn.startswith(VMGEXIT_BYTES):
+            return len(VMGEXIT_BYTES)
+        if code == SvmExit.HLT and insn[:1] == b"\xf4":
+            return 1
+        return decode.length(insn, self.code_bits())
 
     def _save_vmsa(self) -> None:
         """Write all state into the encrypted VMSA and have the SP seal it."""
         assert self.vmsa_spa is not None
         page = state.capture(self.uc, self.ctx, self._scratch_page)
         self.memory.write_private(self.vmsa_spa, page)
+        self._saved_vmsa = bytes(page)
         self.machine.vmsa_seal(self)
-        self._trace("cpu", "world-switch", "state saved to the VMSA and sealed", target="sp")
+        if self.tracer.enabled:
+            self._trace("cpu", "world-switch", "state saved to the VMSA and sealed", target="sp")
 
     def _shutdown(self, why: str) -> None:
         self.status = VcpuState.DEAD
@@ -999,6 +1041,7 @@ class VCpu:
 
     # ------------------------------------------------------------------ event injection
     def _inject_pending_event(self) -> None:
+        self.linear.forget()
         value = self.vmcb["event_inj"] | (self.vmcb["event_inj_err"] << 32)
         if not value & EVENTINJ_V:
             return

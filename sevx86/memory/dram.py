@@ -92,6 +92,10 @@ class PhysicalMemory:
         self.regions: list[RamRegion] = []
         self._engines: list[Uc] = []
         self._next_host_page = HOST_OWNED_BASE
+        self._last: RamRegion | None = None
+        # Pages the CPU has fetched instructions from: writes to them from
+        # Python must go through Unicorn so its translated code is dropped.
+        self.code_pages: set[int] = set()
         self.add_region("ram", 0, config.memory)
 
     # -- layout -----------------------------------------------------------
@@ -127,8 +131,12 @@ class PhysicalMemory:
         return region
 
     def region_at(self, addr: int, size: int = 1) -> RamRegion | None:
+        last = self._last
+        if last is not None and last.base <= addr and addr + size <= last.base + last.size:
+            return last  # most accesses hit the region the previous one did
         for r in self.regions:
-            if r.contains(addr, size):
+            if r.base <= addr and addr + size <= r.base + r.size:
+                self._last = r
                 return r
         return None
 
@@ -166,16 +174,51 @@ class PhysicalMemory:
             )
 
     def _alias_reader(self, base: int) -> Callable[[Uc, int, int, object], int]:
+        region = self.region_at(base)
+        assert region is not None
+        view = region.view
+        cipher = self.cipher
+
         def read(uc: Uc, offset: int, size: int, _data: object) -> int:
+            # Unicorn splits accesses into 1/2/4 bytes, so one block suffices
+            # unless the access straddles two.
+            start = offset & ~(BLOCK - 1)
+            if offset + size <= start + BLOCK and not cipher.identity:
+                block = cipher.encrypt_block(base + start, view[start : start + BLOCK])
+                rel = offset - start
+                return int.from_bytes(block[rel : rel + size], "little")
             return int.from_bytes(self.read_dram(base + offset, size), "little")
 
         return read
 
     def _alias_writer(self, base: int) -> Callable[[Uc, int, int, int, object], None]:
+        region = self.region_at(base)
+        assert region is not None
+        view = region.view
+        cipher = self.cipher
+
         def write(uc: Uc, offset: int, size: int, value: int, _data: object) -> None:
+            start = offset & ~(BLOCK - 1)
+            if offset + size <= start + BLOCK and not cipher.identity:
+                spa = base + start
+                dram = bytearray(cipher.encrypt_block(spa, view[start : start + BLOCK]))
+                rel = offset - start
+                dram[rel : rel + size] = value.to_bytes(size, "little")
+                self._store(region, start, cipher.decrypt_block(spa, dram))
+                return
             self.write_dram(base + offset, value.to_bytes(size, "little"))
 
         return write
+
+    def _store(self, region: RamRegion, off: int, data: bytes | bytearray) -> None:
+        """Write into a region's private view, dropping stale translated code."""
+        addr = region.base + off
+        first, last = addr >> 12, (addr + len(data) - 1) >> 12
+        if self._engines and (first in self.code_pages or last in self.code_pages):
+            for uc in self._engines:
+                uc.mem_write(addr, bytes(data))
+        else:
+            region.view[off : off + len(data)] = data
 
     # -- private view: what the CPU sees with C=1 -------------------------------
     def read_private(self, addr: int, size: int) -> bytes:
@@ -184,12 +227,11 @@ class PhysicalMemory:
 
     def write_private(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         region, off = self._locate(addr, len(data))
-        if self._engines:
-            # Through Unicorn, so translated code on the page is invalidated.
-            for uc in self._engines:
+        if len(data) > PAGE_SIZE and self._engines:
+            for uc in self._engines:  # bulk: let Unicorn invalidate what it must
                 uc.mem_write(addr, bytes(data))
-        else:
-            region.view[off : off + len(data)] = data
+            return
+        self._store(region, off, data)
 
     # -- DRAM: what the host, DMA and C=0 guest accesses see ---------------------
     def read_dram(self, addr: int, size: int) -> bytes:
@@ -197,6 +239,9 @@ class PhysicalMemory:
         if self.cipher.identity:
             return self.read_private(addr, size)
         start, length = aligned_span(addr, size)
+        if length == BLOCK:
+            block = self.cipher.encrypt_block(start, self.read_private(start, BLOCK))
+            return block[addr - start : addr - start + size]
         plain = self.read_private(start, length)
         cipher = self.cipher.encrypt(start, plain)
         return cipher[addr - start : addr - start + size]
@@ -212,6 +257,9 @@ class PhysicalMemory:
             current = bytearray(self.read_dram(start, length))
             current[addr - start : addr - start + len(data)] = data
             data = current
+        if length == BLOCK:
+            self.write_private(start, self.cipher.decrypt_block(start, data))
+            return
         self.write_private(start, self.cipher.decrypt(start, data))
 
     def dram_image(self) -> Iterator[tuple[RamRegion, bytes]]:

@@ -56,6 +56,28 @@ from sevx86.arch.vectors import Vector, vector_name
 from sevx86.config import GuestConfig
 from sevx86.memory.dram import SHARED_ALIAS_BASE, PhysicalMemory
 
+# Plain ints on the hot path: IntFlag arithmetic costs about a microsecond a
+# bit test, and a walk does dozens.
+_CR0_PG = int(Cr0.PG)
+_CR0_WP = int(Cr0.WP)
+_CR4_PAE = int(Cr4.PAE)
+_CR4_PSE = int(Cr4.PSE)
+_CR4_SMEP = int(Cr4.SMEP)
+_EFER_LMA = int(Efer.LMA)
+_EFER_NXE = int(Efer.NXE)
+_PTE_P = int(Pte.P)
+_PTE_RW = int(Pte.RW)
+_PTE_US = int(Pte.US)
+_PTE_A = int(Pte.A)
+_PTE_D = int(Pte.D)
+_PTE_PS = int(Pte.PS)
+_PTE_NX = int(Pte.NX)
+_PF_P = int(PfErr.P)
+_PF_WR = int(PfErr.WR)
+_PF_US = int(PfErr.US)
+_PF_RSVD = int(PfErr.RSVD)
+_PF_ID = int(PfErr.ID)
+
 LONG_MODE_LEVEL_NAMES = ("PML4E", "PDPE", "PDE", "PTE")
 
 
@@ -73,35 +95,41 @@ class Access(IntEnum):
         return cls.READ
 
 
-@dataclass(frozen=True)
 class PagingState:
-    """The control state a page walk depends on."""
+    """The control state a page walk depends on, decoded once per walk."""
 
-    cr0: int
-    cr3: int
-    cr4: int
-    efer: int
-    cpl: int = 0
+    __slots__ = (
+        "cr0",
+        "cr3",
+        "cr4",
+        "efer",
+        "cpl",
+        "paging",
+        "long_mode",
+        "pae",
+        "nxe",
+        "user",
+        "wp",
+        "smep",
+        "pse",
+    )
 
-    @property
-    def paging(self) -> bool:
-        return bool(self.cr0 & Cr0.PG)
+    def __init__(self, cr0: int, cr3: int, cr4: int, efer: int, cpl: int = 0):
+        self.cr0, self.cr3, self.cr4, self.efer, self.cpl = cr0, cr3, cr4, efer, cpl
+        self.paging = bool(cr0 & _CR0_PG)
+        self.long_mode = self.paging and bool(efer & _EFER_LMA)
+        self.pae = bool(cr4 & _CR4_PAE)
+        self.nxe = bool(efer & _EFER_NXE)
+        self.user = cpl == 3
+        self.wp = bool(cr0 & _CR0_WP)
+        self.smep = bool(cr4 & _CR4_SMEP)
+        self.pse = bool(cr4 & _CR4_PSE)
 
-    @property
-    def long_mode(self) -> bool:
-        return self.paging and bool(self.efer & Efer.LMA)
-
-    @property
-    def pae(self) -> bool:
-        return bool(self.cr4 & Cr4.PAE)
-
-    @property
-    def nxe(self) -> bool:
-        return bool(self.efer & Efer.NXE)
-
-    @property
-    def user(self) -> bool:
-        return self.cpl == 3
+    def __repr__(self) -> str:
+        return (
+            f"PagingState(cr0={self.cr0:#x}, cr3={self.cr3:#x}, cr4={self.cr4:#x}, "
+            f"efer={self.efer:#x}, cpl={self.cpl})"
+        )
 
 
 @dataclass(frozen=True)
@@ -208,17 +236,15 @@ class MMU:
         rsvd: bool = False,
         reason: str,
     ) -> PageFault:
-        code = 0
-        if present:
-            code |= PfErr.P
+        code = _PF_P if present else 0
         if access is Access.WRITE:
-            code |= PfErr.WR
+            code |= _PF_WR
         if state.user:
-            code |= PfErr.US
+            code |= _PF_US
         if rsvd:
-            code |= PfErr.RSVD | PfErr.P
-        if access is Access.FETCH and (state.nxe or state.cr4 & Cr4.SMEP):
-            code |= PfErr.ID
+            code |= _PF_RSVD | _PF_P
+        if access is Access.FETCH and (state.nxe or state.smep):
+            code |= _PF_ID
         return PageFault(vaddr, int(code), reason)
 
     def _check_rights(
@@ -228,7 +254,7 @@ class MMU:
             return self._fault(
                 vaddr, access, state, present=True, reason="user access to a supervisor page"
             )
-        if access is Access.WRITE and not writable and (state.user or state.cr0 & Cr0.WP):
+        if access is Access.WRITE and not writable and (state.user or state.wp):
             return self._fault(
                 vaddr, access, state, present=True, reason="write to a read-only page"
             )
@@ -237,7 +263,7 @@ class MMU:
                 return self._fault(
                     vaddr, access, state, present=True, reason="fetch from a no-execute page"
                 )
-            if user and not state.user and state.cr4 & Cr4.SMEP:
+            if user and not state.user and state.smep:
                 return self._fault(
                     vaddr,
                     access,
@@ -252,7 +278,7 @@ class MMU:
         if top not in (0, (1 << 17) - 1):
             # Non-canonical: the architecture raises #GP(0), not #PF.
             return PageFault(vaddr, 0, "non-canonical address", Vector.GP)
-        reserved = self.reserved_mask | (0 if state.nxe else Pte.NX)
+        reserved = self.reserved_mask | (0 if state.nxe else _PTE_NX)
         table = state.cr3 & self.frame_mask
         writable = user = True
         nx = False
@@ -269,14 +295,14 @@ class MMU:
                     present=False,
                     reason=f"{name} table at {table:#x} is not RAM",
                 )
-            if not entry & Pte.P:
+            if not entry & _PTE_P:
                 return self._fault(
                     vaddr, access, state, present=False, reason=f"{name} not present"
                 )
-            leaf = level == 3 or (level in (1, 2) and entry & Pte.PS)
+            leaf = level == 3 or (level in (1, 2) and entry & _PTE_PS)
             bad = entry & reserved
-            if level == 0 and entry & Pte.PS:
-                bad |= Pte.PS
+            if level == 0 and entry & _PTE_PS:
+                bad |= _PTE_PS
             if leaf and level == 1:
                 bad |= entry & (PAGE_SIZE_1G - 1) & ~0x1FFF  # bits 29:13
             elif leaf and level == 2:
@@ -290,9 +316,9 @@ class MMU:
                     rsvd=True,
                     reason=f"reserved bits {bad:#x} set in {name}",
                 )
-            writable = writable and bool(entry & Pte.RW)
-            user = user and bool(entry & Pte.US)
-            nx = nx or (state.nxe and bool(entry & Pte.NX))
+            writable = writable and bool(entry & _PTE_RW)
+            user = user and bool(entry & _PTE_US)
+            nx = nx or (state.nxe and bool(entry & _PTE_NX))
             entries.append((table, index, entry))
             if leaf:
                 size = (PAGE_SIZE_1G, PAGE_SIZE_2M, PAGE_SIZE_4K)[level - 1]
@@ -300,10 +326,10 @@ class MMU:
                 if fault is not None:
                     return fault
                 for t, i, e in entries:
-                    self._set_bits(t, i, e, Pte.A, ENTRY_SIZE)
-                dirty = bool(entry & Pte.D)
+                    self._set_bits(t, i, e, _PTE_A, ENTRY_SIZE)
+                dirty = bool(entry & _PTE_D)
                 if access is Access.WRITE and not dirty:
-                    self._set_bits(table, index, entry | Pte.A, Pte.A | Pte.D, ENTRY_SIZE)
+                    self._set_bits(table, index, entry | _PTE_A, _PTE_A | _PTE_D, ENTRY_SIZE)
                     dirty = True
                 frame = entry & self.frame_mask & ~(size - 1)
                 gpa = frame | (vaddr & (size - 1) & ~(PAGE_SIZE_4K - 1))
@@ -318,9 +344,9 @@ class MMU:
         vaddr &= 0xFFFF_FFFF
         mask = self.frame_mask | self.c_bit
         strip = ~self.c_bit
-        reserved = self.reserved_mask | (0 if state.nxe else Pte.NX)
+        reserved = self.reserved_mask | (0 if state.nxe else _PTE_NX)
         pdpte = self._entry(state.cr3 & 0xFFFF_FFE0, (vaddr >> 30) & 3)
-        if pdpte is None or not pdpte & Pte.P:
+        if pdpte is None or not pdpte & _PTE_P:
             return self._fault(vaddr, access, state, present=False, reason="PDPTE not present")
         table = pdpte & mask & strip
         writable = user = True
@@ -328,7 +354,7 @@ class MMU:
         for level, shift in ((2, 21), (3, 12)):
             index = (vaddr >> shift) & INDEX_MASK
             entry = self._entry(table, index)
-            if entry is None or not entry & Pte.P:
+            if entry is None or not entry & _PTE_P:
                 return self._fault(
                     vaddr,
                     access,
@@ -340,10 +366,10 @@ class MMU:
                 return self._fault(
                     vaddr, access, state, present=True, rsvd=True, reason="reserved bits set"
                 )
-            writable = writable and bool(entry & Pte.RW)
-            user = user and bool(entry & Pte.US)
-            nx = nx or (state.nxe and bool(entry & Pte.NX))
-            leaf = level == 3 or bool(entry & Pte.PS)
+            writable = writable and bool(entry & _PTE_RW)
+            user = user and bool(entry & _PTE_US)
+            nx = nx or (state.nxe and bool(entry & _PTE_NX))
+            leaf = level == 3 or bool(entry & _PTE_PS)
             if leaf:
                 size = PAGE_SIZE_4K if level == 3 else PAGE_SIZE_2M
                 fault = self._check_rights(vaddr, access, state, writable, user, nx)
@@ -353,7 +379,7 @@ class MMU:
                     table,
                     index,
                     entry,
-                    Pte.A | (Pte.D if access is Access.WRITE else 0),
+                    _PTE_A | (_PTE_D if access is Access.WRITE else 0),
                     ENTRY_SIZE,
                 )
                 frame = entry & mask & strip & ~(size - 1)
@@ -366,10 +392,10 @@ class MMU:
         # 32-bit paging: two levels of 4-byte entries, 4 MiB pages with PSE.
         vaddr &= 0xFFFF_FFFF
         pde = self._entry(state.cr3 & 0xFFFF_F000, vaddr >> 22, 4)
-        if pde is None or not pde & Pte.P:
+        if pde is None or not pde & _PTE_P:
             return self._fault(vaddr, access, state, present=False, reason="PDE not present")
-        writable, user = bool(pde & Pte.RW), bool(pde & Pte.US)
-        if pde & Pte.PS and state.cr4 & Cr4.PSE:
+        writable, user = bool(pde & _PTE_RW), bool(pde & _PTE_US)
+        if pde & _PTE_PS and state.pse:
             fault = self._check_rights(vaddr, access, state, writable, user, False)
             if fault is not None:
                 return fault
@@ -377,25 +403,25 @@ class MMU:
                 state.cr3 & 0xFFFF_F000,
                 vaddr >> 22,
                 pde,
-                Pte.A | (Pte.D if access is Access.WRITE else 0),
+                _PTE_A | (_PTE_D if access is Access.WRITE else 0),
                 4,
             )
             gpa = (pde & 0xFFC0_0000) | (vaddr & 0x003F_F000)
             return Translation(page & 0xFFFF_FFFF, gpa, True, writable, user, True, 1 << 22)
         pte = self._entry(pde & 0xFFFF_F000, (vaddr >> 12) & 0x3FF, 4)
-        if pte is None or not pte & Pte.P:
+        if pte is None or not pte & _PTE_P:
             return self._fault(vaddr, access, state, present=False, reason="PTE not present")
-        writable = writable and bool(pte & Pte.RW)
-        user = user and bool(pte & Pte.US)
+        writable = writable and bool(pte & _PTE_RW)
+        user = user and bool(pte & _PTE_US)
         fault = self._check_rights(vaddr, access, state, writable, user, False)
         if fault is not None:
             return fault
-        self._set_bits(state.cr3 & 0xFFFF_F000, vaddr >> 22, pde, Pte.A, 4)
+        self._set_bits(state.cr3 & 0xFFFF_F000, vaddr >> 22, pde, _PTE_A, 4)
         self._set_bits(
             pde & 0xFFFF_F000,
             (vaddr >> 12) & 0x3FF,
             pte,
-            Pte.A | (Pte.D if access is Access.WRITE else 0),
+            _PTE_A | (_PTE_D if access is Access.WRITE else 0),
             4,
         )
         return Translation(page & 0xFFFF_FFFF, pte & 0xFFFF_F000, True, writable, user, True)
@@ -458,12 +484,14 @@ class TlbFiller:
         self.fills += 1
         access = Access.from_unicorn(uc_access)
         result = self.mmu.walk(vaddr, access, self.state())
-        if isinstance(result, PageFault):
+        if result.__class__ is PageFault:
             self.pending = result
             return False
         answer = self.mmu.unicorn_entry(result, access)
-        if isinstance(answer, NestedFault):
+        if answer.__class__ is NestedFault:
             self.pending = answer
             return False
         entry.paddr, entry.perms = answer
+        if access is Access.FETCH:
+            self.mmu.memory.code_pages.add(result.gpa >> 12)
         return True

@@ -60,6 +60,7 @@ class Tracer:
         self.keep = keep
         self.limit = limit
         self.dropped = 0
+        self.enabled = True  # False: emitters may skip building events at all
         self._seq = 0
         self._t0 = time.perf_counter()
 
@@ -95,6 +96,7 @@ class NullTracer(Tracer):
 
     def __init__(self) -> None:
         super().__init__(keep=False)
+        self.enabled = False
 
     def emit(self, actor: str, kind: str, summary: str, **_: Any) -> TraceEvent:  # type: ignore[override]
         return _NULL_EVENT
