@@ -62,6 +62,8 @@ ENGINE_INTERCEPTS: tuple[Intercept, ...] = (
     Intercept.MSR_PROT,  # GHCB MSR, SEV_STATUS, EFER traps; MSRPM below is all ones
     Intercept.HLT,
     Intercept.SHUTDOWN,
+    # The engine caches translations like a TLB: it must see every flush.
+    Intercept.INVLPG,
     # SVM instructions inside the guest: the engine answers with #UD.
     Intercept.VMRUN,
     Intercept.VMLOAD,
@@ -108,6 +110,7 @@ class SvmHardware:
             bits.append(Intercept.RDTSC)
         if host.intercepts(Intercept.INVD):
             bits.append(Intercept.WBINVD)
+        bits.append(Intercept.CR3_WRITE)  # a CR3 write flushes the engine's TLB
         for n in range(16):
             wants = host["intercept_cr_write"] >> n & 1
             if mode is GuestMode.SEV_ES:

@@ -81,7 +81,16 @@ from sevx86.cpu.exceptions import (
 from sevx86.cpu.intercepts import IN_PLACE_MSRS, VMGEXIT_BYTES, Handling, resolve, rule_for
 from sevx86.cpu.svm import STUB, SvmHardware
 from sevx86.cpu.vmcb import Vmcb
-from sevx86.memory.mmu import MMU, Access, NestedFault, PageFault, PagingState, TlbFiller
+from sevx86.memory.mmu import (
+    MMU,
+    Access,
+    FormChange,
+    NestedFault,
+    PageFault,
+    PagingState,
+    TlbFiller,
+    Translation,
+)
 
 if TYPE_CHECKING:
     from sevx86.machine import Machine
@@ -147,27 +156,42 @@ class GuestLinear:
 
     def __init__(self, vcpu: VCpu):
         self.vcpu = vcpu
-        # Translations reused while the CPU handles one event (the page
-        # tables cannot change under it); forget() at every new event.
-        self._cache: dict[tuple[int, Access, bool], object] = {}
+        # A small TLB for the CPU's own accesses. Like the hardware's, it may
+        # hold translations until CR3 is written, INVLPG runs, or the paging
+        # controls change (APM vol 2, 5.5); the engine intercepts the first
+        # two and compares the controls at every event.
+        self._tlb: dict[tuple[int, Access, bool], Translation] = {}
+        self._controls: tuple[int, int, int, int] | None = None
         self._state: PagingState | None = None
 
-    def forget(self) -> None:
-        self._cache.clear()
+    def begin_event(self) -> None:
+        """A new event: re-read the paging controls; flush if they changed."""
         self._state = None
 
-    def _translate(self, addr: int, access: Access, user: bool):
+    def flush(self) -> None:
+        self._tlb.clear()
+        self._state = None
+
+    def _paging(self) -> PagingState:
+        st = self._state
+        if st is None:
+            st = self._state = self.vcpu.paging_state(cpl=0)
+            controls = (st.cr0, st.cr3, st.cr4, st.efer)
+            if controls != self._controls:
+                self._tlb.clear()
+                self._controls = controls
+        return st
+
+    def _translate(self, addr: int, access: Access, user: bool) -> Translation:
+        st = self._paging()
         key = (addr >> 12, access, user)
-        hit = self._cache.get(key)
+        hit = self._tlb.get(key)
         if hit is not None:
             return hit
-        if self._state is None:
-            self._state = self.vcpu.paging_state(cpl=0)
-        st = self._state
         if user != st.user:
             st = PagingState(st.cr0, st.cr3, st.cr4, st.efer, 3 if user else 0)
         res = self.vcpu.mmu.walk(addr, access, st)
-        if isinstance(res, PageFault):
+        if res.__class__ is PageFault:
             raise GuestFault(
                 res.vector,
                 res.error_code,
@@ -176,7 +200,9 @@ class GuestLinear:
             )
         if self.vcpu.memory.guest_ram_at(res.gpa) is None:
             raise GuestFault(Vector.GP, 0, reason=f"linear {addr:#x} is not RAM ({res.gpa:#x})")
-        self._cache[key] = res
+        if len(self._tlb) > 4096:
+            self._tlb.clear()
+        self._tlb[key] = res
         return res
 
     def _chunks(self, addr: int, size: int):
@@ -187,8 +213,11 @@ class GuestLinear:
             size -= n
 
     def read(self, addr: int, size: int, *, user: bool = False, fetch: bool = False) -> bytes:
-        out = bytearray()
         access = Access.FETCH if fetch else Access.READ
+        if (addr & 0xFFF) + size <= PAGE_SIZE:  # the common case: one page
+            t = self._translate(addr, access, user)
+            return self.vcpu.memory.read(t.gpa | (addr & 0xFFF), size, private=t.private)
+        out = bytearray()
         for a, n in self._chunks(addr, size):
             t = self._translate(a, access, user)
             out += self.vcpu.memory.read(t.gpa | (a & 0xFFF), n, private=t.private)
@@ -509,7 +538,7 @@ class VCpu:
         if self._rollback is not None or self._exit is not None:
             uc.emu_stop()
             return
-        self.linear.forget()
+        self.linear.begin_event()
         try:
             if intno >= 0x100:
                 self._on_intercept(intno - 0x100)
@@ -525,7 +554,7 @@ class VCpu:
         if self._rollback is not None or self._exit is not None:
             uc.emu_stop()
             return True
-        self.linear.forget()
+        self.linear.begin_event()
         try:
             self.deliver(Event(Vector.UD), self.rip())
         except _ExitNow:
@@ -558,7 +587,7 @@ class VCpu:
 
     # ------------------------------------------------------------------ after a stop
     def _after_error(self, error: UcError) -> None:
-        self.linear.forget()
+        self.linear.begin_event()
         if self._rollback is not None:
             snapshot, self._rollback = self._rollback, None
             self.ctx.restore_bytes(snapshot)
@@ -570,6 +599,16 @@ class VCpu:
                 pass
             return
         pending = self.filler.pending
+        if error.errno == UC_ERR_EXCEPTION and pending.__class__ is FormChange:
+            self.filler.pending = None
+            # Not a fault: the page changes form and the access is replayed.
+            if pending.to_shared:
+                self.memory.make_shared(pending.gpa)
+            else:
+                self.memory.make_private(pending.gpa)
+            self.memory.flush_tlbs()
+            self._entry = self.rip()
+            return
         if error.errno == UC_ERR_EXCEPTION and pending is not None:
             self.filler.pending = None
             try:
@@ -655,6 +694,11 @@ class VCpu:
             return
         if code == SvmExit.SHUTDOWN:
             self._shutdown("the CPU reported a triple fault")
+        if code == SvmExit.INVLPG and not self.vmcb.intercepts(Intercept.INVLPG):
+            # Intercepted by the engine only to keep its own TLB honest.
+            self._invalidate_tlbs()
+            self._set_rip(self.rip() + decode.length(self.fetch_insn(), self.code_bits()))
+            return
         if 0x10 <= code <= 0x1F:
             self._cr_write(code - 0x10)
             return
@@ -809,6 +853,8 @@ class VCpu:
             return
         self.uc.reg_write(_UCREG_CR[cr], value)
         self._set_rip(ctx.rip + w.length)
+        if cr in (0, 3, 4):
+            self.linear.flush()  # QEMU flushes its own TLB on these writes
         self._trace("guest", "cr-write", f"CR{cr} <- {value:#x}", target="cpu", cr=cr, value=value)
         if self.mode is GuestMode.SEV_ES and self.vmcb.intercepts(Intercept.CR0_WRITE_TRAP + cr):
             self._automatic_exit(0x90 + cr, info1=value)
@@ -1033,6 +1079,10 @@ class VCpu:
         ctx.store()
         self.uc.reg_write(ux.UC_X86_REG_RFLAGS, plan.rflags)
 
+    def _invalidate_tlbs(self) -> None:
+        self.linear.flush()
+        self._flush_tlb()
+
     def _flush_tlb(self) -> None:
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
@@ -1041,7 +1091,7 @@ class VCpu:
 
     # ------------------------------------------------------------------ event injection
     def _inject_pending_event(self) -> None:
-        self.linear.forget()
+        self.linear.begin_event()
         value = self.vmcb["event_inj"] | (self.vmcb["event_inj_err"] << 32)
         if not value & EVENTINJ_V:
             return

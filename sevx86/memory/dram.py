@@ -1,20 +1,33 @@
-"""Guest DRAM: one plaintext copy, three views.
+"""Guest DRAM: one authoritative copy per page, three views.
 
-DESIGN.md ("Memory") gives the exact representation used here. Each RAM
-region keeps the plaintext the CPU sees when it reads with C=1 -- the
-*private view* -- in one host buffer that is mapped straight into every
-vCPU's Unicorn instance, so guest code runs at JIT speed. The other views are
-computed from it:
+DESIGN.md ("Memory") gives the representation. Each page of a RAM region is
+held in exactly one of two forms:
 
-* DRAM as the host (or a DMA device) sees it is ``E(spa, private)`` for every
-  16-byte block; a host write of bytes ``B`` stores ``D(spa, B)``.
-* A guest access with C=0 (a shared page) sees DRAM, so it goes through the
-  same two functions. Unicorn reaches it through an ``mmio_map`` alias at
-  ``SHARED_ALIAS_BASE + gpa`` whose callbacks land here.
+* **private form** (the default): the plaintext the CPU sees when it reads
+  with C=1, in the region's buffer, mapped straight into every vCPU's
+  Unicorn so guest code runs at JIT speed;
+* **shared form**: the bytes as they sit in DRAM, in the region's *shadow*
+  buffer, mapped into Unicorn at ``SHADOW_BASE + gpa``. A page the guest uses
+  with C=0 (its GHCB) lives here, so both the guest's C=0 accesses and the
+  host's reads and writes are plain memory accesses, with no AES at all.
 
-Everything else follows without per-page state: C=0 reads of a private page
-give ciphertext, a C=1 read of a page the host wrote gives garbage, and a page
-both sides treat as shared (the GHCB) round-trips unchanged.
+Every view is computed from whichever form holds the page:
+
+* DRAM as the host (or a DMA device) sees it is ``E(spa, private)`` for a
+  page in private form, the shadow bytes for one in shared form; a host write
+  of bytes ``B`` stores ``D(spa, B)`` or ``B`` respectively;
+* a guest C=0 access sees DRAM; a guest C=1 access sees the plaintext.
+
+A page changes form when the guest first touches it the other way: the MMU
+refuses that TLB fill, the CPU engine calls ``make_shared``/``make_private``
+(one page of AES) and flushes every vCPU's TLB, and the access is replayed.
+Semantics are unchanged -- C=0 reads of a private page give ciphertext, a C=1
+read of a page the host wrote gives garbage, and the GHCB round-trips -- only
+the cost moves to the rare conversion.
+
+``SHARED_ALIAS_BASE + gpa`` is a third mapping with the same meaning, served
+by callbacks block by block; the MMU uses it when shadowing is off (vCPUs
+running in parallel threads, where one vCPU cannot flush another's TLB).
 
 System physical addresses (the cipher's tweak) equal guest physical addresses
 for guest RAM; pages the guest cannot address (each vCPU's VMSA) live in
@@ -29,16 +42,18 @@ import mmap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from unicorn import UC_PROT_ALL, Uc
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_PROT_ALL, Uc
 
 from sevx86.config import PAGE_SIZE, GuestConfig
 from sevx86.memory.cipher import BLOCK, MemoryCipher, PlaintextMemory, aligned_span
 
-# Unicorn physical address of the C=0 alias of guest physical address 0.
-# Guest memory must stay below it (16 TiB); the MMU adds it for shared pages.
+# Unicorn physical address of the callback-served C=0 alias of GPA 0.
 SHARED_ALIAS_BASE = 1 << 44
+# Unicorn physical address of the shadow (shared-form) copy of GPA 0.
+SHADOW_BASE = 3 << 44
 # Guest-inaccessible, guest-encrypted pages (VMSAs) start here.
 HOST_OWNED_BASE = 1 << 45
+PAGE_MASK = ~(PAGE_SIZE - 1)
 
 Cipher = MemoryCipher | PlaintextMemory
 
@@ -65,19 +80,29 @@ class RamRegion:
     writable: bool = True
     buffer: mmap.mmap = field(init=False, repr=False)
     view: memoryview = field(init=False, repr=False)
+    shadow: mmap.mmap | None = field(init=False, repr=False, default=None)
+    shadow_view: memoryview | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.buffer = mmap.mmap(-1, self.size)
         self.view = memoryview(self.buffer)
+        if self.guest_visible:
+            # Anonymous memory: the OS only backs the pages that get shared.
+            self.shadow = mmap.mmap(-1, self.size)
+            self.shadow_view = memoryview(self.shadow)
 
     @property
     def end(self) -> int:
         return self.base + self.size
 
+    @staticmethod
+    def _address(buf: mmap.mmap) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
     @property
     def address(self) -> int:
         """Host virtual address of the buffer, for ``Uc.mem_map_ptr``."""
-        return ctypes.addressof(ctypes.c_char.from_buffer(self.buffer))
+        return self._address(self.buffer)
 
     def contains(self, addr: int, size: int = 1) -> bool:
         return self.base <= addr and addr + size <= self.end
@@ -93,6 +118,12 @@ class PhysicalMemory:
         self._engines: list[Uc] = []
         self._next_host_page = HOST_OWNED_BASE
         self._last: RamRegion | None = None
+        # Page numbers (gpa >> 12) held in shared form.
+        self.shared: set[int] = set()
+        # Shadowing needs every vCPU's TLB flushed at a conversion; off when
+        # vCPUs run in parallel threads.
+        self.shadowing = not self.cipher.identity
+        self.conversions = 0
         # Pages the CPU has fetched instructions from: writes to them from
         # Python must go through Unicorn so its translated code is dropped.
         self.code_pages: set[int] = set()
@@ -155,7 +186,7 @@ class PhysicalMemory:
 
     # -- Unicorn ------------------------------------------------------------
     def attach(self, uc: Uc) -> None:
-        """Map every region (private view and C=0 alias) into a vCPU's Unicorn."""
+        """Map every region (private view, shadow, C=0 alias) into a vCPU's Unicorn."""
         self._engines.append(uc)
         for region in self.regions:
             self._map_region(uc, region)
@@ -163,6 +194,10 @@ class PhysicalMemory:
     def _map_region(self, uc: Uc, region: RamRegion) -> None:
         uc.mem_map_ptr(region.base, region.size, UC_PROT_ALL, region.address)
         if region.guest_visible:
+            assert region.shadow is not None
+            uc.mem_map_ptr(
+                SHADOW_BASE + region.base, region.size, UC_PROT_ALL, region._address(region.shadow)
+            )
             base = region.base
             uc.mmio_map(
                 SHARED_ALIAS_BASE + base,
@@ -173,99 +208,191 @@ class PhysicalMemory:
                 None,
             )
 
-    def _alias_reader(self, base: int) -> Callable[[Uc, int, int, object], int]:
-        region = self.region_at(base)
-        assert region is not None
-        view = region.view
-        cipher = self.cipher
+    def flush_tlbs(self) -> None:
+        """Drop every vCPU's cached translations (after a page changed form)."""
+        for uc in self._engines:
+            uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
+    def _alias_reader(self, base: int) -> Callable[[Uc, int, int, object], int]:
         def read(uc: Uc, offset: int, size: int, _data: object) -> int:
-            # Unicorn splits accesses into 1/2/4 bytes, so one block suffices
-            # unless the access straddles two.
-            start = offset & ~(BLOCK - 1)
-            if offset + size <= start + BLOCK and not cipher.identity:
-                block = cipher.encrypt_block(base + start, view[start : start + BLOCK])
-                rel = offset - start
-                return int.from_bytes(block[rel : rel + size], "little")
             return int.from_bytes(self.read_dram(base + offset, size), "little")
 
         return read
 
     def _alias_writer(self, base: int) -> Callable[[Uc, int, int, int, object], None]:
-        region = self.region_at(base)
-        assert region is not None
-        view = region.view
-        cipher = self.cipher
-
         def write(uc: Uc, offset: int, size: int, value: int, _data: object) -> None:
-            start = offset & ~(BLOCK - 1)
-            if offset + size <= start + BLOCK and not cipher.identity:
-                spa = base + start
-                dram = bytearray(cipher.encrypt_block(spa, view[start : start + BLOCK]))
-                rel = offset - start
-                dram[rel : rel + size] = value.to_bytes(size, "little")
-                self._store(region, start, cipher.decrypt_block(spa, dram))
-                return
             self.write_dram(base + offset, value.to_bytes(size, "little"))
 
         return write
 
-    def _store(self, region: RamRegion, off: int, data: bytes | bytearray) -> None:
-        """Write into a region's private view, dropping stale translated code."""
+    # -- page forms -----------------------------------------------------------
+    def is_shared(self, gpa: int) -> bool:
+        return (gpa >> 12) in self.shared
+
+    def make_shared(self, gpa: int) -> None:
+        """Move a page to shared form: its DRAM bytes into the shadow."""
+        page = gpa & PAGE_MASK
+        if page >> 12 in self.shared:
+            return
+        region, off = self._locate(page, PAGE_SIZE)
+        assert region.shadow_view is not None
+        region.shadow_view[off : off + PAGE_SIZE] = self.cipher.encrypt(
+            page, region.view[off : off + PAGE_SIZE]
+        )
+        self.shared.add(page >> 12)
+        self.conversions += 1
+
+    def make_private(self, gpa: int) -> None:
+        """Move a page back to private form: decrypt the shadow into the buffer."""
+        page = gpa & PAGE_MASK
+        if page >> 12 not in self.shared:
+            return
+        region, off = self._locate(page, PAGE_SIZE)
+        assert region.shadow_view is not None
+        self.shared.discard(page >> 12)
+        plain = self.cipher.decrypt(page, region.shadow_view[off : off + PAGE_SIZE])
+        self._store(region, off, plain)
+        self.conversions += 1
+
+    def _store(self, region: RamRegion, off: int, data: bytes | bytearray | memoryview) -> None:
+        """Write into a region's private buffer, dropping stale translated code."""
         addr = region.base + off
         first, last = addr >> 12, (addr + len(data) - 1) >> 12
-        if self._engines and (first in self.code_pages or last in self.code_pages):
+        if self._engines and any(p in self.code_pages for p in range(first, last + 1)):
             for uc in self._engines:
                 uc.mem_write(addr, bytes(data))
         else:
             region.view[off : off + len(data)] = data
 
+    @staticmethod
+    def _pages(addr: int, size: int) -> Iterator[tuple[int, int]]:
+        """(address, length) pieces of a range, split at page boundaries."""
+        end = addr + size
+        while addr < end:
+            n = min(end, (addr & PAGE_MASK) + PAGE_SIZE) - addr
+            yield addr, n
+            addr += n
+
     # -- private view: what the CPU sees with C=1 -------------------------------
     def read_private(self, addr: int, size: int) -> bytes:
         region, off = self._locate(addr, size)
-        return bytes(region.view[off : off + size])
+        if not self.shared or not self._touches_shared(addr, size):
+            return bytes(region.view[off : off + size])
+        out = bytearray()
+        for a, n in self._pages(addr, size):
+            if a >> 12 in self.shared:
+                out += self._decrypt_range(region, a, n, shadow=True)
+            else:
+                out += region.view[a - region.base : a - region.base + n]
+        return bytes(out)
 
     def write_private(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         region, off = self._locate(addr, len(data))
+        if not self.shared or not self._touches_shared(addr, len(data)):
+            self._write_private_form(region, off, data)
+            return
+        pos = 0
+        for a, n in self._pages(addr, len(data)):
+            piece = data[pos : pos + n]
+            if a >> 12 in self.shared:
+                self._encrypt_into_shadow(region, a, piece)
+            else:
+                self._write_private_form(region, a - region.base, piece)
+            pos += n
+
+    def _write_private_form(self, region: RamRegion, off: int, data) -> None:
         if len(data) > PAGE_SIZE and self._engines:
             for uc in self._engines:  # bulk: let Unicorn invalidate what it must
-                uc.mem_write(addr, bytes(data))
+                uc.mem_write(region.base + off, bytes(data))
             return
         self._store(region, off, data)
+
+    def _touches_shared(self, addr: int, size: int) -> bool:
+        first, last = addr >> 12, (addr + size - 1) >> 12
+        if first == last:
+            return first in self.shared
+        return any(p in self.shared for p in range(first, last + 1))
 
     # -- DRAM: what the host, DMA and C=0 guest accesses see ---------------------
     def read_dram(self, addr: int, size: int) -> bytes:
         """Bytes as they sit in DRAM: ciphertext for every encrypted page."""
         if self.cipher.identity:
             return self.read_private(addr, size)
-        start, length = aligned_span(addr, size)
-        if length == BLOCK:
-            block = self.cipher.encrypt_block(start, self.read_private(start, BLOCK))
-            return block[addr - start : addr - start + size]
-        plain = self.read_private(start, length)
-        cipher = self.cipher.encrypt(start, plain)
-        return cipher[addr - start : addr - start + size]
+        region, off = self._locate(addr, size)
+        out = bytearray()
+        for a, n in self._pages(addr, size):
+            o = a - region.base
+            if a >> 12 in self.shared:
+                assert region.shadow_view is not None
+                out += region.shadow_view[o : o + n]
+            else:
+                out += self._encrypt_range(region, a, n)
+        return bytes(out)
 
     def write_dram(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` into DRAM unencrypted (host, DMA or C=0 guest write)."""
         if self.cipher.identity:
             self.write_private(addr, data)
             return
-        start, length = aligned_span(addr, len(data))
-        if start != addr or length != len(data):
-            # A partial block keeps the rest of the block's DRAM bytes.
-            current = bytearray(self.read_dram(start, length))
-            current[addr - start : addr - start + len(data)] = data
-            data = current
-        if length == BLOCK:
-            self.write_private(start, self.cipher.decrypt_block(start, data))
-            return
-        self.write_private(start, self.cipher.decrypt(start, data))
+        region, _off = self._locate(addr, len(data))
+        pos = 0
+        for a, n in self._pages(addr, len(data)):
+            piece = data[pos : pos + n]
+            o = a - region.base
+            if a >> 12 in self.shared:
+                assert region.shadow_view is not None
+                region.shadow_view[o : o + n] = piece
+            else:
+                self._decrypt_into_private(region, a, piece)
+            pos += n
 
     def dram_image(self) -> Iterator[tuple[RamRegion, bytes]]:
         """Every region as the host sees it, one region at a time."""
         for region in self.regions:
             yield region, self.read_dram(region.base, region.size)
+
+    # -- the AES paths ------------------------------------------------------------
+    def _encrypt_range(self, region: RamRegion, addr: int, size: int) -> bytes:
+        """E(private) for [addr, addr+size) of a page in private form."""
+        start, length = aligned_span(addr, size)
+        o = start - region.base
+        plain = region.view[o : o + length]
+        if length == BLOCK:
+            cipher = self.cipher.encrypt_block(start, plain)
+        else:
+            cipher = self.cipher.encrypt(start, plain)
+        return cipher[addr - start : addr - start + size]
+
+    def _decrypt_range(self, region: RamRegion, addr: int, size: int, *, shadow: bool) -> bytes:
+        """D(shadow) for [addr, addr+size) of a page in shared form."""
+        assert region.shadow_view is not None
+        start, length = aligned_span(addr, size)
+        o = start - region.base
+        plain = self.cipher.decrypt(start, region.shadow_view[o : o + length])
+        return plain[addr - start : addr - start + size]
+
+    def _decrypt_into_private(self, region: RamRegion, addr: int, data) -> None:
+        """A DRAM write to a page in private form: store D(B), keeping partial blocks."""
+        start, length = aligned_span(addr, len(data))
+        if start != addr or length != len(data):
+            # A partial block keeps the rest of the block's DRAM bytes.
+            current = bytearray(self._encrypt_range(region, start, length))
+            current[addr - start : addr - start + len(data)] = data
+            data = current
+        if length == BLOCK:
+            plain = self.cipher.decrypt_block(start, data)
+        else:
+            plain = self.cipher.decrypt(start, data)
+        self._write_private_form(region, start - region.base, plain)
+
+    def _encrypt_into_shadow(self, region: RamRegion, addr: int, data) -> None:
+        """A private (C=1) write to a page in shared form: store E(P), keeping partial blocks."""
+        assert region.shadow_view is not None
+        start, length = aligned_span(addr, len(data))
+        plain = bytearray(self._decrypt_range(region, start, length, shadow=True))
+        plain[addr - start : addr - start + len(data)] = data
+        o = start - region.base
+        region.shadow_view[o : o + length] = self.cipher.encrypt(start, plain)
 
     # -- C-bit aware guest access (used by the CPU engine for its own accesses) --
     def read(self, addr: int, size: int, *, private: bool = True) -> bytes:
@@ -283,6 +410,7 @@ __all__ = [
     "HOST_OWNED_BASE",
     "PhysicalMemory",
     "RamRegion",
+    "SHADOW_BASE",
     "SHARED_ALIAS_BASE",
     "UnmappedAddress",
 ]

@@ -54,7 +54,7 @@ from sevx86.arch.paging import (
 )
 from sevx86.arch.vectors import Vector, vector_name
 from sevx86.config import GuestConfig
-from sevx86.memory.dram import SHARED_ALIAS_BASE, PhysicalMemory
+from sevx86.memory.dram import SHADOW_BASE, SHARED_ALIAS_BASE, PhysicalMemory
 
 # Plain ints on the hot path: IntFlag arithmetic costs about a microsecond a
 # bit test, and a walk does dozens.
@@ -178,6 +178,19 @@ class NestedFault:
     access: Access
 
 
+@dataclass(frozen=True)
+class FormChange:
+    """The page must change form before the access can be mapped.
+
+    A C=0 access to a page held in private form (or a C=1 access to one held
+    in shared form): the CPU engine converts the page (sevx86.memory.dram),
+    flushes the TLBs and replays the access. Nothing is visible to the guest.
+    """
+
+    gpa: int
+    to_shared: bool
+
+
 WalkResult = Translation | PageFault
 
 
@@ -197,9 +210,14 @@ class MMU:
     # -- reading tables (always private) -------------------------------------
     def _entry(self, table_gpa: int, index: int, size: int = ENTRY_SIZE) -> int | None:
         addr = table_gpa + index * size
-        region = self.memory.guest_ram_at(addr, size)
+        memory = self.memory
+        region = memory.guest_ram_at(addr, size)
         if region is None:
             return None
+        if memory.shared and (addr >> 12) in memory.shared:
+            # Table walks are private: a table page the guest shared reads as
+            # the decryption of its DRAM bytes.
+            return int.from_bytes(memory.read_private(addr, size), "little")
         off = addr - region.base
         return int.from_bytes(region.view[off : off + size], "little")
 
@@ -208,10 +226,16 @@ class MMU:
         if old & bits == bits:
             return
         addr = table_gpa + index * size
-        region = self.memory.guest_ram_at(addr, size)
-        if region is not None:
-            off = addr - region.base
-            region.view[off : off + size] = (old | bits).to_bytes(size, "little")
+        memory = self.memory
+        region = memory.guest_ram_at(addr, size)
+        if region is None:
+            return
+        value = (old | bits).to_bytes(size, "little")
+        if memory.shared and (addr >> 12) in memory.shared:
+            memory.write_private(addr, value)
+            return
+        off = addr - region.base
+        region.view[off : off + size] = value
 
     # -- the walk ----------------------------------------------------------
     def walk(self, vaddr: int, access: Access, state: PagingState) -> WalkResult:
@@ -427,14 +451,21 @@ class MMU:
         return Translation(page & 0xFFFF_FFFF, pte & 0xFFFF_F000, True, writable, user, True)
 
     # -- the answer for Unicorn ----------------------------------------------
-    def unicorn_entry(self, t: Translation, access: Access) -> tuple[int, int] | NestedFault:
+    def unicorn_entry(
+        self, t: Translation, access: Access
+    ) -> tuple[int, int] | NestedFault | FormChange:
         """Unicorn physical address and permissions for a translation."""
         private = t.private
-        if self.memory.guest_ram_at(t.gpa, PAGE_SIZE_4K) is None:
+        memory = self.memory
+        if memory.guest_ram_at(t.gpa, PAGE_SIZE_4K) is None:
             return NestedFault(t.vaddr, t.gpa, private, access)
+        shared_form = memory.shared and (t.gpa >> 12) in memory.shared
+        if private and shared_form:
+            return FormChange(t.gpa, to_shared=False)
         if access is Access.FETCH:
-            # Fetches are private even on a C=0 page; grant only execute so a
-            # later data access to a shared page refills with the alias.
+            # Fetches are always private, so a fill for a fetch maps the
+            # plaintext even on a C=0 page; grant only execute there so a
+            # later data access to the shared page refills.
             perms = UC_PROT_EXEC if not private else UC_PROT_EXEC | UC_PROT_READ
             if private and t.writable and t.dirty:
                 perms |= UC_PROT_WRITE
@@ -444,10 +475,15 @@ class MMU:
         perms = UC_PROT_READ
         if t.writable and (t.dirty or access is Access.WRITE):
             perms |= UC_PROT_WRITE
-        if private and t.executable:
-            perms |= UC_PROT_EXEC
-        paddr = t.gpa if private else SHARED_ALIAS_BASE + t.gpa
-        return paddr, perms
+        if private:
+            if t.executable:
+                perms |= UC_PROT_EXEC
+            return t.gpa, perms
+        if not memory.shadowing:
+            return SHARED_ALIAS_BASE + t.gpa, perms
+        if not shared_form:
+            return FormChange(t.gpa, to_shared=True)
+        return SHADOW_BASE + t.gpa, perms
 
 
 StateReader = Callable[[], PagingState]
@@ -464,7 +500,7 @@ class TlbFiller:
     def __init__(self, mmu: MMU, state: StateReader):
         self.mmu = mmu
         self.state = state
-        self.pending: PageFault | NestedFault | None = None
+        self.pending: PageFault | NestedFault | FormChange | None = None
         self.fills = 0
 
     def install(self, uc: Uc) -> None:
@@ -488,8 +524,8 @@ class TlbFiller:
             self.pending = result
             return False
         answer = self.mmu.unicorn_entry(result, access)
-        if answer.__class__ is NestedFault:
-            self.pending = answer
+        if answer.__class__ is not tuple:
+            self.pending = answer  # NestedFault or FormChange
             return False
         entry.paddr, entry.perms = answer
         if access is Access.FETCH:

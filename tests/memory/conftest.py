@@ -25,7 +25,7 @@ from sevx86.arch.msr import Efer, Msr
 from sevx86.config import GuestConfig, GuestMode
 from sevx86.memory.cipher import MemoryCipher
 from sevx86.memory.dram import PhysicalMemory
-from sevx86.memory.mmu import MMU, PagingState, TlbFiller
+from sevx86.memory.mmu import MMU, FormChange, PagingState, TlbFiller
 from sevx86.memory.pagetables import PageTableBuilder
 
 CODE = 0x1000
@@ -50,11 +50,30 @@ class LongModeMachine:
         )
 
     def run(self, source: str) -> None:
-        """Assemble 64-bit code at CODE and run it to its end (raises on a fault)."""
+        """Assemble 64-bit code at CODE and run it to its end (raises on a fault).
+
+        Like the CPU engine, it replays an access after a page changes form
+        (sevx86.memory.dram: private <-> shared); any other refusal raises.
+        """
         code, _ = Ks(KS_ARCH_X86, KS_MODE_64).asm(source)
         self.memory.write_private(CODE, bytes(code))
-        self.filler.pending = None
-        self.uc.emu_start(CODE, CODE + len(code))
+        end = CODE + len(code)
+        rip = CODE
+        while True:
+            self.filler.pending = None
+            try:
+                self.uc.emu_start(rip, end)
+                return
+            except UcError:
+                pending = self.filler.pending
+                if not isinstance(pending, FormChange):
+                    raise
+                if pending.to_shared:
+                    self.memory.make_shared(pending.gpa)
+                else:
+                    self.memory.make_private(pending.gpa)
+                self.memory.flush_tlbs()
+                rip = self.uc.reg_read(UC_X86_REG_RIP)
 
     def run_fault(self, source: str):
         with pytest.raises(UcError):
@@ -62,10 +81,13 @@ class LongModeMachine:
         return self.filler.pending, self.uc.reg_read(UC_X86_REG_RIP)
 
 
-def make_machine(mode: GuestMode = GuestMode.SEV_ES, **cfg) -> LongModeMachine:
+def make_machine(
+    mode: GuestMode = GuestMode.SEV_ES, *, shadowing: bool = True, **cfg
+) -> LongModeMachine:
     config = GuestConfig(mode=mode, memory=cfg.pop("memory", 16 << 20), **cfg)
     cipher = MemoryCipher(os.urandom(32)) if mode.encrypted else None
     memory = PhysicalMemory(config, cipher)
+    memory.shadowing = shadowing and memory.shadowing
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     memory.attach(uc)
     tables = PageTableBuilder(memory, TABLES, 0x100000, config.c_bit)
@@ -81,6 +103,7 @@ def make_machine(mode: GuestMode = GuestMode.SEV_ES, **cfg) -> LongModeMachine:
     return machine
 
 
-@pytest.fixture
-def machine() -> LongModeMachine:
-    return make_machine()
+@pytest.fixture(params=[True, False], ids=["shadow", "alias"])
+def machine(request) -> LongModeMachine:
+    """Both ways of serving C=0 accesses: a page in shared form, or callbacks."""
+    return make_machine(shadowing=request.param)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX
+from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX
 
 from sevx86.config import ConfigError, GuestConfig, GuestMode
 from sevx86.memory.dram import PhysicalMemory, UnmappedAddress
@@ -107,3 +107,38 @@ def test_regions_are_checked():
     assert mem.guest_ram_at(vmsa.base) is None and mem.region_at(vmsa.base) is vmsa
     with pytest.raises(UnmappedAddress):
         mem.read_private(0x200000, 4)
+
+
+def test_page_changes_form_both_ways_without_changing_what_anyone_sees():
+    m = make_machine(shadowing=True)
+    _map_both_views(m)
+    m.run(f"mov rdi, {PRIVATE_VA}; mov rax, {SECRET}; mov [rdi], rax")
+    assert not m.memory.is_shared(PAGE)
+    dram_before = m.memory.read_dram(PAGE, 16)
+    # A C=0 read moves the page to shared form; the bytes seen are DRAM's.
+    m.run(f"mov rsi, {SHARED_VA}; mov rbx, [rsi]")
+    assert m.memory.is_shared(PAGE)
+    assert m.uc.reg_read(UC_X86_REG_RBX).to_bytes(8, "little") == dram_before[:8]
+    assert m.memory.read_dram(PAGE, 16) == dram_before
+    assert m.memory.read_private(PAGE, 8) == SECRET.to_bytes(8, "little")
+    # The host writes the shared page: a plain copy, seen as is through C=0.
+    m.memory.write_dram(PAGE + 0x100, b"hello from host!")
+    m.run(f"mov rsi, {SHARED_VA}; mov rax, [rsi + 0x100]")
+    assert m.uc.reg_read(UC_X86_REG_RAX).to_bytes(8, "little") == b"hello fr"
+    # A C=1 access moves it back; the secret is intact, the host's bytes are garbage.
+    m.run(f"mov rdi, {PRIVATE_VA}; mov rcx, [rdi]; mov rdx, [rdi + 0x100]")
+    assert not m.memory.is_shared(PAGE)
+    assert m.uc.reg_read(UC_X86_REG_RCX) == SECRET
+    assert m.uc.reg_read(UC_X86_REG_RDX).to_bytes(8, "little") != b"hello fr"
+    assert m.memory.conversions == 2
+
+
+def test_python_side_private_access_to_a_shared_form_page():
+    m = make_machine(shadowing=True)
+    _map_both_views(m)
+    m.run(f"mov rsi, {SHARED_VA}; mov rbx, [rsi]")  # now in shared form
+    m.memory.write_private(PAGE + 0x7, b"\x01\x02\x03")  # straddles nothing, partial block
+    assert m.memory.read_private(PAGE + 0x7, 3) == b"\x01\x02\x03"
+    assert m.memory.is_shared(PAGE)
+    m.memory.make_private(PAGE)
+    assert m.memory.read_private(PAGE + 0x7, 3) == b"\x01\x02\x03"
