@@ -67,6 +67,7 @@ SEGMENT_ORDER = ("es", "cs", "ss", "ds", "fs", "gs")
 
 # hflags bits (QEMU target/i386/cpu.h) that the segment loads maintain.
 HF_CPL_MASK = 0x3
+HF_INHIBIT_IRQ = 1 << 3  # interrupt shadow after STI / MOV SS
 HF_CS32 = 1 << 4
 HF_SS32 = 1 << 5
 HF_ADDSEG = 1 << 6

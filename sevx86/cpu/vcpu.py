@@ -43,7 +43,6 @@ from unicorn import (
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
     UC_ERR_EXCEPTION,
-    UC_HOOK_BLOCK,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -61,7 +60,14 @@ from sevx86.arch.exits import SvmExit, exit_name
 from sevx86.arch.msr import Efer, Msr, SevStatus
 from sevx86.arch.paging import PfErr
 from sevx86.arch.vectors import Vector, has_error_code, vector_name
-from sevx86.arch.vmcb import EVENTINJ_V, EventType, Intercept, decode_event
+from sevx86.arch.vmcb import (
+    EVENTINJ_V,
+    INT_STATE_GUEST_IF,
+    INT_STATE_SHADOW,
+    EventType,
+    Intercept,
+    decode_event,
+)
 from sevx86.arch.vmsa import VMSA_SIZE
 from sevx86.config import PAGE_SIZE, GuestMode
 from sevx86.cpu import context as C
@@ -104,6 +110,7 @@ _UCREG_CR = {
 }
 _STUB_PAGE = STUB & ~(PAGE_SIZE - 1)
 _CR0_PE = int(Cr0.PE)
+_RFLAGS_IF = int(Rflags.IF)
 _EFER_LMA = int(Efer.LMA)
 
 
@@ -260,7 +267,6 @@ class VCpu:
         self._io: tuple[int, int, bool] | None = None  # (port, size, is_in) of that IN/OUT
         self._stub_pending = False
         self._timed_out = False
-        self._budget: int | None = None
         self._last_exception: Event | None = None
 
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -469,60 +475,56 @@ class VCpu:
             timer = threading.Timer(timeout, self._on_timeout)
             timer.daemon = True
             timer.start()
-        block_hook = None
-        if max_instructions is not None:
-            self._budget = max_instructions
-            block_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._count_block)
         try:
-            return self._loop()
+            return self._loop(max_instructions or 0)
         finally:
             if timer is not None:
                 timer.cancel()
-            if block_hook is not None:
-                self.uc.hook_del(block_hook)
-                self._budget = None
 
-    def _loop(self) -> VmExit:
+    def _loop(self, count: int) -> VmExit:
+        """Run until an exit for the host.
+
+        ``count`` > 0 bounds the instructions of each stretch of guest code
+        (Unicorn counts them exactly, at about half speed); when it runs out,
+        or the wall-clock timer fires, the host gets control the way a
+        physical interrupt gives it: an INTR exit (an AE under SEV-ES).
+        """
         while True:
             self._exit = None
             self.filler.pending = None
             error: UcError | None = None
             try:
-                self.uc.emu_start(self._entry, 0)
+                self.uc.emu_start(self._entry, 0, 0, count)
             except UcError as exc:
                 error = exc
-            except _Stop:
-                pass
             if error is not None:
                 self._after_error(error)
             if self._exit is not None:
                 return self._exit
-            if self._timed_out:
-                return self._stopped(StopReason.TIMEOUT, "wall-clock limit reached")
-            if self._budget is not None and self._budget <= 0:
-                return self._stopped(StopReason.INSTRUCTION_LIMIT, "instruction limit reached")
             if self.status is VcpuState.DEAD:
                 return self._invalid("the vCPU died")
+            if self._timed_out:
+                return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
+            if count and error is None:
+                return self._interrupted(StopReason.INSTRUCTION_LIMIT, f"{count} instructions ran")
             self._entry = self.rip()
 
-    def _stopped(self, reason: StopReason, detail: str) -> VmExit:
-        self._trace(
-            "cpu", "stop", f"emulation stopped: {detail}", reason=reason.value, rip=self.rip()
-        )
-        # The guest can continue after a timeout or a limit: it is still running.
+    def _interrupted(self, reason: StopReason, detail: str) -> VmExit:
+        """The host takes the CPU back between two instructions (INTR exit)."""
+        self.linear.begin_event()
+        try:
+            self._automatic_exit(SvmExit.INTR)
+        except _ExitNow:
+            pass
+        assert self._exit is not None
+        self._exit.stop = reason
+        self._exit.detail = detail
         self._entry = self.rip()
-        return VmExit(self.index, 0, stop=reason, detail=detail)
+        return self._exit
 
     def _on_timeout(self) -> None:
         self._timed_out = True
         self.uc.emu_stop()
-
-    def _count_block(self, uc: Uc, address: int, size: int, _data: object) -> None:
-        # One call per executed translation block; an approximation that
-        # never lets a guest run past the budget by more than one block.
-        self._budget = (self._budget or 0) - 1
-        if self._budget <= 0:
-            uc.emu_stop()
 
     # ------------------------------------------------------------------ hooks
     def _fill(self, uc: Uc, vaddr: int, access: int, entry, data: object) -> bool:
@@ -774,6 +776,13 @@ class VCpu:
         vmcb["exit_info_2"] = info2
         vmcb["next_rip"] = next_rip
         vmcb["ghcb_gpa"] = self.ghcb_msr
+        # The host cannot read an SEV-ES guest's RFLAGS, so the hardware tells
+        # it whether the guest can take an interrupt (APM vol 2, 15.35.6).
+        ctx = self.ctx.load()
+        int_state = INT_STATE_GUEST_IF if ctx.u64(C.EFLAGS) & _RFLAGS_IF else 0
+        if ctx.hflags & C.HF_INHIBIT_IRQ:
+            int_state |= INT_STATE_SHADOW
+        vmcb["int_state"] = int_state
         self.exits += 1
         self._pending_regs = regs
         self._exit = VmExit(self.index, code, info1, info2, rip=rip, regs=regs, data=data)
