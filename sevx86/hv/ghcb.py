@@ -1,0 +1,134 @@
+"""The GHCB page as the hypervisor reads and answers it, through host memory.
+
+The guest maps its GHCB page shared (C=0), so the host reads plaintext with
+``host.memory.read``. One VMGEXIT = read the page once, validate and emulate
+on this copy, write the changed bytes back once. As KVM does
+(``sev_es_sync_from_ghcb``), the valid bitmap is cleared after the inputs
+are taken, and every field the hypervisor returns sets its own valid bit, so
+the guest can check that an answer register is really there (Linux's #VC
+handler does).
+
+Field names and offsets come from ``sevx86.arch.ghcb.GHCB`` (GHCB spec
+56421, "GHCB Layout").
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sevx86.arch.ghcb import (
+    GHCB,
+    GHCB_REGISTER_NAMES,
+    GHCB_SIZE,
+    SHARED_BUFFER_OFFSET,
+    SHARED_BUFFER_SIZE,
+    valid_bit,
+)
+
+_VALID = GHCB["valid_bitmap"]
+_VALID_SIZE = _VALID.size
+SAVE_AREA_FIELDS: tuple[str, ...] = (
+    *GHCB_REGISTER_NAMES,
+    "sw_exit_code",
+    "sw_exit_info_1",
+    "sw_exit_info_2",
+    "sw_scratch",
+)
+_BITS: tuple[tuple[int, str], ...] = tuple(
+    sorted((valid_bit(name), name) for name in SAVE_AREA_FIELDS)
+)
+SHARED_BUFFER_END = SHARED_BUFFER_OFFSET + SHARED_BUFFER_SIZE
+
+
+class GuestMemory(Protocol):
+    def read(self, gpa: int, size: int) -> bytes: ...
+
+    def write(self, gpa: int, data: bytes) -> None: ...
+
+
+class GhcbPage:
+    """A copy of one GHCB page, with dirty tracking for the write-back."""
+
+    __slots__ = ("gpa", "buf", "_lo", "_hi")
+
+    def __init__(self, gpa: int, data: bytes | bytearray):
+        if len(data) != GHCB_SIZE:
+            raise ValueError(f"a GHCB is {GHCB_SIZE:#x} bytes, got {len(data):#x}")
+        self.gpa = gpa
+        self.buf = bytearray(data)
+        self._lo = GHCB_SIZE
+        self._hi = 0
+
+    @classmethod
+    def read(cls, memory: GuestMemory, gpa: int) -> GhcbPage:
+        """The page at ``gpa``; the caller checked it is guest memory."""
+        return cls(gpa, memory.read(gpa, GHCB_SIZE))
+
+    # -- fields ------------------------------------------------------------------
+    def get(self, name: str) -> int:
+        return GHCB[name].read(self.buf)
+
+    def set(self, name: str, value: int) -> None:
+        """Write a field; a save-area field also gets its valid bit."""
+        f = GHCB[name]
+        f.write(self.buf, value & ((1 << (8 * f.size)) - 1))
+        self._touch(f.offset, f.end)
+        if f.offset < _VALID.offset:
+            self._set_bit(f.offset // 8)
+
+    # -- valid bitmap ------------------------------------------------------------
+    @property
+    def valid_bitmap(self) -> int:
+        return _VALID.read(self.buf)
+
+    def is_valid(self, name: str) -> bool:
+        return bool(self.valid_bitmap >> valid_bit(name) & 1)
+
+    def valid_names(self) -> list[str]:
+        bitmap = self.valid_bitmap
+        return [name for bit, name in _BITS if bitmap >> bit & 1]
+
+    def clear_valid(self) -> None:
+        self.buf[_VALID.offset : _VALID.end] = bytes(_VALID_SIZE)
+        self._touch(_VALID.offset, _VALID.end)
+
+    def _set_bit(self, bit: int) -> None:
+        self.buf[_VALID.offset + bit // 8] |= 1 << (bit % 8)
+        self._touch(_VALID.offset, _VALID.end)
+
+    # -- the answer ----------------------------------------------------------------
+    def answer(self, info1: int, info2: int) -> None:
+        """SW_EXITINFO1/2 as the hypervisor's result (GHCB v2 convention)."""
+        self.set("sw_exit_info_1", info1)
+        self.set("sw_exit_info_2", info2)
+
+    # -- raw bytes inside the page (the shared buffer) -------------------------------
+    def read_bytes(self, offset: int, size: int) -> bytes:
+        if offset < 0 or offset + size > GHCB_SIZE:
+            raise ValueError(f"{offset:#x}+{size:#x} is outside the GHCB page")
+        return bytes(self.buf[offset : offset + size])
+
+    def write_bytes(self, offset: int, data: bytes) -> None:
+        if offset < 0 or offset + len(data) > GHCB_SIZE:
+            raise ValueError(f"{offset:#x}+{len(data):#x} is outside the GHCB page")
+        self.buf[offset : offset + len(data)] = data
+        self._touch(offset, offset + len(data))
+
+    def _touch(self, lo: int, hi: int) -> None:
+        if lo < self._lo:
+            self._lo = lo
+        if hi > self._hi:
+            self._hi = hi
+
+    @property
+    def dirty(self) -> bool:
+        return self._hi > self._lo
+
+    def write_back(self, memory: GuestMemory) -> None:
+        """Store the changed bytes (one span) back into the guest's page."""
+        if self._hi > self._lo:
+            memory.write(self.gpa + self._lo, bytes(self.buf[self._lo : self._hi]))
+            self._lo, self._hi = GHCB_SIZE, 0
+
+
+__all__ = ["GhcbPage", "SAVE_AREA_FIELDS", "SHARED_BUFFER_END"]
