@@ -307,6 +307,9 @@ class VCpu:
             if not self.machine.vmsa_check(self):
                 return self._invalid("the VMSA does not match its launch measurement")
             initial = self.memory.read_private(self.vmsa_spa, VMSA_SIZE)
+            # VMRUN loads the GHCB MSR from the VMCB on every entry, the first
+            # too: KVM leaves the SEV information response there at reset.
+            self.ghcb_msr = self.vmcb["ghcb_gpa"]
         self.svm.program(self.vmcb, self.mode)
         self.vmcb.intercept_words_changed()
         self.svm.prepare_entry(initial)
