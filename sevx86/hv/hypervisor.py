@@ -138,6 +138,7 @@ class VcpuHvState:
     halted: bool = False
     ap_hold: bool = False
     nmi_masked: bool = False
+    dead: RunResult | None = None  # how it died (shutdown, failed VMRUN)
 
 
 Hook = Callable[[Any, Callable[[], None]], None]
@@ -376,7 +377,7 @@ class Hypervisor:
         while self._result is None:
             vcpu = self._next_vcpu()
             if vcpu is None:
-                self._end(RunReason.HALTED, "every vCPU is halted or parked; nothing can wake it")
+                self._no_runnable_vcpu()
                 break
             remaining = None
             if deadline is not None:
@@ -403,6 +404,15 @@ class Hypervisor:
         result.elapsed = time.perf_counter() - start
         self._log("run-end", f"run ended: {result.reason.value} {result.detail}".strip())
         return result
+
+    def _no_runnable_vcpu(self) -> None:
+        dead = [st.dead for st in self._states if st.dead is not None]
+        if len(dead) == len(self._states):
+            # Every vCPU died earlier: say how again, rather than "halted".
+            first = dead[0]
+            self._end(first.reason, f"the vCPU is dead: {first.detail}", vcpu=first.vcpu)
+            return
+        self._end(RunReason.HALTED, "every vCPU is halted or parked; nothing can wake it")
 
     def _next_vcpu(self) -> HostVcpu | None:
         vcpus = self.host.vcpus
@@ -445,16 +455,23 @@ class Hypervisor:
             StopReason.INSTRUCTION_LIMIT: RunReason.INSTRUCTION_LIMIT,
             StopReason.EMULATION_ERROR: RunReason.EMULATION_ERROR,
         }[exit.stop]  # type: ignore[index]
+        if not vcpu.alive:
+            self._died(vcpu, reason, exit.detail)
+            return
         self._end(reason, exit.detail, vcpu=vcpu.index)
 
     def _exit_nothing(self, vcpu: HostVcpu, exit: VmExit) -> None:
         """Physical interrupt or NMI: the host had its turn; re-enter."""
 
     def _exit_shutdown(self, vcpu: HostVcpu, exit: VmExit) -> None:
-        self._end(RunReason.SHUTDOWN, exit.detail or "shutdown (triple fault)", vcpu=vcpu.index)
+        self._died(vcpu, RunReason.SHUTDOWN, exit.detail or "shutdown (triple fault)")
 
     def _exit_invalid(self, vcpu: HostVcpu, exit: VmExit) -> None:
-        self._end(RunReason.VMRUN_FAILED, exit.detail or "VMRUN failed", vcpu=vcpu.index)
+        self._died(vcpu, RunReason.VMRUN_FAILED, exit.detail or "VMRUN failed")
+
+    def _died(self, vcpu: HostVcpu, reason: RunReason, detail: str) -> None:
+        self._states[vcpu.index].dead = RunResult(reason, detail=detail, vcpu=vcpu.index)
+        self._end(reason, detail, vcpu=vcpu.index)
 
     def _exit_hlt(self, vcpu: HostVcpu, exit: VmExit) -> None:
         st = self._states[vcpu.index]
