@@ -70,3 +70,29 @@ def test_npf_exitinfo2_is_the_faulting_gpa():
     hv.on_exit(0x400, record)
     assert hv.run(timeout=10).ok
     assert seen == [0xFEB0_0018]
+
+
+def test_vmrun_timeouts_use_one_reused_watchdog_thread():
+    """A timeout per VMRUN used to start a threading.Timer each time (about
+    0.3 ms, a third of a #VC round trip); now one watchdog thread per vCPU
+    serves every VMRUN, still stops a spinning guest, and dies with the vCPU."""
+    import gc
+    import threading
+    import time
+    import weakref
+
+    from sevx86.hv import RunReason
+
+    m, _, hv = build(register_ghcb() + "spin:\n    jmp spin\n")
+    before = threading.active_count()
+    start = time.perf_counter()
+    result = hv.run(timeout=0.3)
+    assert result.reason is RunReason.TIMEOUT
+    assert time.perf_counter() - start < 5
+    for _ in range(20):  # more VMRUNs with a timeout: no new threads
+        assert hv.run(timeout=0.05).reason is RunReason.TIMEOUT
+    assert threading.active_count() <= before + 1
+    vcpu = weakref.ref(m.vcpus[0])
+    del m, hv, result
+    gc.collect()
+    assert vcpu() is None
