@@ -1,8 +1,8 @@
 """The GHCB page as the hypervisor reads and answers it, through host memory.
 
 The guest maps its GHCB page shared (C=0), so the host reads plaintext with
-``host.memory.read``. One VMGEXIT = read the page once, validate and emulate
-on this copy, write the changed bytes back once. As KVM does
+``host.memory.read``. One VMGEXIT = read the page (the shared buffer only if
+used), validate and emulate on this copy, write the changed bytes back. As KVM does
 (``sev_es_sync_from_ghcb``), the valid bitmap is cleared after the inputs
 are taken, and every field the hypervisor returns sets its own valid bit, so
 the guest can check that an answer register is really there (Linux's #VC
@@ -46,31 +46,57 @@ class GuestMemory(Protocol):
     def write(self, gpa: int, data: bytes) -> None: ...
 
 
+# The page is read in parts: what every request needs (the save area with the
+# valid bitmap; the last cipher block with the version and usage words) at
+# once, the middle (x87 state GPA, shared buffer) only when a request uses
+# it. Each part is one pass through the memory cipher, so a CPUID VMGEXIT
+# costs about a quarter of a page.
+_BLOCK = 16  # write back whole cipher blocks: no read-modify-write in DRAM
+_HEAD = (0, _VALID.end)  # 0x000-0x3FF: save area + valid bitmap
+_END = (GHCB_SIZE - _BLOCK, GHCB_SIZE)  # 0xFF0-0xFFF: protocol version, usage
+_MIDDLE = (_VALID.end, GHCB_SIZE - _BLOCK)  # 0x400-0xFEF: x87 GPA, shared buffer
+_PARTS = (_HEAD, _MIDDLE, _END)
+
+
 class GhcbPage:
-    """A copy of one GHCB page, with dirty tracking for the write-back."""
+    """A copy of one GHCB page, read lazily, with dirty tracking for the write-back."""
 
-    __slots__ = ("gpa", "buf", "_lo", "_hi")
+    __slots__ = ("gpa", "buf", "_memory", "_have_middle", "_dirty")
 
-    def __init__(self, gpa: int, data: bytes | bytearray):
+    def __init__(self, gpa: int, data: bytes | bytearray, memory: GuestMemory | None = None):
         if len(data) != GHCB_SIZE:
             raise ValueError(f"a GHCB is {GHCB_SIZE:#x} bytes, got {len(data):#x}")
         self.gpa = gpa
         self.buf = bytearray(data)
-        self._lo = GHCB_SIZE
-        self._hi = 0
+        self._memory = memory
+        self._have_middle = memory is None
+        self._dirty: dict[int, list[int]] = {}  # part start -> [lo, hi]
 
     @classmethod
     def read(cls, memory: GuestMemory, gpa: int) -> GhcbPage:
         """The page at ``gpa``; the caller checked it is guest memory."""
-        return cls(gpa, memory.read(gpa, GHCB_SIZE))
+        page = cls(gpa, bytes(GHCB_SIZE), memory)
+        for start, end in (_HEAD, _END):
+            page.buf[start:end] = memory.read(gpa + start, end - start)
+        return page
+
+    def _need(self, lo: int, hi: int) -> None:
+        if not self._have_middle and lo < _MIDDLE[1] and hi > _MIDDLE[0]:
+            assert self._memory is not None
+            start, end = _MIDDLE
+            self.buf[start:end] = self._memory.read(self.gpa + start, end - start)
+            self._have_middle = True
 
     # -- fields ------------------------------------------------------------------
     def get(self, name: str) -> int:
-        return GHCB[name].read(self.buf)
+        f = GHCB[name]
+        self._need(f.offset, f.end)
+        return f.read(self.buf)
 
     def set(self, name: str, value: int) -> None:
         """Write a field; a save-area field also gets its valid bit."""
         f = GHCB[name]
+        self._need(f.offset, f.end)
         f.write(self.buf, value & ((1 << (8 * f.size)) - 1))
         self._touch(f.offset, f.end)
         if f.offset < _VALID.offset:
@@ -106,29 +132,38 @@ class GhcbPage:
     def read_bytes(self, offset: int, size: int) -> bytes:
         if offset < 0 or offset + size > GHCB_SIZE:
             raise ValueError(f"{offset:#x}+{size:#x} is outside the GHCB page")
+        self._need(offset, offset + size)
         return bytes(self.buf[offset : offset + size])
 
     def write_bytes(self, offset: int, data: bytes) -> None:
         if offset < 0 or offset + len(data) > GHCB_SIZE:
             raise ValueError(f"{offset:#x}+{len(data):#x} is outside the GHCB page")
+        self._need(offset, offset + len(data))
         self.buf[offset : offset + len(data)] = data
         self._touch(offset, offset + len(data))
 
     def _touch(self, lo: int, hi: int) -> None:
-        if lo < self._lo:
-            self._lo = lo
-        if hi > self._hi:
-            self._hi = hi
+        for start, end in _PARTS:
+            a, b = max(lo, start), min(hi, end)
+            if a >= b:
+                continue
+            span = self._dirty.get(start)
+            if span is None:
+                self._dirty[start] = [a, b]
+            else:
+                span[0], span[1] = min(span[0], a), max(span[1], b)
 
     @property
     def dirty(self) -> bool:
-        return self._hi > self._lo
+        return bool(self._dirty)
 
     def write_back(self, memory: GuestMemory) -> None:
-        """Store the changed bytes (one span) back into the guest's page."""
-        if self._hi > self._lo:
-            memory.write(self.gpa + self._lo, bytes(self.buf[self._lo : self._hi]))
-            self._lo, self._hi = GHCB_SIZE, 0
+        """Store the changed bytes back into the guest's page, whole cipher blocks at a time."""
+        for lo, hi in self._dirty.values():
+            lo &= ~(_BLOCK - 1)
+            hi = (hi + _BLOCK - 1) & ~(_BLOCK - 1)
+            memory.write(self.gpa + lo, bytes(self.buf[lo:hi]))
+        self._dirty.clear()
 
 
 __all__ = ["GhcbPage", "SAVE_AREA_FIELDS", "SHARED_BUFFER_END"]
