@@ -75,6 +75,7 @@ def ghcb_call(
     usage: int = 0,
     valid: int | None = None,
     gpa: int = GHCB_GPA,
+    before_exit: str = "",
 ) -> str:
     """Clear the GHCB, store ``fields`` (valid bits set), VMGEXIT, snapshot the page."""
     lines = [
@@ -97,6 +98,7 @@ def ghcb_call(
         f"mov [rdi + {0x3F8:#x}], rax",
         f"mov word ptr [rdi + 0xFFA], {version}",
         f"mov dword ptr [rdi + 0xFFC], {usage}",
+        *before_exit.strip().splitlines(),
         "vmgexit",
     ]
     if snapshot is not None:
@@ -106,7 +108,7 @@ def ghcb_call(
             "mov ecx, 512",
             "rep movsq",
         ]
-    return "\n".join("    " + line for line in lines) + "\n"
+    return "\n".join("    " + line.strip() for line in lines) + "\n"
 
 
 def ghcb_out(port: int, value: int, size: int = 1, *, snapshot: int | None = None) -> str:

@@ -386,3 +386,29 @@ def test_debug_exit_gives_the_status_and_the_trace_shows_each_vmgexit():
     assert event.data["name"] == "IOIO"
     assert set(event.data["valid"]) == {"rax", "sw_exit_code", "sw_exit_info_1", "sw_exit_info_2"}
     assert tracer.of_kind("ghcb-register")
+
+
+def test_cr4_write_trap_keeps_the_host_informed_and_cpuid_follows_it():
+    """SEV-ES: the host cannot read CR4, but the CR4 write trap tells it the new
+    value (EXITINFO1); CPUID leaf 1's OSXSAVE bit follows it, as KVM does."""
+    tracer = Tracer()
+    body = (
+        call(SvmExit.CPUID, 0, rax=1, rcx=0)
+        + """
+    mov rax, cr4
+    or eax, 0x40000
+    mov cr4, rax
+    mov ecx, 0xC0000080
+    rdmsr
+    wrmsr
+"""
+        + call(SvmExit.CPUID, 1, rax=1, rcx=0)
+    )
+    m, hv, result = run(body, tracer=tracer)
+    assert result.ok, result
+    assert not field(snapshot(m, 0), "rcx") & (1 << 27)
+    assert field(snapshot(m, 1), "rcx") & (1 << 27)
+    assert hv.vcpu_state(0).cr4 & 0x40000
+    assert result.counters["CR4_WRITE_TRAP"] == 1 and result.counters["EFER_WRITE_TRAP"] == 1
+    assert hv.vcpu_state(0).efer & 0x500 == 0x500  # LME | LMA
+    assert any("CR4 <-" in e.summary for e in tracer.of_kind("cr-trap"))
