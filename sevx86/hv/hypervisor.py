@@ -20,8 +20,9 @@ Exit handling is two tables, with validation apart from emulation:
    ``sevx86.hv.validate``) and the direct path; and
    ``sevx86.hv.msr_protocol.MSR_PROTOCOL_HANDLERS`` for the GHCB MSR protocol.
 
-Instrumenting or malicious hypervisors (see ``docs``-style examples in
-tests/hv/test_malicious.py) change behaviour in three ways:
+Instrumenting or malicious hypervisors (examples in the ``sevx86.hv``
+package docstring and tests/hv/test_malicious.py) change behaviour in three
+ways:
 
 * subclass and define ``handle_<name>(self, req)`` to replace the emulation
   of one request (``handle_cpuid``, ``handle_msr``, ``handle_mmio_read``...);
