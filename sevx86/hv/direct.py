@@ -53,6 +53,7 @@ class StringIo:
     """One chunk of a string I/O, ready for the IOIO handler."""
 
     count: int  # elements in this chunk
+    reachable: bool  # the chunk lies in guest RAM (else #GP, before touching the device)
     data_read: Callable[[int], bytes | None]
     data_write: Callable[[bytes], bool]
     done: Callable[[], bool]  # update RSI/RDI/RCX; True if the instruction is complete
@@ -96,7 +97,8 @@ def string_io(io: IoioInfo, regs, memory) -> StringIo:
         regs["rcx"] = (regs["rcx"] & ~mask) | left
         return left == 0
 
-    return StringIo(count, data_read, data_write, done)
+    reachable = count == 0 or memory.contains(base, nbytes)
+    return StringIo(count, reachable, data_read, data_write, done)
 
 
 # -- MMIO instruction decoding ---------------------------------------------------

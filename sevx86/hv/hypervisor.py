@@ -640,6 +640,10 @@ class Hypervisor:
             io = decode_ioio(exit.info1)
             if io.string:
                 string = direct.string_io(io, regs, self.host.memory)
+                if not string.reachable:
+                    req.error(GhcbError.INVALID_INPUT, "string I/O buffer is not guest RAM")
+                    self._finish_direct(vcpu, req, vcpu.vmcb["next_rip"])
+                    return
                 req.count = string.count
                 req._data_read, req._data_write = string.data_read, string.data_write
         self._chain([("request", exit.code)], req, self._serve_request)

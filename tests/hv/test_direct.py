@@ -258,3 +258,23 @@ def test_timeout_is_reported_and_the_guest_can_continue():
     result = hv.run(timeout=0.2)
     assert result.reason is RunReason.TIMEOUT
     assert hv.run(timeout=0.2).reason is RunReason.TIMEOUT
+
+
+def test_string_io_past_the_end_of_guest_ram_is_refused_with_gp():
+    """The host never follows a guest's RDI outside its RAM: #GP instead
+    (here REP INSB whose last bytes would lie past the top of RAM)."""
+    top = 64 << 20
+    body = f"""
+    mov rdi, {top - 8:#x}
+    mov ecx, 16
+    mov dx, 0x500
+    rep insb
+    hlt
+gp_handler:
+""" + exit_direct(13)
+    cap = Capture()
+    _, _, hv = build(body, "none", handlers={13: "gp_handler"})
+    hv.io_bus.register(0x500, 4, cap)
+    result = hv.run(timeout=30)
+    assert (result.reason, result.exit_status) == (RunReason.EXIT_STATUS, 13), result
+    assert cap.reads == 0  # refused before the device was touched

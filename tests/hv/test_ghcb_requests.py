@@ -412,3 +412,12 @@ def test_cr4_write_trap_keeps_the_host_informed_and_cpuid_follows_it():
     assert result.counters["CR4_WRITE_TRAP"] == 1 and result.counters["EFER_WRITE_TRAP"] == 1
     assert hv.vcpu_state(0).efer & 0x500 == 0x500  # LME | LMA
     assert any("CR4 <-" in e.summary for e in tracer.of_kind("cr-trap"))
+
+
+def test_hypercalls_are_pluggable_and_kernel_only():
+    body = call(SvmExit.VMMCALL, 0, rax=0x42, cpl=0) + call(SvmExit.VMMCALL, 1, rax=0x42, cpl=3)
+    m, _, hv = build(register_ghcb() + body + exit_sev_es(0))
+    hv.hypercalls[0x42] = lambda hv, req: 7
+    assert hv.run(timeout=30).ok
+    assert field(snapshot(m, 0), "rax") == 7
+    assert field(snapshot(m, 1), "rax") == 2**64 - 1  # -KVM_EPERM
