@@ -98,9 +98,12 @@ class GhcbPage:
         f = GHCB[name]
         self._need(f.offset, f.end)
         f.write(self.buf, value & ((1 << (8 * f.size)) - 1))
-        self._touch(f.offset, f.end)
         if f.offset < _VALID.offset:
-            self._set_bit(f.offset // 8)
+            bit = f.offset // 8
+            self.buf[_VALID.offset + bit // 8] |= 1 << (bit % 8)
+            self._touch(f.offset, _VALID.end)  # the field and the bitmap, both in the head
+        else:
+            self._touch(f.offset, f.end)
 
     # -- valid bitmap ------------------------------------------------------------
     @property
@@ -116,10 +119,6 @@ class GhcbPage:
 
     def clear_valid(self) -> None:
         self.buf[_VALID.offset : _VALID.end] = bytes(_VALID_SIZE)
-        self._touch(_VALID.offset, _VALID.end)
-
-    def _set_bit(self, bit: int) -> None:
-        self.buf[_VALID.offset + bit // 8] |= 1 << (bit % 8)
         self._touch(_VALID.offset, _VALID.end)
 
     # -- the answer ----------------------------------------------------------------
@@ -143,6 +142,16 @@ class GhcbPage:
         self._touch(offset, offset + len(data))
 
     def _touch(self, lo: int, hi: int) -> None:
+        if hi <= _HEAD[1]:  # the common case: registers, answer, valid bitmap
+            span = self._dirty.get(0)
+            if span is None:
+                self._dirty[0] = [lo, hi]
+            else:
+                if lo < span[0]:
+                    span[0] = lo
+                if hi > span[1]:
+                    span[1] = hi
+            return
         for start, end in _PARTS:
             a, b = max(lo, start), min(hi, end)
             if a >= b:
