@@ -163,3 +163,103 @@ def decode_8000001f(eax: int, ebx: int, ecx: int = 0, edx: int = 0) -> MemEncryp
         num_encrypted_guests=ecx & 0xFFFF_FFFF,
         min_sev_asid=edx & 0xFFFF_FFFF,
     )
+
+
+# --------------------------------------------------------------------------
+# Leaves whose output depends on ECX (the subleaf). For every other leaf the
+# processor ignores ECX, so a CPUID table keys them by leaf alone. From AMD
+# APM vol 3 appendix E and the Intel SDM vol 2A CPUID table (leaves AMD does
+# not define are listed because guests probe them on any vendor).
+# --------------------------------------------------------------------------
+SUBLEAF_LEAVES: frozenset[int] = frozenset(
+    {
+        0x0000_0004,  # deterministic cache parameters (Intel)
+        0x0000_0007,  # structured extended features
+        0x0000_000B,  # extended topology
+        0x0000_000D,  # XSAVE state components
+        0x0000_000F,  # platform QoS monitoring
+        0x0000_0010,  # platform QoS enforcement
+        0x0000_0012,  # SGX (Intel)
+        0x0000_0014,  # processor trace (Intel)
+        0x0000_0017,  # SoC vendor attributes (Intel)
+        0x0000_0018,  # deterministic address translation (Intel)
+        0x0000_001D,  # tile information (Intel)
+        0x0000_001F,  # V2 extended topology (Intel)
+        0x8000_001D,  # cache topology
+        0x8000_0020,  # platform QoS extended features
+        0x8000_0026,  # extended CPU topology
+    }
+)
+
+
+class Xfeature(IntEnum):
+    """XSAVE state components: bit numbers in XCR0/XSS (APM vol 2, 11.5.2)."""
+
+    X87 = 0
+    SSE = 1
+    AVX = 2  # YMM_Hi128
+    BNDREGS = 3
+    BNDCSR = 4
+    OPMASK = 5
+    ZMM_HI256 = 6
+    HI16_ZMM = 7
+    PKRU = 9
+    CET_U = 11
+    CET_S = 12
+
+
+# The legacy FXSAVE region and the XSAVE header always come first.
+XSAVE_LEGACY_SIZE = 512
+XSAVE_HEADER_SIZE = 64
+XSAVE_BASE_SIZE = XSAVE_LEGACY_SIZE + XSAVE_HEADER_SIZE
+
+# (size, offset in the standard, non-compacted format) of the user state
+# components; CPUID 0xD subleaf n reports them in EAX and EBX. Values of the
+# AMD Zen family (and equal on Intel parts that have the component).
+XSAVE_COMPONENTS: dict[int, tuple[int, int]] = {
+    Xfeature.AVX: (256, 576),
+    Xfeature.BNDREGS: (64, 960),
+    Xfeature.BNDCSR: (64, 1024),
+    Xfeature.OPMASK: (64, 1088),
+    Xfeature.ZMM_HI256: (512, 1152),
+    Xfeature.HI16_ZMM: (1024, 1664),
+    Xfeature.PKRU: (8, 2688),
+}
+# Supervisor components live only in the compacted format (XSAVES): sizes only.
+XSAVE_SUPERVISOR_SIZES: dict[int, int] = {Xfeature.CET_U: 16, Xfeature.CET_S: 24}
+
+
+def xsave_size(xcr0: int) -> int:
+    """Bytes XSAVE needs (standard format) for the components enabled in ``xcr0``.
+
+    This is CPUID 0xD subleaf 0 EBX: the end of the highest enabled component.
+    """
+    end = XSAVE_BASE_SIZE
+    for bit, (size, offset) in XSAVE_COMPONENTS.items():
+        if xcr0 >> bit & 1:
+            end = max(end, offset + size)
+    return end
+
+
+def xsaves_size(xfeatures: int) -> int:
+    """Bytes XSAVES needs (compacted format) for ``XCR0 | IA32_XSS``.
+
+    This is CPUID 0xD subleaf 1 EBX: the components packed in bit order.
+    """
+    total = XSAVE_BASE_SIZE
+    for bit in range(2, 64):
+        if not xfeatures >> bit & 1:
+            continue
+        if bit in XSAVE_COMPONENTS:
+            total += XSAVE_COMPONENTS[bit][0]
+        elif bit in XSAVE_SUPERVISOR_SIZES:
+            total += XSAVE_SUPERVISOR_SIZES[bit]
+    return total
+
+
+# CPUID 0xD subleaf 1 EAX: which XSAVE instructions exist.
+class XsaveFeatures(IntFlag):
+    XSAVEOPT = 1 << 0
+    XSAVEC = 1 << 1
+    XGETBV_ECX1 = 1 << 2
+    XSAVES = 1 << 3

@@ -197,6 +197,11 @@ def sw_terminate_info1(reason_set: int, reason_code: int) -> int:
     return reason_set | (reason_code << 4)
 
 
+def decode_sw_terminate(info1: int) -> tuple[int, int]:
+    """(reason set, reason code) from SW_EXITINFO1 of a SwExit.TERMINATE VMGEXIT."""
+    return info1 & 0xF, (info1 >> 4) & 0xFF
+
+
 # --------------------------------------------------------------------------
 # GHCB MSR protocol.
 # --------------------------------------------------------------------------

@@ -33,6 +33,8 @@ Unicorn facts this relies on (measured on unicorn 2.1.4):
 from __future__ import annotations
 
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -362,6 +364,9 @@ class VCpu:
             if not self.machine.vmsa_check(self):
                 return self._invalid("the VMSA does not match its launch measurement")
             initial = self.memory.read_private(self.vmsa_spa, VMSA_SIZE)
+            # VMRUN loads the GHCB MSR from the VMCB on every entry, the first
+            # too: KVM leaves the SEV information response there at reset.
+            self.ghcb_msr = self.vmcb["ghcb_gpa"]
         self.svm.program(self.vmcb, self.mode)
         self.vmcb.intercept_words_changed()
         # Fields the engine does not model (SEV_FEATURES, XCR0, ...) carry
@@ -467,19 +472,21 @@ class VCpu:
 
     _pending_regs: state.RegisterFile | None = None
     _entry: int = 0
+    _watchdog: _Watchdog | None = None
 
     def _execute(self, timeout: float | None, max_instructions: int | None) -> VmExit:
         self._timed_out = False
         timer = None
         if timeout is not None:
-            timer = threading.Timer(timeout, self._on_timeout)
-            timer.daemon = True
-            timer.start()
+            if self._watchdog is None:
+                self._watchdog = _Watchdog(self)
+            timer = self._watchdog
+            timer.arm(timeout)
         try:
             return self._loop(max_instructions or 0)
         finally:
             if timer is not None:
-                timer.cancel()
+                timer.disarm()
 
     def _loop(self, count: int) -> VmExit:
         """Run until an exit for the host.
@@ -493,6 +500,8 @@ class VCpu:
             self._exit = None
             self.filler.pending = None
             error: UcError | None = None
+            if self._timed_out:  # the watchdog fired before Unicorn started
+                return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
             try:
                 self.uc.emu_start(self._entry, 0, 0, count)
             except UcError as exc:
@@ -1123,6 +1132,64 @@ class VCpu:
             self.deliver(Event(ev.vector, kind, ev.error_code), self.rip())
         except _ExitNow:
             pass
+
+
+class _Watchdog:
+    """Stops a vCPU's Unicorn at a wall-clock deadline: one thread per vCPU, reused.
+
+    A ``threading.Timer`` per VMRUN cost about 0.3 ms (a thread start and a
+    join), more than a whole SEV-ES #VC round trip's worth of guest work.
+    Here one daemon thread sleeps until the armed deadline; arming again
+    with the same or a later deadline (the hypervisor's run loop passes what
+    is left of one fixed deadline) wakes nobody. The thread holds only a weak
+    reference to the vCPU and ends with it.
+    """
+
+    def __init__(self, vcpu: VCpu):
+        self._vcpu = weakref.ref(vcpu)
+        self._cond = threading.Condition()
+        self._deadline = 0.0
+        self._active = False
+        self._sleeping_until: float | None = None  # None: waiting to be armed
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="vcpu-watchdog", daemon=True)
+        self._thread.start()
+        weakref.finalize(vcpu, self.close)
+
+    def arm(self, seconds: float) -> None:
+        with self._cond:
+            self._deadline = time.monotonic() + seconds
+            self._active = True
+            if self._sleeping_until is None or self._deadline < self._sleeping_until:
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._active = False
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if not self._active:
+                    self._sleeping_until = None
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._sleeping_until = self._deadline
+                    self._cond.wait(remaining)
+                    continue
+                self._active = False
+                vcpu = self._vcpu()
+                if vcpu is None:
+                    return
+                vcpu._on_timeout()
+                del vcpu
 
 
 class _ExitNow(Exception):

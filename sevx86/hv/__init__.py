@@ -1,0 +1,85 @@
+"""The untrusted hypervisor: exit handling, the GHCB protocol, devices.
+
+Running a guest (what the ``sevx86`` CLI does)::
+
+    from sevx86.harness import GuestSpec, build_machine
+    from sevx86.hv import Hypervisor, RunReason
+
+    machine, _ = build_machine(GuestSpec(source, handlers={29: "vc_handler"}))
+    hv = Hypervisor(machine.host_view(), console=sys.stdout.buffer)
+    result = hv.run(timeout=10)
+    if result.reason is RunReason.EXIT_STATUS:
+        sys.exit(result.exit_status)  # the guest wrote N to port 0xF4
+
+``run`` never raises for anything the guest does; ``result.reason`` says why
+it returned (exit-status, terminated, shutdown, vmrun-failed, halted,
+timeout, instruction-limit, emulation-error, hypervisor-error), with
+``detail``, ``termination`` (who and which reason set/code), ``console``
+(serial + debug console output), ``counters`` (per exit kind) and ``exits``.
+``timeout`` bounds the whole call; ``max_instructions`` bounds each guest
+entry. After a timeout or a limit, ``run`` may be called again.
+
+Devices: 16550 UART at 0x3F8, debug console at 0x402 (QEMU isa-debugcon),
+debug-exit at 0xF4 (a write of N ends the run with status N), an MMIO test
+device at 0xFEB0_0000 (sevx86/hv/devices/mmio_test.py). Add your own with
+``hv.io_bus.register(port, length, device)`` / ``hv.mmio_bus.register``.
+
+A malicious (or instrumenting) hypervisor -- lie about the C-bit::
+
+    from sevx86.hv.handlers import cpuid as default_cpuid
+
+    class LyingCbit(Hypervisor):
+        def handle_cpuid(self, req):          # replaces HANDLERS[CPUID]
+            leaf = req.reg("rax")
+            default_cpuid(self, req)          # the honest answer first
+            if leaf == 0x8000_001F:
+                req.set_reg("rbx", (req.reg("rbx") & ~0x3F) | 47)
+
+or, without subclassing, with a hook around the normal handling::
+
+    def lie(req, proceed):
+        proceed()                             # skip this call to replace it
+        if req.via_ghcb: ...                  # req.reg / req.set_reg / req.page
+
+    hv.on_request(SvmExit.CPUID, lie)         # GHCB and direct paths
+    hv.on_vmgexit(SvmExit.CPUID, lie)         # GHCB path only
+    hv.on_msr_protocol(GhcbMsr.CPUID_REQ, h)  # req.response = ...
+    hv.on_exit(SvmExit.VMGEXIT, h)            # raw exits: ctx.vcpu, ctx.exit, ctx.hv
+
+An ``on_exit`` hook may also write host memory (``ctx.hv.host.memory``), for
+instance flip a byte of the VMSA page (``ctx.vcpu.vmsa_gpa``): the next VMRUN
+fails its integrity check and ``run`` returns ``vmrun-failed``.
+tests/hv/test_malicious.py has these examples running.
+"""
+
+from sevx86.hv.cpuid import CpuidQuery, CpuidTable
+from sevx86.hv.hypervisor import (
+    EXIT_TABLE,
+    ExitEvent,
+    Hypervisor,
+    RunReason,
+    RunResult,
+    Termination,
+    VcpuHvState,
+)
+from sevx86.hv.msr_policy import MsrPolicy, MsrRule
+from sevx86.hv.msr_protocol import MsrProtocolRequest
+from sevx86.hv.requests import GhcbRequest, RegisterRequest, Request
+
+__all__ = [
+    "EXIT_TABLE",
+    "CpuidQuery",
+    "CpuidTable",
+    "ExitEvent",
+    "GhcbRequest",
+    "Hypervisor",
+    "MsrPolicy",
+    "MsrProtocolRequest",
+    "MsrRule",
+    "RegisterRequest",
+    "Request",
+    "RunReason",
+    "RunResult",
+    "Termination",
+    "VcpuHvState",
+]

@@ -1,0 +1,25 @@
+"""Emulated devices, reached only through IOIO and MMIO exits."""
+
+from sevx86.hv.devices.bus import IoBus, IoDevice, MmioBus, MmioDevice
+from sevx86.hv.devices.console import Console
+from sevx86.hv.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
+from sevx86.hv.devices.debugcon import DEBUGCON_PORT, DebugCon
+from sevx86.hv.devices.mmio_test import MMIO_TEST_BASE, MMIO_TEST_ID, MmioTestDevice
+from sevx86.hv.devices.serial import COM1, Serial16550
+
+__all__ = [
+    "COM1",
+    "Console",
+    "DEBUGCON_PORT",
+    "DEBUG_EXIT_PORT",
+    "DebugCon",
+    "DebugExit",
+    "IoBus",
+    "IoDevice",
+    "MMIO_TEST_BASE",
+    "MMIO_TEST_ID",
+    "MmioBus",
+    "MmioDevice",
+    "MmioTestDevice",
+    "Serial16550",
+]

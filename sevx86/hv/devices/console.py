@@ -1,0 +1,47 @@
+"""Where guest output goes: kept for the run result, echoed to a stream, traced.
+
+The serial port and the debug console write here. Output is kept per device
+(bytes), optionally copied to a stream (the terminal), and every completed
+line is added to the trace as a host event so it lines up with the exits
+that produced it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import IO
+
+LogFn = Callable[..., None]
+
+
+class Console:
+    def __init__(self, stream: IO[bytes] | None = None, log: LogFn | None = None):
+        self.stream = stream
+        self.log = log
+        self.outputs: dict[str, bytearray] = {}
+        self._lines: dict[str, bytearray] = {}
+        self.all = bytearray()
+
+    def write(self, source: str, data: bytes) -> None:
+        if not data:
+            return
+        self.outputs.setdefault(source, bytearray()).extend(data)
+        self.all.extend(data)
+        if self.stream is not None:
+            self.stream.write(data)
+            self.stream.flush()
+        if self.log is None:
+            return
+        line = self._lines.setdefault(source, bytearray())
+        line.extend(data)
+        while b"\n" in line:
+            text, _, rest = bytes(line).partition(b"\n")
+            self.log("console", f"{source}: {text.decode('utf-8', 'replace')}", device=source)
+            line[:] = rest
+
+    def text(self, source: str | None = None) -> str:
+        data = self.all if source is None else self.outputs.get(source, b"")
+        return bytes(data).decode("utf-8", "replace")
+
+
+__all__ = ["Console"]

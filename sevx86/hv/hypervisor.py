@@ -1,0 +1,739 @@
+"""The untrusted hypervisor: a run loop over the vCPUs and a table of exit handlers.
+
+``Hypervisor(host).run(timeout=..., max_instructions=...)`` sets KVM-like
+intercepts, enters the guest with VMRUN and services every exit until the
+guest ends the run (debug-exit, a termination request), dies (shutdown, a
+failed VMRUN), halts for good, or a limit is reached. It returns a
+``RunResult``; it never raises because of anything the guest did.
+
+It only ever holds a ``HostView`` (DESIGN.md, "Trust boundary"): DRAM as the
+host sees it, the VMCB control areas, VMRUN -- and in modes none/sev the
+registers an exit hands over.
+
+Exit handling is two tables, with validation apart from emulation:
+
+1. ``EXIT_TABLE``: hardware exit code -> method (VMGEXIT, HLT, CR write
+   traps, SHUTDOWN, VMRUN failure, NPF, and the direct NAE exits of modes
+   none/sev).
+2. ``sevx86.hv.handlers.HANDLERS``: the emulation of each NAE request
+   (CPUID, IOIO, MSR, MMIO, ...), shared by the GHCB path (after
+   ``sevx86.hv.validate``) and the direct path; and
+   ``sevx86.hv.msr_protocol.MSR_PROTOCOL_HANDLERS`` for the GHCB MSR protocol.
+
+Instrumenting or malicious hypervisors (examples in the ``sevx86.hv``
+package docstring and tests/hv/test_malicious.py) change behaviour in three
+ways:
+
+* subclass and define ``handle_<name>(self, req)`` to replace the emulation
+  of one request (``handle_cpuid``, ``handle_msr``, ``handle_mmio_read``...);
+* ``hv.on_request(code, hook)`` / ``hv.on_vmgexit(sw_exitcode, hook)`` /
+  ``hv.on_exit(code, hook)`` / ``hv.on_msr_protocol(ghcb_info, hook)``:
+  ``hook(ctx, proceed)`` runs around the handling; call ``proceed()`` to get
+  the normal answer and then change it, or don't, to replace it;
+* replace ``hv.cpuid`` (a ``CpuidTable``) or ``hv.msrs`` (an ``MsrPolicy``).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import IO, Any
+
+from sevx86.arch.exits import SvmExit, SwExit, exit_name
+from sevx86.arch.ghcb import GHCB_PROTOCOL_MAX, GHCB_SIZE, GhcbError, msr_sev_info_response
+from sevx86.arch.msr import Msr
+from sevx86.arch.vectors import vector_name
+from sevx86.arch.vmcb import EVENTINJ_V, EventType, Intercept, decode_ioio, encode_event
+from sevx86.config import GuestConfig, GuestMode
+from sevx86.cpu.vcpu import StopReason, VmExit
+from sevx86.hv import direct, msr_protocol
+from sevx86.hv.cpuid import CpuidTable
+from sevx86.hv.devices import (
+    COM1,
+    DEBUG_EXIT_PORT,
+    DEBUGCON_PORT,
+    MMIO_TEST_BASE,
+    Console,
+    DebugCon,
+    DebugExit,
+    IoBus,
+    MmioBus,
+    MmioTestDevice,
+    Serial16550,
+)
+from sevx86.hv.devices.mmio_test import MMIO_TEST_SIZE
+from sevx86.hv.ghcb import GhcbPage
+from sevx86.hv.handlers import HANDLERS, Handler, handler_name
+from sevx86.hv.msr_policy import PASSTHROUGH_MSRS, PASSTHROUGH_MSRS_SEV_ES, MsrPolicy
+from sevx86.hv.requests import GhcbRequest, RegisterRequest, Request, error_name
+from sevx86.hv.validate import Invalid, validate_vmgexit
+from sevx86.machine import HostVcpu, HostView
+
+_U64 = (1 << 64) - 1
+PAGE = 0x1000
+
+
+class RunReason(StrEnum):
+    """Why ``Hypervisor.run`` returned."""
+
+    EXIT_STATUS = "exit-status"  # the guest wrote its status to the debug-exit port
+    TERMINATED = "terminated"  # a termination request (or the hypervisor refused to go on)
+    SHUTDOWN = "shutdown"  # triple fault: the vCPU is dead
+    VMRUN_FAILED = "vmrun-failed"  # VMRUN refused the guest state (e.g. VMSA check failed)
+    HALTED = "halted"  # every vCPU halted (or parked) with nothing to wake it
+    TIMEOUT = "timeout"  # the wall-clock limit
+    INSTRUCTION_LIMIT = "instruction-limit"  # the per-entry instruction budget
+    EMULATION_ERROR = "emulation-error"  # the CPU engine (or the MMIO decoder) gave up
+    HYPERVISOR_ERROR = "hypervisor-error"  # a bug in a handler or hook (see detail)
+
+
+@dataclass(frozen=True)
+class Termination:
+    """Who ended the guest and why."""
+
+    by: str  # "guest" (it asked) or "hypervisor" (it could not go on)
+    reason_set: int | None = None
+    reason_code: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    """The outcome of ``Hypervisor.run``."""
+
+    reason: RunReason
+    exit_status: int | None = None
+    detail: str = ""
+    vcpu: int | None = None
+    termination: Termination | None = None
+    console: str = ""  # all guest output (serial + debug console), decoded
+    outputs: dict[str, bytes] = field(default_factory=dict)  # per device
+    counters: dict[str, int] = field(default_factory=dict)  # per exit kind
+    exits: int = 0  # VMRUNs that returned in this run
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """The guest reported success (debug-exit status 0)."""
+        return self.reason is RunReason.EXIT_STATUS and self.exit_status == 0
+
+
+@dataclass
+class VcpuHvState:
+    """What the hypervisor knows or decided about one vCPU."""
+
+    index: int
+    ghcb_registered: int | None = None  # GPA from the MSR-protocol registration
+    protocol_version: int | None = None  # last version seen in the guest's GHCB
+    cr0: int = 0  # tracked from the SEV-ES CR write traps
+    cr4: int = 0
+    cr8: int = 0
+    efer: int = 0
+    xcr0: int = 1
+    xss: int = 0
+    dr7: int = 0x400
+    halted: bool = False
+    ap_hold: bool = False
+    nmi_masked: bool = False
+    dead: RunResult | None = None  # how it died (shutdown, failed VMRUN)
+
+
+Hook = Callable[[Any, Callable[[], None]], None]
+
+# Hardware exit code -> method name. The direct NAE exits of modes none/sev
+# all go to _exit_direct, which turns them into requests for HANDLERS.
+EXIT_TABLE: dict[int, str] = {
+    SvmExit.VMGEXIT: "_exit_vmgexit",
+    SvmExit.HLT: "_exit_hlt",
+    SvmExit.SHUTDOWN: "_exit_shutdown",
+    SvmExit.INVALID: "_exit_invalid",
+    SvmExit.NPF: "_exit_npf",
+    SvmExit.EFER_WRITE_TRAP: "_exit_cr_trap",
+    SvmExit.INTR: "_exit_nothing",
+    SvmExit.NMI: "_exit_nothing",
+    **{0x90 + n: "_exit_cr_trap" for n in range(16)},
+    **{
+        code: "_exit_direct"
+        for code in (
+            SvmExit.CPUID,
+            SvmExit.IOIO,
+            SvmExit.MSR,
+            SvmExit.RDTSC,
+            SvmExit.RDTSCP,
+            SvmExit.RDPMC,
+            SvmExit.INVD,
+            SvmExit.WBINVD,
+            SvmExit.MONITOR,
+            SvmExit.MWAIT,
+            SvmExit.VMMCALL,
+            SvmExit.DR7_READ,
+            SvmExit.DR7_WRITE,
+        )
+    },
+}
+
+# KVM-like intercepts (arch/x86/kvm/svm/svm.c init_vmcb, sev.c sev_es_init_vmcb).
+DEFAULT_INTERCEPTS: tuple[Intercept, ...] = (
+    Intercept.CPUID,
+    Intercept.HLT,
+    Intercept.VMMCALL,
+    Intercept.RDTSC,
+    Intercept.RDTSCP,
+    Intercept.RDPMC,
+    Intercept.INVD,
+    Intercept.WBINVD,
+    Intercept.MONITOR,
+    Intercept.MWAIT,
+    Intercept.SHUTDOWN,
+)
+SEV_ES_TRAPS: tuple[int, ...] = (
+    Intercept.CR0_WRITE_TRAP,
+    Intercept.CR4_WRITE_TRAP,
+    Intercept.CR8_WRITE_TRAP,
+    Intercept.EFER_WRITE_TRAP,
+)
+DR7 = 7
+
+
+class Hypervisor:
+    """A KVM-like hypervisor for one guest, driven through its ``HostView``."""
+
+    def __init__(
+        self,
+        host: HostView,
+        *,
+        cpuid: CpuidTable | dict | None = None,
+        msrs: MsrPolicy | None = None,
+        console: IO[bytes] | None = None,
+        ghcb_max_version: int = GHCB_PROTOCOL_MAX,
+        devices: bool = True,
+    ):
+        self.host = host
+        self.mode: GuestMode = host.mode
+        self.config: GuestConfig = host.config
+        self.cpuid = CpuidTable.default(host.config) if cpuid is None else CpuidTable.coerce(cpuid)
+        self.msrs = msrs if msrs is not None else MsrPolicy.default()
+        self.ghcb_max_version = ghcb_max_version
+        self.hv_features = 0  # GHCB v2 feature bitmap: no SNP features
+        self.ap_jump_table = 0
+        self.hypercalls: dict[int, Callable[[Hypervisor, Request], int]] = {}
+        self.console = Console(stream=console, log=self._log)
+        self.io_bus = IoBus()
+        self.mmio_bus = MmioBus()
+        self.counters: Counter[str] = Counter()
+        self._states = [VcpuHvState(v.index) for v in host.vcpus]
+        self._hooks: dict[tuple[str, int], list[Hook]] = {}
+        self._handlers = self._handler_table()
+        self._msr_handlers = dict(msr_protocol.MSR_PROTOCOL_HANDLERS)
+        self._setup_done = False
+        self._result: RunResult | None = None
+        self._rr = 0
+        if devices:
+            self._add_default_devices()
+
+    # ------------------------------------------------------------------ devices
+    def _add_default_devices(self) -> None:
+        self.serial = Serial16550(self.console)
+        self.io_bus.register(COM1, 8, self.serial)
+        self.io_bus.register(DEBUGCON_PORT, 1, DebugCon(self.console))
+        self.io_bus.register(DEBUG_EXIT_PORT, 4, DebugExit(self.exit_status))
+        self.mmio_test = MmioTestDevice()
+        self.mmio_bus.register(MMIO_TEST_BASE, MMIO_TEST_SIZE, self.mmio_test)
+
+    # ------------------------------------------------------------------ hooks
+    def on_exit(self, code: int, hook: Hook | None = None) -> Any:
+        """Hook a hardware exit (``ctx`` is an ``ExitEvent``), before any handling."""
+        return self._add_hook("exit", code, hook)
+
+    def on_request(self, code: int, hook: Hook | None = None) -> Any:
+        """Hook an NAE request (``ctx`` is a ``Request``) on any path (GHCB or direct)."""
+        return self._add_hook("request", code, hook)
+
+    def on_vmgexit(self, sw_exitcode: int, hook: Hook | None = None) -> Any:
+        """Hook a validated GHCB request (``ctx`` is a ``GhcbRequest``, SEV-ES only)."""
+        return self._add_hook("vmgexit", sw_exitcode, hook)
+
+    def on_msr_protocol(self, ghcb_info: int, hook: Hook | None = None) -> Any:
+        """Hook a GHCB MSR-protocol request (``ctx`` is a ``MsrProtocolRequest``)."""
+        return self._add_hook("msr", ghcb_info, hook)
+
+    def _add_hook(self, kind: str, code: int, hook: Hook | None) -> Any:
+        def register(fn: Hook) -> Hook:
+            self._hooks.setdefault((kind, int(code)), []).append(fn)
+            return fn
+
+        return register(hook) if hook is not None else register
+
+    def _chain(self, keys: list[tuple[str, int]], ctx: Any, final: Callable[[Any], None]) -> None:
+        hooks = [h for key in keys for h in self._hooks.get(key, ())]
+        if not hooks:
+            final(ctx)
+            return
+
+        def step(i: int) -> None:
+            if i == len(hooks):
+                final(ctx)
+            else:
+                hooks[i](ctx, lambda: step(i + 1))
+
+        step(0)
+
+    def _handler_table(self) -> dict[int, Handler]:
+        """HANDLERS, with any ``handle_<name>`` a subclass defines in place of the default."""
+        table: dict[int, Handler] = {}
+        for code, fn in HANDLERS.items():
+            method = getattr(type(self), f"handle_{handler_name(code)}", None)
+            table[code] = (lambda hv, req, m=method: m(hv, req)) if method else fn
+        return table
+
+    # ------------------------------------------------------------------ state
+    def vcpu_state(self, index: int) -> VcpuHvState:
+        return self._states[index]
+
+    def _log(self, kind: str, summary: str, *, vcpu: int | None = None, **data: object) -> None:
+        self.host.log(kind, summary, vcpu=vcpu, **data)
+
+    # ------------------------------------------------------------------ ending the run
+    def exit_status(self, status: int) -> None:
+        """The debug-exit device: end the run with ``status``."""
+        self._end(RunReason.EXIT_STATUS, f"guest exit status {status}", exit_status=status)
+
+    def terminate(
+        self,
+        *,
+        by: str,
+        reason_set: int | None = None,
+        reason_code: int | None = None,
+        detail: str = "",
+        vcpu: int | None = None,
+    ) -> None:
+        """End the run: the guest asked to terminate, or the hypervisor refuses to go on."""
+        self._log(
+            "terminate",
+            f"terminated by the {by}: {detail}",
+            vcpu=vcpu,
+            by=by,
+            reason_set=reason_set,
+            reason_code=reason_code,
+        )
+        self._end(
+            RunReason.TERMINATED,
+            detail,
+            vcpu=vcpu,
+            termination=Termination(by, reason_set, reason_code, detail),
+        )
+
+    def _end(self, reason: RunReason, detail: str, **kw: Any) -> None:
+        if self._result is None:
+            self._result = RunResult(reason, detail=detail, **kw)
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        """Program the intercepts (once, before the first VMRUN), as KVM does."""
+        if self._setup_done:
+            return
+        self._setup_done = True
+        es = self.mode is GuestMode.SEV_ES
+        for v in self.host.vcpus:
+            vmcb = v.vmcb
+            vmcb.intercept(*DEFAULT_INTERCEPTS)
+            vmcb.intercept_all_io()
+            vmcb.intercept_all_msrs()
+            for msr in PASSTHROUGH_MSRS + (PASSTHROUGH_MSRS_SEV_ES if es else ()):
+                vmcb.set_msr_intercept(msr, read=False, write=False)
+            # The hardware virtualizes the GHCB MSR (and SEV_STATUS); never intercept it.
+            vmcb.set_msr_intercept(Msr.SEV_ES_GHCB, read=False, write=False)
+            if es:
+                # DR7 has no state the host could emulate without the #VC
+                # handler's help; the CR/EFER traps keep the host informed.
+                vmcb["intercept_dr_read"] = vmcb["intercept_dr_read"] | (1 << DR7)
+                vmcb["intercept_dr_write"] = vmcb["intercept_dr_write"] | (1 << DR7)
+                vmcb.intercept(*SEV_ES_TRAPS)
+                # At reset the GHCB MSR holds the SEV information (GHCB spec,
+                # "SEV Information"; KVM sev_es_init_vmcb).
+                vmcb["ghcb_gpa"] = msr_sev_info_response(
+                    self.ghcb_max_version, 1, self.config.cbitpos
+                )
+
+    # ------------------------------------------------------------------ the run loop
+    def run(
+        self, *, timeout: float | None = None, max_instructions: int | None = None
+    ) -> RunResult:
+        """Run the guest until it ends, dies, halts, or a limit is reached.
+
+        ``timeout`` bounds the whole run (wall clock, seconds);
+        ``max_instructions`` bounds each guest entry (the engine counts
+        translation blocks, so it is approximate). ``run`` may be called again
+        after a timeout or limit: the guest continues where it was.
+        """
+        self.setup()
+        start = time.perf_counter()
+        deadline = None if timeout is None else start + timeout
+        self._result = None
+        exits = 0
+        while self._result is None:
+            vcpu = self._next_vcpu()
+            if vcpu is None:
+                self._no_runnable_vcpu()
+                break
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    self._end(RunReason.TIMEOUT, "wall-clock limit reached", vcpu=vcpu.index)
+                    break
+            exit = vcpu.vmrun(timeout=remaining, max_instructions=max_instructions)
+            exits += 1
+            try:
+                self._handle_exit(vcpu, exit)
+            except Exception as exc:  # a bug in a handler or a user hook
+                self._end(
+                    RunReason.HYPERVISOR_ERROR,
+                    f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+                    vcpu=vcpu.index,
+                )
+        result = self._result
+        assert result is not None
+        result.console = self.console.text()
+        result.outputs = {k: bytes(v) for k, v in self.console.outputs.items()}
+        result.counters = dict(self.counters)
+        result.exits = exits
+        result.elapsed = time.perf_counter() - start
+        self._log("run-end", f"run ended: {result.reason.value} {result.detail}".strip())
+        return result
+
+    def _no_runnable_vcpu(self) -> None:
+        dead = [st.dead for st in self._states if st.dead is not None]
+        if len(dead) == len(self._states):
+            # Every vCPU died earlier: say how again, rather than "halted".
+            first = dead[0]
+            self._end(first.reason, f"the vCPU is dead: {first.detail}", vcpu=first.vcpu)
+            return
+        self._end(RunReason.HALTED, "every vCPU is halted or parked; nothing can wake it")
+
+    def _next_vcpu(self) -> HostVcpu | None:
+        vcpus = self.host.vcpus
+        for k in range(len(vcpus)):
+            v = vcpus[(self._rr + k) % len(vcpus)]
+            st = self._states[v.index]
+            if not v.alive:
+                continue
+            if v.vmcb["event_inj"] & EVENTINJ_V:
+                st.halted = False  # an event to deliver wakes a halted vCPU
+            if st.halted or st.ap_hold:
+                continue
+            self._rr = (v.index + 1) % len(vcpus)
+            return v
+        return None
+
+    # ------------------------------------------------------------------ exits
+    def _handle_exit(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        if exit.stop is not None:
+            self._stopped(vcpu, exit)
+            return
+        self.counters[exit_name(exit.code)] += 1
+        event = ExitEvent(self, vcpu, exit)
+        self._chain([("exit", exit.code)], event, self._dispatch_exit)
+
+    def _dispatch_exit(self, event: ExitEvent) -> None:
+        method = EXIT_TABLE.get(event.exit.code)
+        if method is None:
+            self._end(
+                RunReason.HYPERVISOR_ERROR,
+                f"no handler for exit {exit_name(event.exit.code)}",
+                vcpu=event.vcpu.index,
+            )
+            return
+        getattr(self, method)(event.vcpu, event.exit)
+
+    def _stopped(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        reason = {
+            StopReason.TIMEOUT: RunReason.TIMEOUT,
+            StopReason.INSTRUCTION_LIMIT: RunReason.INSTRUCTION_LIMIT,
+            StopReason.EMULATION_ERROR: RunReason.EMULATION_ERROR,
+        }[exit.stop]  # type: ignore[index]
+        if not vcpu.alive:
+            self._died(vcpu, reason, exit.detail)
+            return
+        self._end(reason, exit.detail, vcpu=vcpu.index)
+
+    def _exit_nothing(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        """Physical interrupt or NMI: the host had its turn; re-enter."""
+
+    def _exit_shutdown(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        self._died(vcpu, RunReason.SHUTDOWN, exit.detail or "shutdown (triple fault)")
+
+    def _exit_invalid(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        self._died(vcpu, RunReason.VMRUN_FAILED, exit.detail or "VMRUN failed")
+
+    def _died(self, vcpu: HostVcpu, reason: RunReason, detail: str) -> None:
+        self._states[vcpu.index].dead = RunResult(reason, detail=detail, vcpu=vcpu.index)
+        self._end(reason, detail, vcpu=vcpu.index)
+
+    def _exit_hlt(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        st = self._states[vcpu.index]
+        if exit.regs is not None:
+            # Direct exit: the host moves RIP past HLT (KVM kvm_emulate_halt).
+            exit.regs["rip"] = vcpu.vmcb["next_rip"]
+            if_flag = bool(exit.regs["rflags"] & (1 << 9))
+            where = f" at {exit.rip:#x} with IF={int(if_flag)}"
+        else:
+            where = ""  # SEV-ES: the CPU advanced RIP; the host cannot see IF
+        st.halted = True
+        self._log("halt", f"vCPU {vcpu.index} halted{where}", vcpu=vcpu.index)
+
+    def _exit_cr_trap(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        """SEV-ES CR/EFER write trap: the write happened; the new value is in EXITINFO1."""
+        st = self._states[vcpu.index]
+        if exit.code == SvmExit.EFER_WRITE_TRAP:
+            st.efer = exit.info1
+            what = "EFER"
+        else:
+            n = exit.code - 0x90
+            what = f"CR{n}"
+            if n in (0, 4, 8):
+                setattr(st, f"cr{n}", exit.info1)
+        self._log("cr-trap", f"{what} <- {exit.info1:#x}", vcpu=vcpu.index, value=exit.info1)
+
+    # -- SEV-ES: VMGEXIT -------------------------------------------------------------
+    def _exit_vmgexit(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        msr = vcpu.vmcb["ghcb_gpa"]
+        if msr & 0xFFF:
+            self._msr_protocol(vcpu, msr)
+            return
+        self._ghcb_request(vcpu, msr)
+
+    def _msr_protocol(self, vcpu: HostVcpu, value: int) -> None:
+        req = msr_protocol.parse(vcpu, value)
+        self.counters[f"msr-protocol:{req.name}"] += 1
+
+        def serve(r: msr_protocol.MsrProtocolRequest) -> None:
+            handler = self._msr_handlers.get(r.code)
+            if handler is None:
+                r.note = f"unknown request {r.code:#x} -> not supported (MSR left unchanged)"
+                return
+            handler(self, r)
+
+        self._chain([("msr", req.code)], req, serve)
+        if req.response is not None:
+            vcpu.vmcb["ghcb_gpa"] = req.response & _U64
+        self._log(
+            "msr-protocol",
+            f"GHCB MSR {value:#x}: {req.note or req.name}",
+            vcpu=vcpu.index,
+            target="guest",
+            request=value,
+            response=req.response,
+        )
+
+    def _ghcb_request(self, vcpu: HostVcpu, gpa: int) -> None:
+        memory = self.host.memory
+        index = vcpu.index
+        if gpa == 0:
+            self.terminate(
+                by="hypervisor", detail="VMGEXIT without a GHCB (GHCB MSR is 0)", vcpu=index
+            )
+            return
+        if not memory.contains(gpa, GHCB_SIZE):
+            self.terminate(by="hypervisor", detail=f"GHCB at {gpa:#x} is not guest RAM", vcpu=index)
+            return
+        st = self._states[index]
+        page = GhcbPage.read(memory, gpa)
+        if st.ghcb_registered is not None and gpa != st.ghcb_registered:
+            self._ghcb_error(
+                vcpu,
+                page,
+                Invalid(
+                    GhcbError.NOT_REGISTERED,
+                    f"GHCB {gpa:#x} is not the registered {st.ghcb_registered:#x}",
+                ),
+            )
+            return
+        valid = validate_vmgexit(page, max_version=self.ghcb_max_version, contains=memory.contains)
+        if isinstance(valid, Invalid):
+            self._ghcb_error(vcpu, page, valid)
+            return
+        st.protocol_version = valid.version
+        name = exit_name(valid.code)
+        self.counters[f"vmgexit:{name}"] += 1
+        self._log(
+            "vmgexit",
+            f"VMGEXIT {name} info1={valid.info1:#x} info2={valid.info2:#x}"
+            f" valid: {' '.join(valid.valid)}",
+            vcpu=index,
+            code=valid.code,
+            name=name,
+            info1=valid.info1,
+            info2=valid.info2,
+            valid=list(valid.valid),
+        )
+        req = GhcbRequest(vcpu, page, valid, memory.read, memory.write)
+        try:
+            self._chain(
+                [("vmgexit", valid.code), ("request", valid.code)], req, self._serve_request
+            )
+        finally:
+            info1, info2 = req.finish()
+            page.write_back(memory)
+        self._log_answer(vcpu, req, info1, info2)
+
+    def _ghcb_error(self, vcpu: HostVcpu, page: GhcbPage, invalid: Invalid) -> None:
+        """Answer a malformed request the GHCB v2 way: SW_EXITINFO1 = 2, reason in EXITINFO2."""
+        reason = error_name(invalid.reason)
+        self.counters[f"ghcb-error:{reason}"] += 1
+        page.clear_valid()
+        page.answer(2, int(invalid.reason))
+        page.write_back(self.host.memory)
+        self._log(
+            "ghcb-error",
+            f"VMGEXIT refused: {reason} ({invalid.detail})",
+            vcpu=vcpu.index,
+            target="guest",
+            reason=int(invalid.reason),
+            detail=invalid.detail,
+        )
+
+    def _log_answer(self, vcpu: HostVcpu, req: Request, info1: int, info2: int) -> None:
+        if req.error_reason is not None:
+            self.counters[f"ghcb-error:{error_name(req.error_reason)}"] += 1
+            what = f"error {error_name(req.error_reason)}"
+        elif req.exception is not None:
+            what = f"inject {vector_name(req.exception[0])}"
+        else:
+            outs = getattr(req, "outputs", {})
+            what = "ok" + "".join(f" {k}={v:#x}" for k, v in outs.items())
+        if req.detail:
+            what += f" ({req.detail})"
+        self._log(
+            "ghcb-answer",
+            f"{req.name} -> {what}",
+            vcpu=vcpu.index,
+            target="guest",
+            info1=info1,
+            info2=info2,
+        )
+
+    def _serve_request(self, req: Request) -> None:
+        handler = self._handlers.get(req.code)
+        if handler is None:
+            req.error(GhcbError.INVALID_EVENT, f"no handler for {req.name}")
+            return
+        handler(self, req)
+
+    # -- modes none / sev: direct exits -------------------------------------------------
+    def _exit_direct(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        regs = exit.regs
+        if regs is None:  # an NAE exit under SEV-ES would be a CPU bug
+            self._end(
+                RunReason.HYPERVISOR_ERROR,
+                f"direct exit {exit_name(exit.code)} without registers",
+                vcpu=vcpu.index,
+            )
+            return
+        req = RegisterRequest(vcpu, exit.code, exit.info1, exit.info2, regs)
+        string = None
+        if exit.code == SvmExit.IOIO:
+            io = decode_ioio(exit.info1)
+            if io.string:
+                string = direct.string_io(io, regs, self.host.memory)
+                if not string.reachable:
+                    req.error(GhcbError.INVALID_INPUT, "string I/O buffer is not guest RAM")
+                    self._finish_direct(vcpu, req, vcpu.vmcb["next_rip"])
+                    return
+                req.count = string.count
+                req._data_read, req._data_write = string.data_read, string.data_write
+        self._chain([("request", exit.code)], req, self._serve_request)
+        if string is not None and not req.failed:
+            req.retry = not string.done()
+        self._finish_direct(vcpu, req, vcpu.vmcb["next_rip"])
+
+    def _finish_direct(self, vcpu: HostVcpu, req: RegisterRequest, next_rip: int) -> None:
+        event = req.finish(next_rip)
+        if event is not None:
+            vector, code = event
+            value = encode_event(vector, EventType.EXCEPTION, error_code=code)
+            vcpu.vmcb["event_inj"] = value & 0xFFFF_FFFF
+            vcpu.vmcb["event_inj_err"] = value >> 32
+            self._log(
+                "inject",
+                f"{req.name}: inject {vector_name(vector)} ({req.detail or 'refused'})",
+                vcpu=vcpu.index,
+                target="guest",
+                vector=vector,
+            )
+
+    def _exit_npf(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        """A nested page fault outside RAM is MMIO: decode the MOV and emulate it."""
+        regs = exit.regs
+        if regs is None:
+            self._end(RunReason.HYPERVISOR_ERROR, "NPF without registers", vcpu=vcpu.index)
+            return
+        vmcb = vcpu.vmcb
+        insn = bytes(vmcb.control[0xD1 : 0xD1 + vmcb["insn_len"]])
+        bits = direct.code_bits(regs)
+        rip = exit.rip if exit.rip is not None else regs["rip"]
+        try:
+            access = direct.decode_mmio(insn, bits)
+        except direct.MmioDecodeError as exc:
+            self._end(
+                RunReason.EMULATION_ERROR,
+                f"hypervisor cannot emulate MMIO at {exit.info2:#x}: {exc}",
+                vcpu=vcpu.index,
+            )
+            return
+        # The page comes from EXITINFO2, the offset from the instruction's own
+        # effective address (as KVM's emulator computes it): the engine reports
+        # the GPA of the page only (see tests/hv/test_engine_bugs.py).
+        offset = access.effective_address(regs, rip, bits) & (PAGE - 1)
+        gpa = (exit.info2 & ~(PAGE - 1)) | offset
+        loaded: list[bytes] = []
+        code = SwExit.MMIO_WRITE if access.write else SwExit.MMIO_READ
+        value = direct.store_value(access, regs) if access.write else 0
+
+        def data_read(size: int) -> bytes:
+            return value.to_bytes(access.size, "little")[:size]
+
+        def data_write(data: bytes) -> bool:
+            loaded.append(bytes(data))
+            return True
+
+        req = RegisterRequest(
+            vcpu, code, gpa, access.size, regs, data_read=data_read, data_write=data_write
+        )
+        self._log("mmio", f"{access.text} at GPA {gpa:#x}", vcpu=vcpu.index, gpa=gpa)
+        self._chain([("request", code)], req, self._serve_request)
+        if not req.failed and not access.write and loaded:
+            direct.load_result(access, regs, int.from_bytes(loaded[0], "little"))
+        self._finish_direct(vcpu, req, rip + access.length)
+
+
+@dataclass
+class ExitEvent:
+    """A hardware exit as ``on_exit`` hooks see it."""
+
+    hv: Hypervisor
+    vcpu: HostVcpu
+    exit: VmExit
+
+    @property
+    def code(self) -> int:
+        return self.exit.code
+
+    @property
+    def vmcb(self) -> Any:
+        return self.vcpu.vmcb
+
+
+__all__ = [
+    "EXIT_TABLE",
+    "ExitEvent",
+    "Hypervisor",
+    "RunReason",
+    "RunResult",
+    "Termination",
+    "VcpuHvState",
+]

@@ -1,0 +1,135 @@
+"""Instrumenting and malicious hypervisors: what the hooks allow, and what SEV-ES stops.
+
+The documented ways to change the hypervisor (sevx86/hv/hypervisor.py):
+subclass and define ``handle_<name>``; ``on_request`` / ``on_vmgexit`` /
+``on_exit`` / ``on_msr_protocol`` hooks of the form ``hook(ctx, proceed)``.
+"""
+
+from __future__ import annotations
+
+from sevx86.arch.exits import SvmExit
+from sevx86.arch.vmcb import encode_ioio
+from sevx86.hv import Hypervisor, Request, RunReason
+from sevx86.hv.handlers import cpuid as default_cpuid
+from tests.hv.guests import build, exit_direct, exit_sev_es, field, ghcb_call, register_ghcb
+from tests.hv.guests import snapshot as ghcb_snapshot
+
+CPUID_8000001F = ghcb_call(
+    {
+        "sw_exit_code": SvmExit.CPUID,
+        "sw_exit_info_1": 0,
+        "sw_exit_info_2": 0,
+        "rax": 0x8000_001F,
+        "rcx": 0,
+    },
+    snapshot=0,
+)
+
+
+class LyingCbit(Hypervisor):
+    """The example of the docs: report a wrong C-bit position.
+
+    A guest that believed it would use the wrong bit as its encryption bit in
+    its page tables -- and so write secrets to memory unencrypted. The guest
+    cannot tell: under SEV-ES the CPUID answer is just data in the GHCB
+    (SEV-SNP's CPUID page exists for this reason).
+    """
+
+    def handle_cpuid(self, req: Request) -> None:
+        leaf = req.reg("rax") & 0xFFFF_FFFF  # read the input before the answer replaces it
+        default_cpuid(self, req)
+        if leaf == 0x8000_001F:
+            req.set_reg("rbx", (req.reg("rbx") & ~0x3F) | 47)
+
+
+def test_a_subclass_lies_about_the_c_bit_and_the_guest_cannot_tell():
+    m, _, hv = build(register_ghcb() + CPUID_8000001F + exit_sev_es(0), hv_class=LyingCbit)
+    result = hv.run(timeout=30)
+    assert result.ok
+    page = ghcb_snapshot(m, 0)
+    assert field(page, "rbx") & 0x3F == 47  # the real C-bit is 51
+    assert field(page, "sw_exit_info_1") == 0  # a perfectly normal answer
+
+
+def test_a_hook_observes_without_changing_anything():
+    seen: list[tuple[int, int]] = []
+
+    def spy(req, proceed):
+        proceed()
+        seen.append((req.reg("rax"), req.reg("rbx")))
+
+    m, _, hv = build(register_ghcb() + CPUID_8000001F + exit_sev_es(0))
+    hv.on_vmgexit(SvmExit.CPUID, spy)
+    assert hv.run(timeout=30).ok
+    assert seen == [(field(ghcb_snapshot(m, 0), "rax"), field(ghcb_snapshot(m, 0), "rbx"))]
+
+
+def test_a_hook_replaces_the_handling_of_a_port():
+    def fake_port(req, proceed):
+        if (req.info1 >> 16) == 0x500:
+            req.set_reg_part("rax", 0x5A, 1)  # no device: the hook answers itself
+        else:
+            proceed()
+
+    body = ghcb_call(
+        {
+            "sw_exit_code": SvmExit.IOIO,
+            "sw_exit_info_1": encode_ioio(0x500, 1, True),
+            "sw_exit_info_2": 0,
+        },
+        snapshot=0,
+    )
+    m, _, hv = build(register_ghcb() + body + exit_sev_es(0))
+    hv.on_request(SvmExit.IOIO, fake_port)
+    assert hv.run(timeout=30).ok  # the debug-exit OUT still went through proceed()
+    assert field(ghcb_snapshot(m, 0), "rax") == 0x5A
+
+
+def test_flipping_a_vmsa_byte_makes_the_next_vmrun_fail_cleanly():
+    """The host owns the page holding the VMSA and may write it -- but the
+    Secure Processor checks its integrity at every VMRUN."""
+    flipped: list[int] = []
+
+    def flip(ctx, proceed):
+        proceed()
+        gpa = ctx.vcpu.vmsa_gpa
+        byte = ctx.hv.host.memory.read(gpa + 0x1F8, 1)  # the encrypted RAX slot
+        ctx.hv.host.memory.write(gpa + 0x1F8, bytes([byte[0] ^ 1]))
+        flipped.append(gpa)
+
+    m, _, hv = build(register_ghcb() + CPUID_8000001F + exit_sev_es(0))
+    hv.on_exit(SvmExit.VMGEXIT, flip)
+    result = hv.run(timeout=30)
+    assert result.reason is RunReason.VMRUN_FAILED
+    assert "integrity" in result.detail and len(flipped) == 1
+    again = hv.run(timeout=30)  # the vCPU is dead for good
+    assert again.reason is RunReason.VMRUN_FAILED
+
+
+def test_without_es_the_host_rewrites_any_register_with_es_it_sees_none():
+    """Mode sev: a CPUID exit hands the host every register (here it plants
+    a value in RSI). Mode sev-es: the exit carries no registers at all."""
+    body = """
+    xor esi, esi
+    mov eax, 0
+    cpuid
+    mov rdi, 0x300000
+    mov [rdi], rsi
+""" + exit_direct(0)
+    m, _, hv = build(body, "sev")
+
+    def plant(ctx, proceed):
+        ctx.exit.regs["rsi"] = 0xBAD
+        proceed()
+
+    hv.on_exit(SvmExit.CPUID, plant)
+    assert hv.run(timeout=30).ok
+    assert int.from_bytes(m.memory.read_private(0x300000, 8), "little") == 0xBAD
+
+    regs_seen: list[object] = []
+    _, _, hv_es = build(register_ghcb() + exit_sev_es(0))
+    hv_es.on_exit(
+        SvmExit.VMGEXIT, lambda ctx, proceed: (regs_seen.append(ctx.exit.regs), proceed())
+    )
+    assert hv_es.run(timeout=30).ok
+    assert regs_seen and all(r is None for r in regs_seen)
