@@ -641,11 +641,20 @@ class VCpu:
             return
         self._emulation_error(error)
 
-    def _exact_fault_address(self, fault: PageFault) -> int:
-        """CR2 for a refused fill: the hook saw only the page; the instruction says where."""
+    def _exact_fault_address(self, fault: PageFault | NestedFault) -> int:
+        """The faulting linear address of a refused fill.
+
+        The hook saw only the page; the faulting instruction's operands say
+        which byte (CR2 for #PF, and with it EXITINFO2 of an NPF).
+        """
         page = fault.vaddr & ~(PAGE_SIZE - 1)
         linear_rip = self.linear_rip()
-        if fault.error_code & PfErr.ID:
+        fetch = (
+            fault.access is Access.FETCH
+            if isinstance(fault, NestedFault)
+            else bool(fault.error_code & PfErr.ID)
+        )
+        if fetch:
             # A fetch: the instruction's first byte, or the start of the next
             # page when the instruction straddles into it.
             return linear_rip if linear_rip >= page else page
@@ -997,11 +1006,13 @@ class VCpu:
             code |= PfErr.WR
         if fault.access is Access.FETCH:
             code |= PfErr.ID
+        # EXITINFO2 is the faulting GPA to the byte (APM vol 2, 15.25.6).
+        gpa = fault.gpa | (self._exact_fault_address(fault) & (PAGE_SIZE - 1))
         self._exit_to_host(
             SvmExit.NPF,
             int(code),
-            fault.gpa,
-            gpa=fault.gpa,
+            gpa,
+            gpa=gpa,
             access=fault.access.name.lower(),
             private=fault.private,
         )

@@ -685,11 +685,8 @@ class Hypervisor:
                 vcpu=vcpu.index,
             )
             return
-        # The page comes from EXITINFO2, the offset from the instruction's own
-        # effective address (as KVM's emulator computes it): the engine reports
-        # the GPA of the page only (see tests/hv/test_engine_bugs.py).
-        offset = access.effective_address(regs, rip, bits) & (PAGE - 1)
-        gpa = (exit.info2 & ~(PAGE - 1)) | offset
+        # EXITINFO2 is the faulting GPA to the byte (APM vol 2, 15.25.6).
+        gpa = exit.info2
         loaded: list[bytes] = []
         code = SwExit.MMIO_WRITE if access.write else SwExit.MMIO_READ
         value = direct.store_value(access, regs) if access.write else 0

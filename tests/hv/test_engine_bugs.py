@@ -1,13 +1,9 @@
 """Engine behaviour the hypervisor relies on, found while writing it (reported to the lead).
 
-Each test states the architectural rule it checks. A strict xfail marks a
-bug that is still open: the hypervisor works around it, and the test flips
-to XPASS (and fails) once the engine is fixed, so the workaround can go.
+Each test states the architectural rule it checks.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from sevx86.arch.ghcb import decode_sev_info
 from tests.hv.guests import (
@@ -44,11 +40,6 @@ def test_first_vmrun_loads_the_ghcb_msr_the_host_set():
     assert (info.min_version, info.max_version, info.cbitpos) == (1, 2, 51)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: NPF EXITINFO2 holds the page GPA, not the faulting byte's GPA "
-    "(Unicorn's TLB-fill hook only sees page addresses); hv computes the offset itself",
-)
 def test_npf_exitinfo2_is_the_faulting_gpa():
     """APM vol 2 15.25.6: EXITINFO2 of a nested page fault is the faulting
     guest physical address, byte-exact."""
