@@ -246,6 +246,11 @@ class HostView:
         self.vcpus: tuple[HostVcpu, ...] = tuple(HostVcpu(v) for v in machine.vcpus)
         self._tracer = machine.tracer
 
+    @property
+    def tracing(self) -> bool:
+        """Is anyone recording? (Lets the host skip building messages.)"""
+        return self._tracer.enabled
+
     def log(
         self,
         kind: str,

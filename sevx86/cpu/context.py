@@ -120,14 +120,25 @@ class CpuContext:
         verify_layout(uc, self)
 
     # -- moving state between Unicorn and the buffer ----------------------------
+    # ``valid`` says the buffer equals the live CPU. Whoever lets Unicorn run
+    # or changes its state by another route (reg_write, msr_write) must call
+    # invalidate(); within one event the engine then copies the state once.
+    valid = False
+
     def load(self) -> CpuContext:
-        """Copy the live CPU state into the buffer."""
-        self.uc.context_update(self._ctx)
+        """Make the buffer hold the live CPU state."""
+        if not self.valid:
+            self.uc.context_update(self._ctx)
+            self.valid = True
         return self
 
+    def invalidate(self) -> None:
+        self.valid = False
+
     def store(self) -> None:
-        """Copy the buffer back into the live CPU."""
+        """Copy the buffer back into the live CPU (the two are then equal)."""
         self.uc.context_restore(self._ctx)
+        self.valid = True
 
     def copy_bytes(self) -> bytes:
         return bytes(self.view)
@@ -242,6 +253,7 @@ class CpuContext:
 
 def verify_layout(uc: Uc, ctx: CpuContext) -> None:
     """Check the offsets above on this Unicorn build (values restored after)."""
+    ctx.invalidate()
     saved = ctx.load().copy_bytes()
     probes = [
         (ux.UC_X86_REG_RAX, 0x5EC0_0000_0000_0A01, GPR),
@@ -256,6 +268,7 @@ def verify_layout(uc: Uc, ctx: CpuContext) -> None:
             uc.reg_write(reg, value)
         uc.reg_write(ux.UC_X86_REG_XMM3, 0x5EC0_0000_0000_0E03_0000_0000_0000_0E33)
         uc.msr_write(0xC000_0082, 0x5EC0_0000_0000_0F82)  # LSTAR
+        ctx.invalidate()
         ctx.load()
         bad = [hex(off) for _reg, value, off in probes if ctx.u64(off) != value]
         if ctx.xmm(3) != 0x5EC0_0000_0000_0E03_0000_0000_0000_0E33:

@@ -200,6 +200,7 @@ def apply(uc: Uc, ctx: CpuContext, page: bytes | bytearray | memoryview) -> None
     ctx.recompute_hflags()
     ctx.store()
     uc.reg_write(UC_X86_REG_RFLAGS, _RFLAGS.read(page))
+    ctx.invalidate()
 
 
 class RegisterFile:

@@ -373,6 +373,7 @@ class VCpu:
         # over from the launch VMSA into every VMSA the CPU writes.
         self._scratch_page[:] = initial
         self.svm.prepare_entry(initial)
+        self.ctx.invalidate()
         self._preload_unsaved_state(initial)
         self._stub_pending = True
         self.status = VcpuState.RUNNING
@@ -506,6 +507,7 @@ class VCpu:
                 self.uc.emu_start(self._entry, 0, 0, count)
             except UcError as exc:
                 error = exc
+            self.ctx.invalidate()
             if error is not None:
                 self._after_error(error)
             if self._exit is not None:
@@ -537,6 +539,7 @@ class VCpu:
 
     # ------------------------------------------------------------------ hooks
     def _fill(self, uc: Uc, vaddr: int, access: int, entry, data: object) -> bool:
+        self.ctx.invalidate()
         if self._rollback is not None:
             return False  # freeze the tail of the TB after an IN/OUT
         if self._stub_pending and vaddr == _STUB_PAGE:
@@ -546,6 +549,7 @@ class VCpu:
         return self.filler.fill(uc, vaddr, access, entry, data)
 
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
+        self.ctx.invalidate()
         if self._rollback is not None or self._exit is not None:
             uc.emu_stop()
             return
@@ -562,6 +566,7 @@ class VCpu:
             uc.emu_stop()
 
     def _on_invalid(self, uc: Uc, _data: object) -> bool:
+        self.ctx.invalidate()
         if self._rollback is not None or self._exit is not None:
             uc.emu_stop()
             return True
@@ -582,6 +587,7 @@ class VCpu:
         self._on_io(port, size, False, value)
 
     def _on_io(self, port: int, size: int, is_in: bool, value: int) -> int:
+        self.ctx.invalidate()
         if self._rollback is not None or self._exit is not None:
             self.uc.emu_stop()
             return 0
@@ -879,6 +885,7 @@ class VCpu:
             self.deliver(Event(Vector.GP, EventKind.EXCEPTION, 0), ctx.rip)
             return
         self.uc.reg_write(_UCREG_CR[cr], value)
+        self.ctx.invalidate()
         self._set_rip(ctx.rip + w.length)
         if cr in (0, 3, 4):
             self.linear.flush()  # QEMU flushes its own TLB on these writes
@@ -946,6 +953,7 @@ class VCpu:
             # LMA is read-only: hardware keeps it (APM vol 2, 3.1.7).
             value = (value & ~Efer.LMA) | (self.ctx.load().efer & Efer.LMA)
         self.svm.write_msr(msr, value)
+        self.ctx.invalidate()
 
     def _in_place_msr(self, msr: int, write: bool, value: int, allowed: tuple[bool, bool]) -> bool:
         """The MSRs SEV hardware virtualizes itself; True if handled here."""
@@ -1107,6 +1115,7 @@ class VCpu:
         ctx.recompute_hflags()
         ctx.store()
         self.uc.reg_write(ux.UC_X86_REG_RFLAGS, plan.rflags)
+        self.ctx.invalidate()
 
     def _invalidate_tlbs(self) -> None:
         self.linear.flush()
@@ -1117,6 +1126,7 @@ class VCpu:
 
     def _set_rip(self, rip: int) -> None:
         self.uc.reg_write(ux.UC_X86_REG_RIP, rip)
+        self.ctx.invalidate()
 
     # ------------------------------------------------------------------ event injection
     def _inject_pending_event(self) -> None:

@@ -560,17 +560,19 @@ class Hypervisor:
         st.protocol_version = valid.version
         name = exit_name(valid.code)
         self.counters[f"vmgexit:{name}"] += 1
-        self._log(
-            "vmgexit",
-            f"VMGEXIT {name} info1={valid.info1:#x} info2={valid.info2:#x}"
-            f" valid: {' '.join(valid.valid)}",
-            vcpu=index,
-            code=valid.code,
-            name=name,
-            info1=valid.info1,
-            info2=valid.info2,
-            valid=list(valid.valid),
-        )
+        tracing = self.host.tracing
+        if tracing:
+            self._log(
+                "vmgexit",
+                f"VMGEXIT {name} info1={valid.info1:#x} info2={valid.info2:#x}"
+                f" valid: {' '.join(valid.valid)}",
+                vcpu=index,
+                code=valid.code,
+                name=name,
+                info1=valid.info1,
+                info2=valid.info2,
+                valid=list(valid.valid),
+            )
         req = GhcbRequest(vcpu, page, valid, memory.read, memory.write)
         try:
             self._chain(
@@ -579,7 +581,8 @@ class Hypervisor:
         finally:
             info1, info2 = req.finish()
             page.write_back(memory)
-        self._log_answer(vcpu, req, info1, info2)
+        if tracing:
+            self._log_answer(vcpu, req, info1, info2)
 
     def _ghcb_error(self, vcpu: HostVcpu, page: GhcbPage, invalid: Invalid) -> None:
         """Answer a malformed request the GHCB v2 way: SW_EXITINFO1 = 2, reason in EXITINFO2."""
