@@ -93,6 +93,7 @@ class GuestSpec:
     entry: str = "start"
     name: str = "<test>"
     include_paths: tuple[Path, ...] = ()
+    defines: Mapping[str, int | str] = field(default_factory=dict)  # as %define NAME value
 
 
 def build_tables(config: GuestConfig, shared_pages: Iterable[int]) -> tuple[int, bytes]:
@@ -173,6 +174,7 @@ def build_machine(
         bits=spec.bits,
         name=spec.name,
         include_paths=spec.include_paths,
+        defines=spec.defines,
     )
     long_mode = spec.bits == 64
     machine = Machine(config, tracer=tracer, sp=sp)
