@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 
-from sevx86.arch import cr, exits, ghcb, msr, paging, vectors, vmcb
+from sevx86.arch import cpuid, cr, exits, ghcb, msr, paging, vectors, vmcb
 from sevx86.asm import guest_abi
 
 Define = tuple[str, int | str, str]  # name, value, comment
@@ -166,6 +166,22 @@ def _x86() -> list[Define]:
     return d
 
 
+def _cpuid() -> list[Define]:
+    d: list[Define] = _members(cpuid.Leaf, "CPUID_LEAF_")
+    for enum, prefix in (
+        (cpuid.Leaf1Ecx, "CPUID_1_ECX_"),
+        (cpuid.Leaf1Edx, "CPUID_1_EDX_"),
+        (cpuid.Ext1Edx, "CPUID_80000001_EDX_"),
+        (cpuid.MemEncryptEax, "CPUID_8000001F_EAX_"),
+    ):
+        d += _flags(enum, prefix)
+    d += [
+        ("CPUID_8000001F_EBX_CBIT_MASK", cpuid.CBIT_POS_MASK, "C-bit position, bits 5:0"),
+        ("CPUID_8000001F_EBX_PHYS_REDUCTION_SHIFT", cpuid.PHYS_REDUCTION_SHIFT, ""),
+    ]
+    return d
+
+
 def _vc_abi() -> list[Define]:
     return [
         ("VC_REASON_SET", guest_abi.GUEST_ASM_REASON_SET, "reason set of the guest_asm handlers"),
@@ -185,6 +201,7 @@ FILES: dict[str, tuple[str, str, object]] = {
         "sevx86.arch.vectors, sevx86.arch.cr, sevx86.arch.paging",
         _x86,
     ),
+    "cpuid.inc": ("SEVX86_CPUID_INC", "sevx86.arch.cpuid", _cpuid),
     "vc_abi.inc": ("SEVX86_VC_ABI_INC", "sevx86.asm.guest_abi", _vc_abi),
 }
 
