@@ -177,7 +177,13 @@ class MmioDevice:
 
 
 class ScriptedHost:
-    """Plays the host for one vCPU with test-chosen answers (see module docs)."""
+    """Plays the host for one vCPU with test-chosen answers (see module docs).
+
+    ``tamper(record, page)`` lets a test play a misbehaving host: it runs
+    after each answer is made. For a GHCB exit ``page`` is the GHCB about to
+    be written back (edit it in place); for an MSR-protocol request it is
+    None and a returned int replaces the response.
+    """
 
     def __init__(
         self,
@@ -193,7 +199,7 @@ class ScriptedHost:
         vmmcall: Callable[[dict[str, int]], int] | None = None,
         cbitpos: int | None = None,
         protocol: tuple[int, int] = (GHCB_PROTOCOL_MIN, GHCB_PROTOCOL_MAX),
-        tamper: Callable[[GhcbExit, bytearray], None] | None = None,
+        tamper: Callable[[GhcbExit, bytearray | None], int | None] | None = None,
     ):
         self.cpuid = cpuid if cpuid is not None else {}
         self.ports = ports or PortBus()
@@ -272,6 +278,9 @@ class ScriptedHost:
             result.terminated = Termination(reason_set, reason_code, "msr-protocol")
         else:
             result.errors.append(f"GHCB MSR protocol request {value:#x} not served")
+        if self.tamper is not None and response is not None:
+            changed = self.tamper(record, None)
+            response = response if changed is None else changed
         record.answer = (response or 0, 0)
         return response
 
