@@ -135,6 +135,8 @@ def run_guest(
     mode: GuestMode | str = GuestMode.SEV_ES,
     memory: int = 8 * MiB,
     handlers: Mapping[int, str] | None = None,
+    ist: Mapping[int, int] | None = None,
+    user_gates: Iterable[int] = (),
     ghcb_gpa: int | None = DEFAULT_GHCB_GPA,
     shared_pages: Iterable[int] = (),
     defines: Mapping[str, int | str] | None = None,
@@ -146,7 +148,9 @@ def run_guest(
     """Assemble ``source``, launch it in a harness guest, run it against ``host``.
 
     ``handlers`` maps vectors to labels (default: #VC -> ``vc_handler``, or
-    ``vc_early32`` for ``bits=32``). In 64-bit guests the page at
+    ``vc_early32`` for ``bits=32``); ``ist`` gives vectors an IST stack
+    (64-bit, index 1 is the harness' IST1) and ``user_gates`` the vectors
+    ring 3 may raise with INT n. In 64-bit guests the page at
     ``ghcb_gpa`` is mapped with C=0 and the program sees ``VC_GHCB_GPA``;
     every program sees ``VC_CBIT_MASK``. ``host`` defaults to a
     ``ScriptedHost`` with empty tables.
@@ -166,6 +170,8 @@ def run_guest(
         source,
         bits=bits,
         handlers=wired,
+        ist=dict(ist or {}),
+        user_gates=tuple(user_gates),
         shared_pages=shared,
         name=name,
         include_paths=tuple(Path(p) for p in include_paths),
