@@ -16,7 +16,7 @@
 ;   - Serves only CPUID (error code 0x72). The MSR protocol cannot carry ECX,
 ;     so a sub-leaf is not passed on (as in OVMF's reset vector).
 ;   - Changes EAX, EBX, ECX, EDX as CPUID does; every other register, the
-;     flags and the GHCB MSR value are preserved. Stack: 40 bytes + the frame.
+;     flags and the GHCB MSR value are preserved. Stack: 36 bytes + the frame.
 ;   - Anything else, a response with the wrong code or register echo, CPUID
 ;     answers that deny SEV (Linux's checks), or a #VC not raised by a CPUID
 ;     instruction: GHCB MSR protocol termination request (reason set
