@@ -149,4 +149,52 @@ pt_map_2m:
     pop rax
     ret
 
+; -- pt_map_1g --------------------------------------------------------------------
+; Map one 1 GiB page: the PDPE for RDI becomes RSI | RDX | P | RW | PS (APM
+; vol 2, 5.3.5: 1-Gbyte pages). Only the PML4E must exist, so this reaches
+; device windows far above RAM (e.g. 0xC000_0000-0xFFFF_FFFF) without
+; allocating a table; it replaces whatever that PDPE held.
+; In:  RDI = 1 GiB-aligned linear address, RSI = 1 GiB-aligned GPA,
+;      RDX = extra entry bits (0: shared; [vc_cbit_mask]: private).
+; Out: CF=1 if the PML4E is missing. Preserves all registers.
+pt_map_1g:
+    push rax
+    push rcx
+    push r9
+    mov r9, PTE_ADDR_MASK
+    mov rax, [rel vc_cbit_mask]
+    not rax
+    and r9, rax
+    mov rax, cr3
+    and rax, r9
+    mov rcx, rdi
+    shr rcx, PT_LEVEL0_SHIFT
+    and ecx, PTE_INDEX_MASK
+    lea rcx, [rax + rcx * 8]
+    add rcx, [rel vc_phys_offset]
+    mov rax, [rcx]
+    bt rax, PTE_P_BIT
+    jnc .missing
+    and rax, r9
+    mov rcx, rdi
+    shr rcx, PT_LEVEL1_SHIFT
+    and ecx, PTE_INDEX_MASK
+    lea rcx, [rax + rcx * 8]
+    add rcx, [rel vc_phys_offset]
+    mov rax, rsi
+    or rax, rdx
+    or rax, PTE_P | PTE_RW | PTE_PS
+    mov [rcx], rax
+    mov rax, cr3                    ; a whole GiB changed: flush everything
+    mov cr3, rax
+    clc
+    jmp .out
+.missing:
+    stc
+.out:
+    pop r9
+    pop rcx
+    pop rax
+    ret
+
 %endif

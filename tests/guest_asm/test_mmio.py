@@ -278,3 +278,26 @@ def test_register_to_register_move_on_an_npf_is_a_decode_failure(sev_guest):
 
     run = sev_guest(nae_program("    hlt\n    mov eax, ebx"), host=Injector())
     assert_terminated(run, VcReason.DECODE)
+
+
+def test_mmio_high_above_ram_through_a_1g_mapping(sev_guest):
+    # Device windows near 4 GiB (the hypervisor's MMIO test device sits at
+    # 0xFEB00000) lie outside the harness' page directory: map the whole GiB.
+    high = 0xFEB0_0000
+    setup = """
+    mov edi, 0xC0000000
+    mov rsi, rdi
+    xor edx, edx
+    call pt_map_1g
+    jc map_failed
+"""
+    device = MmioDevice(high, 0x1000, bytes(DEVICE))
+    regs = {"rsi": high + 0x10, "rbx": 0x0102_0304}
+    run = sev_guest(
+        nae_program("    mov rax, [rsi]\n    mov [rsi + 8], ebx", regs, setup=setup, data=DATA),
+        host=ScriptedHost(mmio=[device]),
+    )
+    assert_halted(run)
+    assert run.reg("rax") == _le(0x10, 8)
+    assert device.log[1] == ("write", high + 0x18, bytes.fromhex("04030201"))
+    assert_only_changed(run, regs, {"rax"})
