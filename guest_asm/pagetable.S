@@ -23,10 +23,19 @@ bits 64
 ;      CF=1: some level is not present (RCX = VA of the entry that is not).
 ; Preserves all other registers.
 pt_walk:
+    push r11
+    call pt_walk_access
+    pop r11
+    ret
+
+; pt_walk_access: pt_walk, plus R11 = PTE_RW | PTE_US as every level grants
+; them (the effective permission is the AND over the walk, APM vol 2, 5.6).
+pt_walk_access:
     push rsi
     push r8
     push r9
     push r10
+    mov r11d, PTE_RW | PTE_US
     mov r9, PTE_ADDR_MASK
     mov rax, [rel vc_cbit_mask]
     not rax
@@ -44,6 +53,7 @@ pt_walk:
     mov rdx, [r10]
     bt rdx, PTE_P_BIT
     jnc .absent
+    and r11, rdx
     cmp r8d, PT_LEVEL3_SHIFT
     je .leaf                        ; a PTE is always a leaf
     cmp r8d, PT_LEVEL0_SHIFT

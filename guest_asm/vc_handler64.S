@@ -29,6 +29,7 @@
 ;     RFLAGS restored by IRETQ. Stack: the CPU frame + 0x80 saved GPRs +
 ;     0x40 locals + at most 5 nested calls (about 0x140 bytes below the frame).
 ;   - Not re-entrant: a #VC inside the handler terminates (VC_REASON_NESTED).
+;   - INS/OUTS from CPL 3 only on memory ring 3 may access, else #PF.
 ;   - A forwarded #GP/#UD jumps to that vector's IDT handler on the current
 ;     stack with the #VC frame rewritten (error code for #GP), as if the
 ;     instruction had faulted.
@@ -260,10 +261,16 @@ vc_forward_exception:
 .accepted:
     xor edx, edx                    ; error code: EVENTINJ 63:32 if EV, else 0
     bt eax, EVENTINJ_EV_BIT
-    jnc .find_gate
+    jnc vc_deliver_exception
     mov rdx, rax
     shr rdx, EVENTINJ_ERRORCODE_SHIFT
-.find_gate:
+    jmp vc_deliver_exception
+.refuse:
+    vc_fail BAD_EXCEPTION
+
+; Deliver exception ECX (error code RDX if the vector has one) to the
+; guest's own handler, as if the emulated instruction had raised it.
+vc_deliver_exception:
     sidt [rbp + VC_IDTR]
     movzx r8d, word [rbp + VC_IDTR]         ; limit
     mov r9, [rbp + VC_IDTR + 2]             ; base
@@ -810,6 +817,10 @@ vc_ioio_string:
     mov rcx, r11
 .count:
     mov [rbp + VC_L0], rcx          ; elements this time
+    test byte [rbp + VC_CS], 3
+    jz .kernel
+    call vc_user_string_check
+.kernel:
     call ghcb_invalidate
     bt r15d, IOIO_TYPE_IN_BIT
     jc .exit
@@ -869,6 +880,72 @@ vc_ioio_string:
     mov rax, r8
     sub rax, r12
     jmp vc_done_advance
+
+; A string I/O instruction from CPL 3 makes this CPL-0 handler read or
+; write memory for it: only memory ring 3 may access itself (U/S on every
+; level, and R/W for INS). Otherwise the instruction faults with #PF, CR2 on
+; the first byte refused -- Linux's check against user-space IOIO into
+; kernel memory (vc_insn_string_check(), CVE-2023-46813).
+; In: [VC_L0] elements of R9 bytes, R15 = EXITINFO1. Changes RAX, RCX, RDX,
+; RSI, RDI, VC_L1, VC_L2.
+vc_user_string_check:
+    push r11
+    mov rax, [rbp + VC_RSI]
+    bt r15d, IOIO_TYPE_IN_BIT
+    jnc .pointer
+    mov rax, [rbp + VC_RDI]
+.pointer:
+    mov rsi, rax
+    call vc_string_pointer
+    mov rax, rsi
+    mov rcx, [rbp + VC_L0]
+    imul rcx, r9                    ; bytes
+    bt qword [rbp + VC_RFLAGS], RFLAGS_DF_BIT
+    jc .down
+    lea rdx, [rax + rcx - 1]        ; last byte touched
+    jmp .range
+.down:
+    lea rdx, [rax + r9 - 1]         ; the first element is the highest
+    sub rcx, r9
+    sub rax, rcx                    ; the last element is the lowest
+.range:
+    mov [rbp + VC_L1], rax          ; first byte touched
+    mov [rbp + VC_L2], rdx
+    and rax, -0x1000
+.page:
+    mov rdi, rax
+    push rax
+    call pt_walk_access
+    pop rax
+    mov esi, PF_ERR_US
+    jc .fault                       ; not present: P clear
+    or esi, PF_ERR_P
+    mov edx, PTE_US
+    bt r15d, IOIO_TYPE_IN_BIT
+    jnc .need
+    or edx, PTE_RW
+.need:
+    and r11d, edx
+    cmp r11d, edx
+    jne .fault
+    add rax, 0x1000
+    cmp rax, [rbp + VC_L2]
+    jbe .page
+    pop r11
+    ret
+.fault:
+    bt r15d, IOIO_TYPE_IN_BIT
+    jnc .cr2
+    or esi, PF_ERR_WR
+.cr2:
+    cmp rax, [rbp + VC_L1]
+    jae .report
+    mov rax, [rbp + VC_L1]
+.report:
+    mov cr2, rax
+    mov ecx, VEC_PF
+    mov edx, esi
+    jmp vc_deliver_exception
 
 ; RSI = a string operand register value -> RSI = the address to use (32-bit
 ; address size truncates it).

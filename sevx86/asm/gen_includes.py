@@ -151,6 +151,7 @@ def _x86() -> list[Define]:
     d += _flags(cr.Cr4, "CR4_")
     d += _flags(cr.Rflags, "RFLAGS_")
     d += _flags(paging.Pte, "PTE_")
+    d += _flags(paging.PfErr, "PF_ERR_")
     d += [
         ("PTE_ENTRY_SIZE", paging.ENTRY_SIZE, ""),
         ("PTE_INDEX_MASK", paging.INDEX_MASK, ""),

@@ -176,11 +176,11 @@ def test_gp_request_without_a_gp_gate_terminates(sev_guest):
     assert_terminated(run, VcReason.BAD_EXCEPTION)
 
 
-def test_vc_from_ring_3_reports_cpl_3_and_returns_there(sev_guest):
-    # Make the program and the user stack pages user-accessible, IRETQ to
-    # ring 3, VMMCALL there (the #VC switches to RSP0 through the TSS), then
-    # INT 0x80 back to ring 0 to halt.
-    setup = """
+def _ring3(user_body: str) -> str:
+    """Setup code: make the program pages and the user stack U/S, IRETQ to
+    ring 3 and run ``user_body`` there; INT 0x80 (wired to ``to_ring0``)
+    gets back to ring 0."""
+    return f"""
     mov rdi, 0x100000
 .user_pages:
     call pt_walk
@@ -200,28 +200,82 @@ def test_vc_from_ring_3_reports_cpl_3_and_returns_there(sev_guest):
     push user_code
     iretq
 user_code:
-    mov eax, 7
-    vmmcall
-    mov r12, rax
+{user_body}
     int 0x80
 """
-    back = """
+
+
+RING0 = """
 to_ring0:
-    mov rax, r12
     hlt
+pf_handler:
+    mov rax, [rsp]
+    mov [pf_error], rax
+    mov rax, cr2
+    mov [pf_cr2], rax
+    hlt
+align 8
+pf_error: dq -1
+pf_cr2: dq 0
 """
+RING3_VECTORS = {Vector.VC: "vc_handler", 0x80: "to_ring0", Vector.PF: "pf_handler"}
+
+
+def test_vc_from_ring_3_reports_cpl_3_and_returns_there(sev_guest):
+    # The #VC switches to RSP0 through the TSS; the handler returns to ring 3.
     seen = {}
 
     def hypercall(regs):
         seen.update(regs)
         return 0x77
 
+    user = "    mov eax, 7\n    vmmcall\n    mov r12, rax"
     run = sev_guest(
-        nae_program("", setup=setup, data=back).replace("start:\n", "start:\n", 1),
+        nae_program("", setup=_ring3(user), data=RING0),
         host=ScriptedHost(vmmcall=hypercall),
-        handlers={Vector.VC: "vc_handler", 0x80: "to_ring0"},
+        handlers=RING3_VECTORS,
         user_gates=[0x80],
     )
     assert_halted(run)
     assert seen["cpl"] == 3 and seen["rax"] == 7
     assert run.reg("r12") == 0x77
+
+
+def test_ring_3_string_io_from_its_own_memory_works(sev_guest):
+    host = ScriptedHost()
+    user = "    mov rsi, text\n    mov ecx, 5\n    mov edx, 0x3F8\n    rep outsb"
+    run = sev_guest(
+        nae_program("", setup=_ring3(user), data=RING0 + "text: db 'user!'"),
+        host=host,
+        handlers=RING3_VECTORS,
+        user_gates=[0x80],
+    )
+    assert_halted(run)
+    assert host.ports.out_bytes(0x3F8) == b"user!"
+
+
+@pytest.mark.parametrize("insn, write", [("rep outsb", False), ("rep insb", True)])
+def test_ring_3_string_io_into_kernel_memory_is_a_page_fault(sev_guest, insn, write):
+    # 0x5000 is a supervisor page: the CPL-0 handler must not read or write
+    # it on behalf of ring 3 (CVE-2023-46813). The string starts 8 bytes
+    # before it, on a user page, so CR2 must point at the first refused byte.
+    host = ScriptedHost()
+    pointer = "rsi" if not write else "rdi"
+    user = f"    mov {pointer}, 0x4FF8\n    mov ecx, 0x20\n    mov edx, 0x3F8\n    {insn}"
+    setup = """
+    mov rdi, 0x4000
+    call pt_walk
+    bts qword [rcx], 2          ; 0x4000 is a user page, 0x5000 stays supervisor
+""" + _ring3(user)
+    run = sev_guest(
+        nae_program("", setup=setup, data=RING0),
+        host=host,
+        handlers=RING3_VECTORS,
+        user_gates=[0x80],
+    )
+    assert_halted(run)
+    # U/S set (from ring 3), P set (present, protection), W for INS.
+    assert run.u64("pf_error") == 0b101 | (0b10 if write else 0)
+    assert run.u64("pf_cr2") == 0x5000
+    assert host.ports.log == []  # nothing reached or left the port
+    assert run.exits == []
