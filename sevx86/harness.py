@@ -89,15 +89,21 @@ class GuestSpec:
     handlers: Mapping[int, str] = field(default_factory=dict)  # vector -> label
     ist: Mapping[int, int] = field(default_factory=dict)  # vector -> IST index
     user_gates: Iterable[int] = ()  # vectors callable from ring 3 (INT n)
+    user_pages: bool = False  # map all RAM user-accessible (for ring-3 tests)
     shared_pages: Iterable[int] = ()  # GPAs of 4 KiB pages mapped with C=0
     mmio: Iterable[int] = ()  # GPAs (rounded to 2 MiB) identity-mapped with C=0 for devices
     entry: str = "start"
     name: str = "<test>"
     include_paths: tuple[Path, ...] = ()
+    defines: Mapping[str, int | str] = field(default_factory=dict)  # as %define NAME value
 
 
 def build_tables(
-    config: GuestConfig, shared_pages: Iterable[int], mmio: Iterable[int] = ()
+    config: GuestConfig,
+    shared_pages: Iterable[int],
+    mmio: Iterable[int] = (),
+    *,
+    user: bool = False,
 ) -> tuple[int, bytes]:
     """(CR3, image of the table pool) identity-mapping RAM, C-bit on all but ``shared_pages``."""
     scratch = PhysicalMemory(
@@ -105,12 +111,12 @@ def build_tables(
     )
     builder = PageTableBuilder(scratch, TABLES_BASE, TABLES_SIZE, config.c_bit)
     shared = set(shared_pages)
-    # User-accessible everywhere so tests can drop to ring 3 (SMEP stays off).
-    builder.map(0, 0, 0x200000, private=True, user=True)
+    # Supervisor pages unless asked: ring-3 tests ask for user pages everywhere.
+    builder.map(0, 0, 0x200000, private=True, user=user)
     for gpa in shared:
         if gpa >= 0x200000:
             raise ValueError(f"shared page {gpa:#x}: only the first 2 MiB can be shared")
-        builder.map(gpa, gpa, 0x1000, private=False, user=True)
+        builder.map(gpa, gpa, 0x1000, private=False, user=user)
     top = max(config.memory, 0x200000)
     if top > 0x200000:
         builder.map(
@@ -118,7 +124,7 @@ def build_tables(
             0x200000,
             (top - 0x200000 + 0x1FFFFF) & ~0x1FFFFF,
             page_size=0x200000,
-            user=True,
+            user=user,
         )
     for gpa in sorted({g & ~0x1FFFFF for g in mmio}):
         # Device windows live outside RAM and are shared (C=0), as guests map MMIO.
@@ -186,6 +192,7 @@ def build_machine(
         bits=spec.bits,
         name=spec.name,
         include_paths=spec.include_paths,
+        defines=spec.defines,
     )
     long_mode = spec.bits == 64
     machine = Machine(config, tracer=tracer, sp=sp)
@@ -205,7 +212,11 @@ def build_machine(
     if not long_mode:
         tss[4:8] = STACK_TOP.to_bytes(4, "little")  # ESP0
         tss[8:10] = KERNEL_DS.to_bytes(2, "little")  # SS0
-    cr3, tables = build_tables(config, spec.shared_pages, spec.mmio) if long_mode else (0, b"")
+    cr3, tables = (
+        build_tables(config, spec.shared_pages, spec.mmio, user=spec.user_pages)
+        if long_mode
+        else (0, b"")
+    )
     machine.load(GDT_BASE, _gdt(long_mode), name="gdt")
     machine.load(IDT_BASE, bytes(idt), name="idt")
     machine.load(TSS_BASE, bytes(tss), name="tss")

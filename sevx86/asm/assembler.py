@@ -513,9 +513,13 @@ class _Assembler:
         names_address = "$" in inner or any(
             self.is_address.get(n, False) for n in names if n.lower() not in RESERVED
         )
-        if not names_address:
+        if not names_address and not rel:
             return inner, None, registers
-        if "rip" in registers:
+        if rel:
+            # [rel X] always means "RIP-relative to address X", for an equ
+            # constant too (NASM); never X as a displacement.
+            inner = inner.split("+", 1)[1]
+        elif "rip" in registers:
             m = re.fullmatch(r"\s*rip\s*\+(.*)", inner, re.IGNORECASE | re.DOTALL) or re.fullmatch(
                 r"(.*)\+\s*rip\s*", inner, re.IGNORECASE | re.DOTALL
             )

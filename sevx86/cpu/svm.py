@@ -155,6 +155,13 @@ class SvmHardware:
         with self.msr_passthrough(msr):
             self.uc.msr_write(msr, value)
 
+    def inject_at_entry(self, event_inj: int, event_inj_err: int) -> None:
+        """Let the stub's VMRUN inject the host's pending event (APM vol 2, 15.20)."""
+        VMCB_CONTROL.write(self.control, "event_inj", event_inj)
+        VMCB_CONTROL.write(self.control, "event_inj_err", event_inj_err)
+        self.uc.mem_write(HW_VMCB, bytes(self.control))
+        VMCB_CONTROL.write(self.control, "event_inj", 0)
+
     # -- the first entry ------------------------------------------------------------
     def prepare_entry(self, state: bytes | bytearray) -> None:
         """Fill the hardware save area from a VMSA page and set up the host stub.

@@ -377,8 +377,12 @@ class VCpu:
         self._preload_unsaved_state(initial)
         self._stub_pending = True
         self.status = VcpuState.RUNNING
-        self._entry = STUB
         self._trace("hv", "vmrun", "VMRUN (first entry)", target="cpu")
+        # The first VMRUN is Unicorn's own: it injects EVENTINJ itself, and an
+        # exception it raises reaches the engine's hook like any other.
+        self.svm.inject_at_entry(self.vmcb["event_inj"], self.vmcb["event_inj_err"])
+        self.vmcb["event_inj"] = 0
+        self._entry = STUB
         return None
 
     def _preload_unsaved_state(self, page: bytes) -> None:
@@ -593,14 +597,47 @@ class VCpu:
             return 0
         if not self.vmcb.io_intercepted(port, size):
             return (1 << (8 * size)) - 1  # nothing on the bus: reads float high
-        # Roll back to the state before this instruction: snapshot now (RIP is
-        # still on the IN/OUT), make every further access fault so the rest of
-        # the translation block cannot store anything, and stop.
-        self._rollback = self.ctx.load().copy_bytes()
+        # Roll back to the state before this instruction: snapshot now, make
+        # every further access fault so the rest of the translation block
+        # cannot store anything, and stop. The registers are those before the
+        # I/O instruction (it has not updated them yet), but QEMU may not have
+        # synced RIP since the block began: find the instruction from there.
+        ctx = self.ctx.load()
+        ctx.set_u64(C.EIP, self._io_instruction_address(ctx.rip, port, size, is_in))
+        self._rollback = ctx.copy_bytes()
         self._io = (port, size, is_in)
         self._flush_tlb()
         self.uc.emu_stop()
         return 0
+
+    def _io_instruction_address(self, rip: int, port: int, size: int, is_in: bool) -> int:
+        """The first I/O instruction at or after ``rip`` that matches this access.
+
+        A translation block is straight-line code, so decoding forward from
+        the last synced RIP reaches the instruction Unicorn is executing.
+        """
+        bits = self.code_bits()
+        base = 0 if bits == 64 else self.ctx.segment(C.SEG_CS).base
+        dx = self.ctx.gpr(2) & 0xFFFF
+        addr = rip
+        for _ in range(64):
+            try:
+                insn = self.linear.read(base + addr, decode.MAX_INSN, fetch=True)
+            except GuestFault:
+                break
+            try:
+                access = decode.io_access(insn, bits)
+                if (access.port if access.port is not None else dx) == port and (
+                    access.size == size and access.is_in == is_in
+                ):
+                    return addr
+            except decode.DecodeError:
+                pass
+            length = decode.length(insn, bits)
+            if not length:
+                break
+            addr += length
+        return rip
 
     # ------------------------------------------------------------------ after a stop
     def _after_error(self, error: UcError) -> None:

@@ -99,3 +99,13 @@ def test_32_bit_absolute_operands_are_plain_absolute():
         "mov ebx, dword ptr [0x200000]",
         "mov ecx, dword ptr [0x100c]",
     ]
+
+
+def test_rel_of_an_equ_constant_reaches_that_address():
+    # NASM reads [rel X] as "RIP-relative to the address X" (the equ MMIO_REG
+    # of a device register); encoding X as a displacement from the next
+    # instruction would silently touch next_rip + X instead.
+    program = assemble(
+        "MMIO_REG equ 0xE00020\nstart:\n    mov eax, [rel MMIO_REG]\n", base=0x100000
+    )
+    assert disasm(program.code, 0x100000, 64) == ["mov eax, dword ptr [rip + 0xd0001a]"]

@@ -92,7 +92,7 @@ insn:
     mov rax, cr0          ; #GP(0) at CPL 3
     hlt
 {RECORD_FRAME}"""
-    guest = make_guest(source, mode, handlers={13: "record_frame"})
+    guest = make_guest(source, mode, handlers={13: "record_frame"}, user_pages=True)
     assert guest.run().code == SvmExit.HLT
     error, rip, cs, rflags, old_rsp, old_ss, rsp, _cr2 = guest.results(8)
     assert error == 0 and rip == guest.symbol("insn")
@@ -109,7 +109,7 @@ user:
     mov rax, cr0          ; #GP, but IDT entry 13 is empty: #GP(0x6b) -> #DF
     hlt
 {RECORD_FRAME}"""
-    guest = make_guest(source, handlers={8: "record_frame"}, ist={8: 1})
+    guest = make_guest(source, handlers={8: "record_frame"}, ist={8: 1}, user_pages=True)
     assert guest.run().code == SvmExit.HLT
     error, _rip, cs, _rfl, old_rsp, _ss, rsp, _ = guest.results(8)
     assert error == 0  # #DF always pushes zero
@@ -149,6 +149,7 @@ syscall_handler:
         source,
         handlers={0x80: "syscall_handler", 0x81: "syscall_handler", 13: "record_frame"},
         user_gates=[0x80],
+        user_pages=True,
     )
     assert guest.run().code == SvmExit.HLT
     assert struct.unpack("<Q", guest.machine.memory.read_private(RESULTS + 0x100, 8))[0] == (

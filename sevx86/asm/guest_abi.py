@@ -1,0 +1,41 @@
+"""What the guest_asm #VC handlers promise: their termination reasons and defaults.
+
+The GHCB specification (AMD 56421, "Termination Request") defines reason
+set 0 only (general request, protocol unsupported, SNP unsupported); Linux
+and OVMF both put their own codes in set 1. The handlers in guest_asm/ use
+set 0 where the spec has a fitting code and their own set
+``GUEST_ASM_REASON_SET`` otherwise, so a host or a test can tell which
+check fired. ``sevx86.asm.gen_includes`` writes these numbers into
+``guest_asm/include/vc_abi.inc``; the assembly never retypes them.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+# Reason-code set of the guest_asm handlers (not 0: the spec's; not 1: Linux/OVMF).
+GUEST_ASM_REASON_SET = 2
+
+
+class VcReason(IntEnum):
+    """Reason codes of set ``GUEST_ASM_REASON_SET``."""
+
+    UNSUPPORTED_EXIT = 1  # a #VC error code the handler does not serve
+    HV_ERROR = 2  # SW_EXITINFO1 said error (2) or held an unknown value
+    MISSING_OUTPUT = 3  # the hypervisor left an output register's valid bit clear
+    DECODE = 4  # the bytes at RIP are not an instruction of that exit code
+    MMIO_PRIVATE = 5  # MMIO through a C=1 mapping: the host must not see it
+    BAD_EXCEPTION = 6  # asked to take an exception other than #GP/#UD, or no gate
+    NO_GHCB = 7  # no GHCB address was set before the first #VC
+    NESTED = 8  # a #VC while the handler itself was running
+    MSR_PROTOCOL = 9  # wrong GHCB MSR protocol response code or register echo
+    CPUID_SANITY = 10  # CPUID answers that deny the SEV the guest runs under
+    PAGE_WALK = 11  # the MMIO address has no present mapping
+    NO_CBIT = 12  # MMIO before the C-bit position is known
+
+
+# Where the #VC handlers keep state when a program does not say otherwise.
+DR7_RESET = 0x400  # DR7 after RESET (APM vol 2, debug registers): bit 10 reads as 1
+# DR7 bits a MOV to DR7 may set (Linux masks writes the same way): the rest
+# of the low 32 bits are reserved, and bit 10 always reads as one.
+DR7_WRITABLE = 0xFFFF_23FF
