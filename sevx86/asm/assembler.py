@@ -105,6 +105,12 @@ def _number(value: int) -> str:
     return f"({value:#x})" if value >= 0 else f"(-{-value:#x})"
 
 
+# Process-wide cache of position-independent encodings (see _keystone).
+_PORTABLE: dict[tuple[int, str, str], bytes | Exception] = {}
+_PORTABLE_LIMIT = 1 << 16
+_ADDRESS_DEPENDENT_PREFIXES = ("loop", "jcxz", "jecxz", "jrcxz", "xbegin")
+
+
 @dataclass
 class _OperandPlan:
     """keystone text of one instruction, with slots for RIP displacements."""
@@ -133,6 +139,8 @@ class _Assembler:
         self.sizes: dict[tuple[int, int], int] = {}
         self._ks_cache: dict[tuple[int, str, int], bytes | KsError] = {}
         self._insn_cache: dict[tuple[object, ...], bytes] = {}
+        self._portable_ids: set[int] = set()  # instructions whose bytes ignore the address
+        self._encoded_portably = False
         self._refs: dict[int, tuple[str, ...]] = {}
         self._engines = {b: self._engine(b) for b in (16, 32, 64)}
         self._collect_definitions()
@@ -344,17 +352,27 @@ class _Assembler:
         if refs is None:
             names = identifiers(insn.operands)
             refs = self._refs[id(insn)] = tuple(n for n in names if n in self.defined_at)
-        key = (
-            id(insn),
-            self.strict,  # early passes tolerate out-of-range values; the last may not
-            self.bits,
-            self.address,
-            self.start,
-            tuple((self.values.get(n), self.is_address.get(n)) for n in refs),
-        )
+        symbols = tuple((self.values.get(n), self.is_address.get(n)) for n in refs)
+        if id(insn) in self._portable_ids:
+            # Position-independent (see _keystone): the address is not part of it.
+            key: tuple = (id(insn), self.strict, self.bits, symbols)
+        else:
+            key = (
+                id(insn),
+                self.strict,  # early passes tolerate out-of-range values; the last may not
+                self.bits,
+                self.address,
+                self.start,
+                symbols,
+            )
         code = self._insn_cache.get(key)
         if code is None:
-            code = self._insn_cache[key] = self._encode(insn)
+            self._encoded_portably = False
+            code = self._encode(insn)
+            if self._encoded_portably and not insn.prefixes:
+                self._portable_ids.add(id(insn))
+                key = (id(insn), self.strict, self.bits, symbols)
+            self._insn_cache[key] = code
         return code
 
     def _encode(self, insn: Instruction) -> bytes:
@@ -403,6 +421,34 @@ class _Assembler:
 
     def _keystone(self, insn: Instruction, mnemonic: str, operands: str, fix: object) -> bytes:
         plan = self._plan(insn, mnemonic, operands)
+        portable = (
+            fix is None
+            and not plan.rip_slots
+            and plan.expect.branch_target is None
+            and insn.mnemonic not in quirks.RELATIVE_BRANCHES
+            and not insn.mnemonic.startswith(_ADDRESS_DEPENDENT_PREFIXES)
+        )
+        if portable:
+            # The encoding (and its check) of an instruction that names no
+            # relative target is the same at every address: remember it for
+            # the whole process, so a handler included by many programs is
+            # handed to keystone and capstone once.
+            key = (self.bits, plan.text(None), repr(plan.expect))
+            cached = _PORTABLE.get(key)
+            if cached is None:
+                try:
+                    code = self._ks(insn, key[1])
+                    checks.verify(code, self.address, self.bits, plan.expect)
+                    cached = code
+                except (quirks.QuirkError, checks.CheckError) as exc:
+                    cached = exc
+                if len(_PORTABLE) > _PORTABLE_LIMIT:
+                    _PORTABLE.clear()
+                _PORTABLE[key] = cached
+            if isinstance(cached, Exception):
+                raise cached
+            self._encoded_portably = True
+            return cached
         code = self._ks(insn, plan.text(None))
         if fix is not None:
             code = fix(code)  # type: ignore[operator]

@@ -120,3 +120,16 @@ def test_assemble_needs_a_source():
         assemble()
     with pytest.raises(ValueError):
         assemble("nop", bits=8)
+
+
+def test_process_wide_encoding_cache_gives_the_same_bytes_at_any_base():
+    """Encodings remembered across programs must not leak an address."""
+    from sevx86.asm import assembler
+
+    source = 'start:\n    mov rax, start\n    cpuid\n    hlt\n%include "vc_handler64.S"\n'
+    warm = assemble(source, base=0x100000)  # fills the process-wide cache
+    shifted = assemble(source, base=0x234560)
+    assembler._PORTABLE.clear()
+    fresh = assemble(source, base=0x234560)
+    assert shifted.code == fresh.code
+    assert warm.code[:10] != shifted.code[:10]  # `mov rax, start` differs: a leak would show
