@@ -3,6 +3,8 @@
 - ``run_guest(source, host=..., ...)`` -> ``GuestRun`` (``sevx86.testing.guest``)
 - ``ScriptedHost`` with ``PortBus`` and ``MmioDevice``: a host answering from
   test-chosen values (``sevx86.testing.scripted_host``)
+- ``HypervisorHost``: the real ``sevx86.hv.Hypervisor`` behind the same
+  interface (``sevx86.testing.hv_host``)
 - the pytest plugin ``sevx86.testing.plugin`` (registered through the
   ``pytest11`` entry point) provides the ``sev_guest`` fixture.
 
@@ -10,6 +12,7 @@ See guest_asm/README.md for an example.
 """
 
 from sevx86.testing.guest import DEFAULT_GHCB_GPA, GuestHost, GuestRun, run_guest
+from sevx86.testing.hv_host import HypervisorHost
 from sevx86.testing.scripted_host import (
     GhcbExit,
     HostResult,
@@ -25,6 +28,7 @@ __all__ = [
     "GuestHost",
     "GuestRun",
     "HostResult",
+    "HypervisorHost",
     "MmioDevice",
     "PortBus",
     "ScriptedHost",

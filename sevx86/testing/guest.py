@@ -139,6 +139,7 @@ def run_guest(
     user_gates: Iterable[int] = (),
     ghcb_gpa: int | None = DEFAULT_GHCB_GPA,
     shared_pages: Iterable[int] = (),
+    mmio: Iterable[int] = (),
     defines: Mapping[str, int | str] | None = None,
     include_paths: Iterable[Path] = (),
     timeout: float = 20.0,
@@ -152,7 +153,8 @@ def run_guest(
     (64-bit, index 1 is the harness' IST1) and ``user_gates`` the vectors
     ring 3 may raise with INT n. In 64-bit guests the page at
     ``ghcb_gpa`` is mapped with C=0 and the program sees ``VC_GHCB_GPA``;
-    every program sees ``VC_CBIT_MASK``. ``host`` defaults to a
+    every program sees ``VC_CBIT_MASK``; ``mmio`` GPAs get 2 MiB device
+    windows mapped with C=0. ``host`` defaults to a
     ``ScriptedHost`` with empty tables.
     """
     config = config or GuestConfig(mode=GuestMode(mode), memory=memory)
@@ -173,6 +175,7 @@ def run_guest(
         ist=dict(ist or {}),
         user_gates=tuple(user_gates),
         shared_pages=shared,
+        mmio=tuple(mmio),
         name=name,
         include_paths=tuple(Path(p) for p in include_paths),
         defines=all_defines,
