@@ -1042,10 +1042,7 @@ class VCpu:
             self._inject_vc(SvmExit.NPF)
             return
         # Decode assist: the host gets the instruction bytes (APM 15.33).
-        insn = self.fetch_insn()
-        self.vmcb["insn_len"] = len(insn)
-        VMCB_INSN = self.vmcb
-        VMCB_INSN.control[0xD1 : 0xD1 + 15] = insn.ljust(15, b"\0")[:15]
+        self.vmcb.set_insn_bytes(self.fetch_insn())
         code = PfErr.US if self.ctx.load().cpl == 3 else 0
         if fault.access is Access.WRITE:
             code |= PfErr.WR

@@ -80,6 +80,18 @@ class Vmcb:
     def io_intercepted(self, port: int, size: int) -> bool:
         return self.intercepts(Intercept.IOIO_PROT) and iopm_intercepts(self.iopm, port, size)
 
+    @property
+    def insn_bytes(self) -> bytes:
+        """The decode-assist instruction bytes (``insn_len`` of them)."""
+        f = VMCB_CONTROL["insn_bytes"]
+        return bytes(self.control[f.offset : f.offset + self["insn_len"]])
+
+    def set_insn_bytes(self, insn: bytes) -> None:
+        f = VMCB_CONTROL["insn_bytes"]
+        insn = insn[: f.size]
+        self["insn_len"] = len(insn)
+        f.write_bytes(self.control, insn.ljust(f.size, b"\0"))
+
     def intercept_words_changed(self) -> bool:
         """True once after the host changed any intercept word."""
         now = bytes(self.control[_INTERCEPT_BYTES])

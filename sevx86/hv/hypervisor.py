@@ -676,7 +676,7 @@ class Hypervisor:
             self._end(RunReason.HYPERVISOR_ERROR, "NPF without registers", vcpu=vcpu.index)
             return
         vmcb = vcpu.vmcb
-        insn = bytes(vmcb.control[0xD1 : 0xD1 + vmcb["insn_len"]])
+        insn = vmcb.insn_bytes
         bits = direct.code_bits(regs)
         rip = exit.rip if exit.rip is not None else regs["rip"]
         try:
