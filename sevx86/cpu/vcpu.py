@@ -70,7 +70,7 @@ from sevx86.arch.vmcb import (
     Intercept,
     decode_event,
 )
-from sevx86.arch.vmsa import VMSA_SIZE
+from sevx86.arch.vmsa import VMSA, VMSA_GPR_NAMES, VMSA_SIZE
 from sevx86.config import PAGE_SIZE, GuestMode
 from sevx86.cpu import context as C
 from sevx86.cpu import decode, state
@@ -387,29 +387,8 @@ class VCpu:
 
     def _preload_unsaved_state(self, page: bytes) -> None:
         """State VMRUN does not load (GPRs, FS/GS/TR/LDTR, MSRs, XMM): set it in host mode."""
-        from sevx86.arch.vmsa import VMSA
-
         ctx = self.ctx.load()
-        for i, name in enumerate(
-            (
-                "rax",
-                "rcx",
-                "rdx",
-                "rbx",
-                "rsp",
-                "rbp",
-                "rsi",
-                "rdi",
-                "r8",
-                "r9",
-                "r10",
-                "r11",
-                "r12",
-                "r13",
-                "r14",
-                "r15",
-            )
-        ):
+        for i, name in enumerate(VMSA_GPR_NAMES):
             if name not in ("rax", "rsp"):
                 ctx.set_gpr(i, VMSA.read(page, name))
         for name, off in (

@@ -30,6 +30,19 @@ class Port:
         self.received += value.to_bytes(size, "little")
 
 
+def _with_device(port: int, length: int, device: Port) -> HypervisorHost:
+    """A hypervisor with ``device`` on its I/O bus at ``port``."""
+    host = HypervisorHost()
+    attach = host.attach
+
+    def attach_and_register(view):
+        attach(view)
+        host.hv.io_bus.register(port, length, device)
+
+    host.attach = attach_and_register  # type: ignore[method-assign]
+    return host
+
+
 def _run(body: str, host: HypervisorHost, data: str = "", **kw):
     source = f"start:\n{body}\n    hlt\n{data}\n{HANDLER}"
     run = run_guest(source, host=host, timeout=20, **kw)
@@ -53,15 +66,8 @@ def test_cpuid_answers_come_from_the_hypervisors_table():
     "width,insn,reg", [(1, "in al, dx", "rax"), (2, "in ax, dx", "rax"), (4, "in eax, dx", "rax")]
 )
 def test_in_values_come_from_a_device(width, insn, reg):
-    host = HypervisorHost()
     device = Port(0x1234_5678)
-    host_attach = host.attach
-
-    def attach(view):
-        host_attach(view)
-        host.hv.io_bus.register(0x510, 4, device)
-
-    host.attach = attach  # type: ignore[method-assign]
+    host = _with_device(0x510, 4, device)
     run = _run(f"    mov dx, 0x510\n    mov rax, -1\n    {insn}", host)
     keep = (1 << 64) - (1 << (8 * width))
     assert run.reg(reg) == (0xFFFF_FFFF_FFFF_FFFF & keep if width < 4 else 0) | (
@@ -70,15 +76,8 @@ def test_in_values_come_from_a_device(width, insn, reg):
 
 
 def test_rep_outsb_of_5000_bytes_arrives_byte_exact():
-    host = HypervisorHost()
     device = Port(0)
-    host_attach = host.attach
-
-    def attach(view):
-        host_attach(view)
-        host.hv.io_bus.register(0x2F8, 1, device)
-
-    host.attach = attach  # type: ignore[method-assign]
+    host = _with_device(0x2F8, 1, device)
     body = "    mov rsi, payload\n    mov ecx, 5000\n    mov dx, 0x2F8\n    rep outsb"
     data = "payload:\n" + "\n".join(
         f"    db {', '.join(str((i * 7 + j) & 0xFF) for j in range(50))}" for i in range(100)
