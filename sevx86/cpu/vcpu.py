@@ -340,16 +340,25 @@ class VCpu:
 
     # ------------------------------------------------------------------ running
     def vmrun(self, *, timeout: float | None = None, max_instructions: int | None = None) -> VmExit:
-        """VMRUN: run the guest until the next exit for the host."""
+        """VMRUN: run the guest until the next exit for the host.
+
+        Never raises for anything the guest or the host did: an internal
+        failure ends the vCPU with an emulation-error exit and a trace event.
+        """
         if self.status is VcpuState.DEAD:
             return self._invalid("the vCPU is dead (shutdown or failed VMRUN)")
-        if self.status is VcpuState.NEW:
-            failure = self._first_entry()
-        else:
-            failure = self._resume()
-        if failure is not None:
-            return failure
-        return self._execute(timeout, max_instructions)
+        try:
+            if self.status is VcpuState.NEW:
+                failure = self._first_entry()
+            else:
+                failure = self._resume()
+            if failure is not None:
+                return failure
+            return self._execute(timeout, max_instructions)
+        except Exception as exc:  # a bug here must not take the host down
+            self._emulation_error(exc)
+            assert self._exit is not None
+            return self._exit
 
     def _invalid(self, why: str) -> VmExit:
         self.status = VcpuState.DEAD
@@ -706,8 +715,13 @@ class VCpu:
         return self.ctx.segment(index).base
 
     def _emulation_error(self, exc: BaseException) -> None:
-        rip = self.rip()
-        detail = f"{type(exc).__name__}: {exc} at RIP {rip:#x}"
+        try:
+            self.ctx.invalidate()
+            rip: int | None = self.rip()
+        except Exception:  # the state itself may be what failed
+            rip = None
+        where = f" at RIP {rip:#x}" if rip is not None else ""
+        detail = f"{type(exc).__name__}: {exc}{where}"
         self._trace("cpu", "emulation-error", detail, target="hv", rip=rip)
         self.status = VcpuState.DEAD
         self._exit = VmExit(

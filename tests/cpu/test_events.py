@@ -112,3 +112,18 @@ gp_handler:
     guest.vcpu.vmcb["event_inj_err"] = value >> 32
     assert guest.run().code == SvmExit.HLT
     assert guest.results(2) == (0x2222, 0x1234)
+
+
+def test_an_internal_failure_is_an_emulation_error_not_an_exception():
+    guest = make_guest("start:\n    hlt\n    hlt\n")
+    assert guest.run().code == SvmExit.HLT
+
+    def broken(vcpu):
+        raise RuntimeError("simulated failure inside the Secure Processor")
+
+    guest.machine.vmsa_check = broken  # type: ignore[method-assign]
+    exit = guest.run()
+    assert exit.stop is StopReason.EMULATION_ERROR
+    assert "simulated failure" in exit.detail
+    assert not guest.vcpu.alive
+    assert guest.tracer.of_kind("emulation-error")
