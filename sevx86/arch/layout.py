@@ -1,4 +1,4 @@
-"""Spec structures as data: named little-endian fields at fixed offsets.
+"""Spec structures as data: named fields at fixed offsets (little-endian unless marked).
 
 Every hardware or protocol structure in sevx86 (VMCB, VMSA, GHCB, ...) is a
 ``Layout`` built once in its own module of ``sevx86.arch``; all other code
@@ -8,7 +8,8 @@ names fields (``VMSA["rip"]``) instead of repeating offsets.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 # A segment register in the VMCB save area, the VMSA and the GHCB
 # (AMD APM vol 2, appendix B, "VMCB Layout, State Save Area"): 16 bytes.
@@ -23,24 +24,34 @@ SEGMENT_SIZE = 16
 
 @dataclass(frozen=True)
 class Field:
-    """One field of a layout: ``size`` bytes at ``offset``, little-endian."""
+    """One field of a layout: ``size`` bytes at ``offset``, little-endian.
+
+    ``big_endian`` marks the few big-endian structures some devices define
+    (QEMU's fw_cfg DMA descriptor and file directory).
+    """
 
     name: str
     offset: int
     size: int
     doc: str = ""
+    big_endian: bool = False
+    byteorder: Literal["little", "big"] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Precomputed: Field.read/write sit on the GHCB's hot path.
+        object.__setattr__(self, "byteorder", "big" if self.big_endian else "little")
 
     @property
     def end(self) -> int:
         return self.offset + self.size
 
     def read(self, buf: bytes | bytearray | memoryview) -> int:
-        return int.from_bytes(buf[self.offset : self.end], "little")
+        return int.from_bytes(buf[self.offset : self.end], self.byteorder)
 
     def write(self, buf: bytearray | memoryview, value: int) -> None:
         if value < 0:
             value &= (1 << (8 * self.size)) - 1
-        buf[self.offset : self.end] = value.to_bytes(self.size, "little")
+        buf[self.offset : self.end] = value.to_bytes(self.size, self.byteorder)
 
     def read_bytes(self, buf: bytes | bytearray | memoryview) -> bytes:
         return bytes(buf[self.offset : self.end])

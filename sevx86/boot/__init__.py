@@ -7,4 +7,7 @@ Modules (import them explicitly):
 - ``reset``      -- the initial VMSA of the BSP and of the APs.
 - ``digest``     -- the launch digest an SEV-ES launch must produce.
 - ``launch``     -- the QEMU-like launch through the Secure Processor.
+- ``fv``         -- firmware volumes, FFS files, sections, image entry points.
+- ``firmware_run`` -- launch + guest + QEMU-like pc machine + boot milestones
+  (what ``sevx86 boot`` runs).
 """

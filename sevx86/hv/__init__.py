@@ -13,7 +13,7 @@ Running a guest (what the ``sevx86`` CLI does)::
 
 ``run`` never raises for anything the guest does; ``result.reason`` says why
 it returned (exit-status, terminated, shutdown, vmrun-failed, halted,
-timeout, instruction-limit, emulation-error, hypervisor-error), with
+timeout, instruction-limit, emulation-error, hypervisor-error, stopped), with
 ``detail``, ``termination`` (who and which reason set/code), ``console``
 (serial + debug console output), ``counters`` (per exit kind) and ``exits``.
 ``timeout`` bounds the whole call; ``max_instructions`` bounds each guest
@@ -23,6 +23,9 @@ Devices: 16550 UART at 0x3F8, debug console at 0x402 (QEMU isa-debugcon),
 debug-exit at 0xF4 (a write of N ends the run with status N), an MMIO test
 device at 0xFEB0_0000 (sevx86/hv/devices/mmio_test.py). Add your own with
 ``hv.io_bus.register(port, length, device)`` / ``hv.mmio_bus.register``.
+``sevx86.hv.machines.QemuPc`` adds the devices of QEMU's ``pc`` machine
+that firmware such as OVMF needs (fw_cfg, CMOS/RTC, PCI configuration with
+the i440FX/PIIX functions, the ACPI PM timer, the local APIC).
 
 A malicious (or instrumenting) hypervisor -- lie about the C-bit::
 

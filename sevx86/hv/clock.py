@@ -1,4 +1,4 @@
-"""The guest's time stamp counter as the hypervisor reports it.
+"""Time as the hypervisor reports it: the guest's TSC, and the platform clock.
 
 RDTSC, RDTSCP and RDMSR(TSC) are intercepted (KVM-like defaults in
 ``sevx86.hv.hypervisor``), so the hypervisor decides what time it is. The
@@ -38,4 +38,24 @@ class TscClock:
         self.offset = (self.offset + value - now) & _U64
 
 
-__all__ = ["TscClock"]
+class VirtualClock:
+    """Platform time in nanoseconds for the timer devices (ACPI PM timer, RTC, APIC timer).
+
+    Deterministic: it starts at 0 and moves only when ``advance`` is called
+    -- a QEMU-like machine advances it by ``step_ns`` at every exit, so time
+    passes with the guest's activity (a polling loop on a timer sees it move
+    with each read) and a run and its trace are the same every time.
+    """
+
+    def __init__(self, *, step_ns: int = 10_000):
+        self.step_ns = step_ns
+        self.ns = 0
+
+    def advance(self, ns: int | None = None) -> None:
+        self.ns += self.step_ns if ns is None else ns
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+__all__ = ["TscClock", "VirtualClock"]

@@ -89,6 +89,7 @@ class RunReason(StrEnum):
     INSTRUCTION_LIMIT = "instruction-limit"  # the per-entry instruction budget
     EMULATION_ERROR = "emulation-error"  # the CPU engine (or the MMIO decoder) gave up
     HYPERVISOR_ERROR = "hypervisor-error"  # a bug in a handler or hook (see detail)
+    STOPPED = "stopped"  # a device or hook ended the run (power off, a milestone reached)
 
 
 @dataclass(frozen=True)
@@ -326,6 +327,10 @@ class Hypervisor:
             vcpu=vcpu,
             termination=Termination(by, reason_set, reason_code, detail),
         )
+
+    def stop(self, detail: str, *, vcpu: int | None = None) -> None:
+        """End the run after the exit being handled (a device powered off, a watcher is done)."""
+        self._end(RunReason.STOPPED, detail, vcpu=vcpu)
 
     def _end(self, reason: RunReason, detail: str, **kw: Any) -> None:
         if self._result is None:

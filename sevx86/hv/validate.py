@@ -14,7 +14,10 @@ Area" and the NAE event table; KVM ``sev_es_validate_vmgexit`` and
 
 1. ``ghcb_usage`` must be 0 (the standard layout)  -> INVALID_USAGE
 2. ``protocol_version`` must be one the hypervisor offered in its SEV
-   information (1..max)                              -> INVALID_INPUT
+   information (1..max)                              -> INVALID_INPUT;
+   0 is taken as version 1: KVM never reads the field, and OVMF's SEC
+   (``SevEsProtocolCheck``, edk2 up to at least 2024) writes 0 there, the
+   maximum it computes from a GHCB MSR value it has just overwritten
 3. SW_EXITCODE, SW_EXITINFO1 and SW_EXITINFO2 must be valid -> MISSING_INPUT
 4. the exit code must be one this hypervisor serves  -> INVALID_EVENT
 5. the registers that exit code needs must be valid  -> MISSING_INPUT
@@ -42,6 +45,8 @@ from sevx86.arch.vmcb import decode_ioio
 from sevx86.hv.ghcb import SHARED_BUFFER_END, GhcbPage
 
 PAGE_MASK = ~0xFFF
+# A GHCB protocol version of 0 is no version at all; rule 2 reads it as 1.
+UNSTATED_VERSION = 0
 # Largest scratch area outside the GHCB (protocol version 1), as KVM's
 # GHCB_SCRATCH_AREA_LIMIT: the host copies it, so it must be bounded.
 SCRATCH_LIMIT = 16 * 0x1000
@@ -141,6 +146,8 @@ def validate_vmgexit(
     if usage != GHCB_USAGE_STANDARD:
         return Invalid(GhcbError.INVALID_USAGE, f"GHCB usage {usage:#x} is not 0")
     version = page.get("protocol_version")
+    if version == UNSTATED_VERSION:
+        version = GHCB_PROTOCOL_MIN  # what KVM accepts; see rule 2
     if not GHCB_PROTOCOL_MIN <= version <= max_version:
         return Invalid(
             GhcbError.INVALID_INPUT,

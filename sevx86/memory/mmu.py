@@ -26,7 +26,7 @@ is clear, plus PS in a PML4E and the low frame bits of a large page.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 from unicorn import (
@@ -245,10 +245,18 @@ class MMU:
         if not state.paging:
             return Translation(page, page & 0xFFFF_FFFF_FFFF_F000, True, True, True, True)
         if state.long_mode:
-            return self._walk_long(vaddr, page, access, state)
-        if state.pae:
-            return self._walk_pae(vaddr, page, access, state)
-        return self._walk_legacy(vaddr, page, access, state)
+            result = self._walk_long(vaddr, page, access, state)
+        elif state.pae:
+            result = self._walk_pae(vaddr, page, access, state)
+        else:
+            result = self._walk_legacy(vaddr, page, access, state)
+        if not state.wp and not state.user and result.__class__ is Translation:
+            # CR0.WP=0: the supervisor may write read-only pages (APM vol 2,
+            # 5.6.4), so the translation is writable for it -- Unicorn must get
+            # the write permission or it refuses the store on its own.
+            if not result.writable:  # type: ignore[union-attr]
+                result = replace(result, writable=True)  # type: ignore[type-var]
+        return result
 
     def _fault(
         self,

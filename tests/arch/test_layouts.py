@@ -443,3 +443,17 @@ def test_cpuid_8000001f():
     assert (info.num_encrypted_guests, info.min_sev_asid) == (509, 1)
     with pytest.raises(ValueError):
         encode_8000001f_ebx(64, 1)
+
+
+def test_big_endian_fields_for_the_device_structures_that_use_them():
+    from sevx86.arch.fw_cfg import FW_CFG_DMA_ACCESS
+    from sevx86.arch.layout import Field
+
+    buf = FW_CFG_DMA_ACCESS.new()
+    FW_CFG_DMA_ACCESS.write(buf, "control", 0x0019_000A)
+    FW_CFG_DMA_ACCESS.write(buf, "address", 0x1122_3344_5566_7788)
+    assert bytes(buf[:4]) == b"\x00\x19\x00\x0a"
+    assert bytes(buf[8:]) == bytes.fromhex("1122334455667788")
+    assert FW_CFG_DMA_ACCESS.read(buf, "control") == 0x0019_000A
+    # Little-endian stays the default.
+    assert Field("x", 0, 2).byteorder == "little"

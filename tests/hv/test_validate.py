@@ -57,10 +57,17 @@ def test_usage_must_be_zero():
     assert reason(check(base(SvmExit.CPUID, rax=1, rcx=0), usage=1)) is GhcbError.INVALID_USAGE
 
 
-@pytest.mark.parametrize("version", [0, 3, 0xFFFF])
+@pytest.mark.parametrize("version", [3, 0xFFFF])
 def test_protocol_version_must_be_offered(version):
     r = check(base(SvmExit.CPUID, rax=1, rcx=0), version=version)
     assert reason(r) is GhcbError.INVALID_INPUT
+
+
+def test_protocol_version_0_is_served_as_version_1_like_kvm():
+    # OVMF's SEC leaves 0 in the field (edk2 SevEsProtocolCheck); KVM never
+    # reads it, so a KVM-like host must serve the request.
+    r = check(base(SvmExit.CPUID, rax=1, rcx=0), version=0)
+    assert isinstance(r, ValidRequest) and r.version == 1
 
 
 @pytest.mark.parametrize("missing", ["sw_exit_code", "sw_exit_info_1", "sw_exit_info_2"])

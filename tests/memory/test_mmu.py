@@ -69,6 +69,26 @@ def test_write_to_read_only_page():
     assert isinstance(mmu.walk(0x40_0010, Access.WRITE, no_wp), Translation)
 
 
+def test_cr0_wp_clear_gives_unicorn_write_permission_on_read_only_pages():
+    # OVMF's DxeIpl clears CR0.WP to edit page tables it has made read-only;
+    # without the write permission Unicorn refused the store itself and the
+    # run ended in an emulation error instead of the write the CPU allows.
+    from unicorn import UC_PROT_WRITE
+
+    mem, t, mmu = setup()
+    t.map(0x40_0000, 0x10_0000, 0x1000, writable=False)
+    no_wp = state(t, cr0=CR0 & ~Cr0.WP)
+    paddr, perms = mmu.unicorn_entry(mmu.walk(0x40_0010, Access.WRITE, no_wp), Access.WRITE)
+    assert paddr == 0x10_0000 and perms & UC_PROT_WRITE
+    # With WP set the same page stays read-only for the supervisor.
+    _, perms = mmu.unicorn_entry(mmu.walk(0x40_0010, Access.READ, state(t)), Access.READ)
+    assert not perms & UC_PROT_WRITE
+    # And the user never writes it, WP or not.
+    user = state(t, cr0=CR0 & ~Cr0.WP, cpl=3)
+    t.map(0x50_0000, 0x11_0000, 0x1000, writable=False, user=True)
+    assert fault_code(mmu.walk(0x50_0000, Access.WRITE, user)) == PfErr.P | PfErr.WR | PfErr.US
+
+
 def test_nx_fetch():
     mem, t, mmu = setup()
     t.map(0x40_0000, 0x10_0000, 0x1000, nx=True)

@@ -1,4 +1,11 @@
-"""Emulated devices, reached only through IOIO and MMIO exits."""
+"""Emulated devices, reached only through IOIO and MMIO exits.
+
+Always on a ``Hypervisor``: ``serial`` (COM1), ``debugcon`` (0x402),
+``debug_exit`` (0xF4), ``mmio_test``. QEMU's pc machine adds, through
+``sevx86.hv.machines.QemuPc``: ``fw_cfg``, ``cmos`` (CMOS RAM + RTC),
+``pci`` (configuration mechanism #1) with the ``i440fx`` chipset functions,
+``acpi_pm`` (PM1 registers and the PM timer) and ``lapic`` (xAPIC page).
+"""
 
 from sevx86.hv.devices.bus import IoBus, IoDevice, MmioBus, MmioDevice
 from sevx86.hv.devices.console import Console

@@ -66,6 +66,10 @@ class _Bus:
                 raise ValueError(f"range {base:#x}+{length:#x} overlaps {name}")
         self.mappings.append(Mapping(base, length, device))
 
+    def unregister(self, device: object) -> None:
+        """Remove every range of ``device`` (a device whose window the guest moves)."""
+        self.mappings = [m for m in self.mappings if m.device is not device]
+
     def find(self, addr: int, size: int) -> Mapping | None:
         for m in self.mappings:
             if m.covers(addr, size):

@@ -1,0 +1,165 @@
+"""A QEMU-like ``pc`` machine: the host-side devices firmware needs, on a hypervisor's buses.
+
+``QemuPc(hv, memory=..., vcpus=...)`` adds to a ``Hypervisor`` what QEMU's
+``pc`` machine (i440FX + PIIX) gives a guest such as OVMF, besides the
+serial port and debug console the hypervisor always has:
+
+========================  =====================================================
+device                    where
+========================  =====================================================
+fw_cfg (+ DMA)            I/O 0x510 selector, 0x511 data, 0x514 DMA address
+CMOS RAM + RTC            I/O 0x70 index, 0x71 data
+PCI configuration         I/O 0xCF8 address, 0xCFC data (0xCF9 reset control)
+  i440FX host bridge      00:00.0  8086:1237
+  PIIX3 ISA bridge        00:01.0  8086:7000
+  PIIX4 power management  00:01.3  8086:7113 -> ACPI PM block where PMBA says
+ACPI PM block + timer     I/O PMBA + 0..0x3F (OVMF puts it at 0x600: timer 0x608)
+local APIC (xAPIC)        MMIO 0xFEE0_0000
+========================  =====================================================
+
+Every one of them is reached only through exits -- the GHCB (IOIO, MMIO
+requests) for an SEV-ES guest, direct IOIO/NPF exits for the other modes.
+
+Time is a ``VirtualClock`` that advances by ``clock.step_ns`` at every exit
+the hypervisor handles: the PM timer, the RTC and the APIC timer all read
+it, so a guest polling a timer sees it move and every run is identical.
+
+The memory map follows QEMU: RAM from 0 (``etc/e820`` type 1, CMOS 0x34/0x35)
+and the 16 KiB KVM reserves below the BIOS area (0xFEFF_C000). sevx86 maps
+guest RAM as one block from address 0, so it must end below QEMU's PCI hole
+(3.5 GiB).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sevx86.arch.e820 import E820Type, encode_e820
+from sevx86.arch.fw_cfg import FwCfgKey
+from sevx86.hv.clock import VirtualClock
+from sevx86.hv.devices.acpi_pm import AcpiPmBlock
+from sevx86.hv.devices.cmos import CMOS_INDEX_PORT, DEFAULT_START, CmosRtc
+from sevx86.hv.devices.fw_cfg import FW_CFG_IO_BASE, FW_CFG_IO_LENGTH, FwCfg
+from sevx86.hv.devices.i440fx import (
+    HOST_BRIDGE_SLOT,
+    PIIX3_ISA_SLOT,
+    PIIX4_PM_SLOT,
+    Piix4Pm,
+    i440fx_host_bridge,
+    piix3_isa_bridge,
+)
+from sevx86.hv.devices.lapic import APIC_BASE, APIC_SIZE, LocalApic, describe_ipi
+from sevx86.hv.devices.pci import PCI_IO_BASE, PCI_IO_LENGTH, PciHost
+from sevx86.hv.hypervisor import EXIT_TABLE, Hypervisor
+
+# QEMU's pc machine keeps RAM below 3.5 GiB; the rest would go above 4 GiB.
+PC_BELOW_4G_LIMIT = 0xE000_0000
+# KVM's identity-map and TSS pages, reserved in the e820 map by QEMU on KVM.
+KVM_RESERVED = (0xFEFF_C000, 0x4000)
+# ACPI sleep type 0 is S5 (soft off) on QEMU's PIIX4 (``acpi_pm1_cnt_write``).
+PIIX4_SLP_TYP_S5 = 0
+# "etc/system-states": one byte per S0..S5, bit 7 = the state is available,
+# bits 2:0 = its SLP_TYP value (QEMU ``acpi_pm1_cnt_init``).
+SYSTEM_STATE_ENABLED = 0x80
+S3_SLP_TYP = 1
+S4_SLP_TYP = 2
+
+
+def system_states(*, s3: bool, s4: bool) -> bytes:
+    return bytes(
+        [
+            SYSTEM_STATE_ENABLED,
+            0,
+            0,
+            S3_SLP_TYP | (SYSTEM_STATE_ENABLED if s3 else 0),
+            S4_SLP_TYP | (SYSTEM_STATE_ENABLED if s4 else 0),
+            SYSTEM_STATE_ENABLED,
+        ]
+    )
+
+
+class QemuPc:
+    """The devices of QEMU's ``pc`` machine, attached to ``hv``."""
+
+    def __init__(
+        self,
+        hv: Hypervisor,
+        *,
+        memory: int | None = None,
+        vcpus: int | None = None,
+        clock: VirtualClock | None = None,
+        rtc_start: dt.datetime = DEFAULT_START,
+        s3: bool = False,
+        s4: bool = False,
+        fw_cfg_files: dict[str, bytes] | None = None,
+    ):
+        self.hv = hv
+        self.memory = hv.config.memory if memory is None else memory
+        self.vcpus = len(hv.host.vcpus) if vcpus is None else vcpus
+        if self.memory > PC_BELOW_4G_LIMIT:
+            raise ValueError(
+                f"memory {self.memory:#x} reaches QEMU's PCI hole at {PC_BELOW_4G_LIMIT:#x}: "
+                "sevx86 maps guest RAM in one block from 0"
+            )
+        self.clock = clock if clock is not None else VirtualClock()
+        log = hv.host.log
+
+        self.fw_cfg = FwCfg(hv.host.memory, log=log)
+        self._fill_fw_cfg(s3=s3, s4=s4, files=fw_cfg_files or {})
+        hv.io_bus.register(FW_CFG_IO_BASE, FW_CFG_IO_LENGTH, self.fw_cfg)
+
+        self.cmos = CmosRtc(self.clock, start=rtc_start)
+        self.cmos.set_pc_memory(self.memory, 0, self.vcpus)
+        hv.io_bus.register(CMOS_INDEX_PORT, 2, self.cmos)
+
+        self.acpi_pm = AcpiPmBlock(self.clock, on_sleep=self._sleep)
+        self.pci = PciHost(on_reset=self._reset)
+        self.pci.add(*HOST_BRIDGE_SLOT, i440fx_host_bridge())
+        self.pci.add(*PIIX3_ISA_SLOT, piix3_isa_bridge())
+        self.pm = self.pci.add(*PIIX4_PM_SLOT, Piix4Pm(hv.io_bus, self.acpi_pm))
+        hv.io_bus.register(PCI_IO_BASE, PCI_IO_LENGTH, self.pci)
+
+        self.lapic = LocalApic(self.clock, apic_id=0, on_ipi=self._ipi)
+        hv.mmio_bus.register(APIC_BASE, APIC_SIZE, self.lapic)
+
+        for code in EXIT_TABLE:
+            hv.on_exit(code, self._tick)
+
+    def _fill_fw_cfg(self, *, s3: bool, s4: bool, files: dict[str, bytes]) -> None:
+        fw = self.fw_cfg
+        fw.add_bytes(FwCfgKey.UUID, bytes(16))
+        fw.add_i64(FwCfgKey.RAM_SIZE, self.memory)
+        fw.add_i16(FwCfgKey.NOGRAPHIC, 0)
+        fw.add_i16(FwCfgKey.NB_CPUS, self.vcpus)
+        fw.add_i16(FwCfgKey.MAX_CPUS, self.vcpus)
+        fw.add_i16(FwCfgKey.BOOT_MENU, 0)
+        # NUMA: a node count of 0, then one (zero) node per possible APIC ID.
+        fw.add_bytes(FwCfgKey.NUMA, bytes(8 * (1 + self.vcpus)))
+        fw.add_i32(FwCfgKey.IRQ0_OVERRIDE, 1)
+        e820 = [(0, self.memory, E820Type.RAM), (*KVM_RESERVED, E820Type.RESERVED)]
+        fw.add_file("etc/e820", encode_e820(e820))
+        fw.add_file("etc/system-states", system_states(s3=s3, s4=s4))
+        for name, data in files.items():
+            fw.add_file(name, data)
+
+    # -- platform events ----------------------------------------------------------------
+    def _tick(self, _event: object, proceed) -> None:  # type: ignore[no-untyped-def]
+        self.clock.advance()
+        proceed()
+
+    def _sleep(self, slp_typ: int) -> None:
+        if slp_typ == PIIX4_SLP_TYP_S5:
+            self.hv.host.log("power", "guest powered off (ACPI S5)")
+            self.hv.stop("guest powered off (ACPI S5)")
+        else:
+            self.hv.host.log("power", f"guest asked for sleep type {slp_typ}: ignored")
+
+    def _reset(self, value: int) -> None:
+        self.hv.host.log("power", f"guest asked for a reset (port 0xCF9 <- {value:#x})")
+        self.hv.stop(f"guest asked for a reset (port 0xCF9 <- {value:#x})")
+
+    def _ipi(self, low: int, high: int) -> None:
+        self.hv.host.log("ipi", f"local APIC: {describe_ipi(low, high)}", icr=low | high << 32)
+
+
+__all__ = ["PC_BELOW_4G_LIMIT", "QemuPc", "system_states"]

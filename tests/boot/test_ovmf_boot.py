@@ -1,0 +1,134 @@
+"""Debian's OVMF booting as an SEV-ES guest: reset vector, SEC, PEI, and on to the UEFI shell.
+
+One boot (module fixture) runs until the shell's banner appears on the
+serial console -- about 45 s here -- and every milestone test reads the
+trace it left and the hypervisor's state. Nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sevx86.arch.fw_cfg import FwCfgKey
+from sevx86.boot.firmware_run import MILESTONES, FirmwareBoot
+from sevx86.hv import RunReason
+from sevx86.trace.events import TraceEvent, Tracer
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+pytestmark = [
+    pytest.mark.ovmf,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not OVMF_CODE.exists(),
+        reason="Debian's ovmf package is not installed (/usr/share/OVMF/OVMF_CODE.fd)",
+    ),
+]
+KEEP = {"msr-protocol", "vmgexit", "ghcb-answer", "ghcb-error", "milestone", "vc", "inject"}
+BOOT_TIMEOUT = 900  # seconds; the boot takes well under a minute on a laptop core
+
+
+class Boot:
+    def __init__(self) -> None:
+        self.events: list[TraceEvent] = []
+        tracer = Tracer([self._keep], keep=False)
+        self.boot = FirmwareBoot(OVMF_CODE, varstore=OVMF_VARS, tracer=tracer, until="shell")
+        self.result = self.boot.run(timeout=BOOT_TIMEOUT)
+
+    def _keep(self, event: TraceEvent) -> None:
+        if event.kind in KEEP and not (event.kind == "vc" and len(self.events) > 20_000):
+            self.events.append(event)
+
+    def seq(self, name: str) -> int:
+        m = self.result.milestone(name)
+        assert m.seq is not None, f"milestone {name} not reached: {self.result.report()}"
+        return m.seq
+
+    def between(self, first: str | None, last: str, *kinds: str) -> list[TraceEvent]:
+        lo = self.seq(first) if first else 0
+        hi = self.seq(last)
+        return [e for e in self.events if lo <= e.seq <= hi and e.kind in kinds]
+
+
+@pytest.fixture(scope="module")
+def ovmf() -> Boot:
+    return Boot()
+
+
+def test_a_reset_vector_discovers_the_c_bit_with_its_early_vc_handler(ovmf):
+    cbit = ovmf.result.milestone("cbit")
+    assert cbit.detail == {"cbitpos": 51, "reduced_phys_bits": 1}
+    early = ovmf.between(None, "cbit", "vc", "msr-protocol")
+    # CPUID in 32-bit code -> #VC -> the reset vector's handler -> MSR protocol.
+    assert early[0].kind == "vc" and early[0].data["name"] == "CPUID"
+    assert early[0].data["rip"] >= 0xFFFF_0000  # the reset vector, at the top of the flash
+    requests = ovmf.between(None, "ghcb", "msr-protocol")
+    cpuid = [e for e in requests if "CPUID" in e.summary]
+    assert len(cpuid) == 8  # EAX..EDX of 0x8000_0000 and of 0x8000_001F
+    # Its page tables, seen from the trusted side when the GHCB was first used:
+    # C-bit in the top-level entry and in RAM mappings, none on the GHCB page.
+    facts = ovmf.result.milestone("ghcb").detail
+    assert facts["pml4e_c_bit"] and facts["stack_private"] and facts["ghcb_shared"]
+
+
+def test_b_64bit_sec_negotiates_the_ghcb_protocol_and_uses_its_ghcb_page(ovmf):
+    assert ovmf.seq("cbit") < ovmf.seq("long-mode") < ovmf.seq("sec") < ovmf.seq("ghcb")
+    info = [
+        e for e in ovmf.between("sec", "ghcb", "msr-protocol") if "SEV information" in e.summary
+    ]
+    assert len(info) == 1 and "protocol 1..2" in info[0].summary
+    ghcb = ovmf.result.milestone("ghcb").detail["ghcb_gpa"]
+    assert ghcb and ghcb % 0x1000 == 0 and ghcb < ovmf.boot.config.memory
+    # From then on every VMGEXIT of the boot went through that page (one vCPU).
+    assert ovmf.boot.hv.host.vcpus[0].vmcb["ghcb_gpa"] & 0xFFF == 0
+    assert ovmf.result.counters["msr-protocol:SEV_INFO_REQ"] == 1
+
+
+def test_c_sec_vmgexits_through_the_ghcb_are_served(ovmf):
+    assert ovmf.seq("ghcb") <= ovmf.seq("ghcb-io") < ovmf.seq("pei-core")
+    assert ovmf.seq("ghcb-mmio") < ovmf.seq("pei-core")
+    sec = ovmf.between("ghcb", "pei-core", "vmgexit", "ghcb-answer", "ghcb-error", "inject")
+    assert not [e for e in sec if e.kind in ("ghcb-error", "inject")]
+    exits = [e for e in sec if e.kind == "vmgexit"]
+    answers = [e for e in sec if e.kind == "ghcb-answer"]
+    assert len(exits) == len(answers) and all("-> ok" in a.summary for a in answers)
+    names = {e.data["name"] for e in exits}
+    assert {"IOIO", "MMIO_READ", "MMIO_WRITE", "CPUID", "MSR"} <= names
+    # An IN from 0xCFE (only reachable with DX) answered with the i440FX device ID:
+    # the #VC handler decoded the instruction, the host bridge answered.
+    did = [a for a in answers if a.summary.startswith("IOIO") and "rax=0x1237" in a.summary]
+    assert did
+    # The local APIC's registers were read and written as MMIO (the handler decoded the MOVs).
+    mmio = [e for e in exits if e.data["name"].startswith("MMIO")]
+    assert all(0xFEE0_0000 <= e.data["info1"] < 0xFEE0_1000 for e in mmio)
+
+
+def test_d_pei_core_is_reached_and_platform_pei_runs(ovmf):
+    pei = ovmf.result.milestone("pei-core")
+    entry = ovmf.boot.entries["pei-core"]
+    assert pei.detail["rip"] == entry.address and entry.file.ui_name == "PeiCore"
+    assert ovmf.seq("pei-core") < ovmf.seq("platform-pei")
+    # PlatformPei sized memory from fw_cfg's etc/e820 (and found QEMU there).
+    fw = ovmf.boot.pc.fw_cfg
+    assert fw.reads["etc/e820"] >= 1 and fw.reads[FwCfgKey.SIGNATURE.name] >= 1
+    # It enabled the ACPI PM timer through the PIIX4 function and used it.
+    assert ovmf.boot.pc.acpi_pm.base is not None and ovmf.boot.pc.acpi_pm.timer_reads > 0
+
+
+def test_beyond_pei_dxe_and_bds_reach_the_uefi_shell(ovmf):
+    assert ovmf.result.run.reason is RunReason.STOPPED
+    assert ovmf.seq("platform-pei") < ovmf.seq("bds") < ovmf.seq("shell")
+    assert "UEFI Interactive Shell" in ovmf.result.run.console
+    assert ovmf.result.reached == list(MILESTONES)
+
+
+def test_exit_counts_are_reported(ovmf):
+    counts = ovmf.result.exit_kinds()
+    assert counts["VMGEXIT"] == sum(
+        v for k, v in counts.items() if k.startswith(("vmgexit:", "msr-protocol:"))
+    )
+    assert counts["msr-protocol:CPUID_REQ"] == 8
+    report = ovmf.result.report()
+    assert "pei-core" in report and "VMGEXIT" in report

@@ -1,0 +1,58 @@
+"""``sevx86 boot`` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sevx86.cli.main import main
+from sevx86.trace.events import read_jsonl
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+needs_ovmf = pytest.mark.skipif(
+    not OVMF_CODE.exists(), reason="Debian's ovmf package is not installed"
+)
+
+
+def test_help_teaches_the_milestones(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["boot", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("pei-core", "--until", "--varstore", "exit status", "fw_cfg"):
+        assert word in out
+
+
+def test_unreadable_firmware_and_bad_sizes_are_usage_errors(tmp_path, capsys):
+    assert main(["boot", str(tmp_path / "missing.fd")]) == 2
+    assert "cannot read firmware" in capsys.readouterr().err
+    image = tmp_path / "fw.fd"
+    image.write_bytes(bytes(0x1000))
+    assert main(["boot", str(image), "--memory", "lots"]) == 2
+    assert main(["boot", str(image)]) == 2  # no SEV-ES reset block: QEMU refuses too
+    assert "reset block" in capsys.readouterr().err
+
+
+@needs_ovmf
+def test_boot_to_the_ghcb_milestone_with_a_json_trace(tmp_path, capsys):
+    trace = tmp_path / "boot.jsonl"
+    status = main(
+        ["boot", str(OVMF_CODE), "--until", "ghcb-mmio", "--quiet", "--json", "--trace", str(trace)]
+    )
+    assert status == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["reason"] == "stopped" and summary["furthest"] == "ghcb-mmio"
+    assert list(summary["milestones"])[:4] == ["cbit", "long-mode", "sec", "ghcb"]
+    assert summary["exit_kinds"]["msr-protocol:CPUID_REQ"] == 8
+    events = read_jsonl(trace)
+    assert events[0].kind == "vmrun"
+    assert [e.data["milestone"] for e in events if e.kind == "milestone"][-1] == "ghcb-mmio"
+
+
+@needs_ovmf
+def test_a_milestone_not_reached_in_time_exits_1(capsys):
+    status = main(["boot", str(OVMF_CODE), "--until", "shell", "--quiet", "--timeout", "0.5"])
+    assert status == 1
+    assert "timeout" in capsys.readouterr().err
