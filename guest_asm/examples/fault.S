@@ -1,5 +1,7 @@
-; fault: a payload that faults. The firmware's exception handler reports
-; the fault on the serial port and ends the guest.
+; fault: a #PF that the firmware reports before it ends the guest (status 120).
+;
+; The firmware's exception handler reports the fault on the serial port and
+; ends the guest.
 ;
 ;   sevx86 run example:fault          (exit status 120: the guest terminated)
 ;   sevx86 trace example:fault --kinds exception,terminate,console

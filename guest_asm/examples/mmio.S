@@ -1,4 +1,6 @@
-; mmio: reads and writes of the MMIO test device at MMIO_TEST_BASE.
+; mmio: reads and writes of the MMIO test device (#VC on NPF under SEV-ES).
+;
+; The device is at MMIO_TEST_BASE (include/platform.inc).
 ;
 ;   sevx86 run example:mmio
 ;   sevx86 trace example:mmio --kinds vc,vmgexit,ghcb-answer,mmio

@@ -1,5 +1,7 @@
-; portio: IN and OUT with devices: the 16550 UART's scratch register, the
-; debug console's readback value, and a string OUT (REP OUTSB).
+; portio: IN/OUT with the UART scratch register, the debug console, REP OUTSB.
+;
+; The 16550 UART's scratch register, the debug console's readback value,
+; and a string OUT (REP OUTSB) to the debug console.
 ;
 ;   sevx86 run example:portio
 ;   sevx86 trace example:portio --kinds vc,vmgexit,ghcb-answer

@@ -175,6 +175,6 @@ FW_REASON_TEXT: dict[int, str] = {
 def describe_reason(code: int) -> str:
     """A firmware reason code in words."""
     if FwReason.EXCEPTION <= code < FwReason.EXCEPTION + 32:
-        return f"unhandled exception {vector_name(code - FwReason.EXCEPTION)}"
+        return f"unhandled exception #{vector_name(code - FwReason.EXCEPTION)}"
     text = FW_REASON_TEXT.get(code)
     return text if text is not None else f"unknown firmware reason {code:#x}"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from sevx86 import __version__
 
-SUBCOMMANDS: tuple[str, ...] = ("asm", "measure", "owner")
+SUBCOMMANDS: tuple[str, ...] = ("asm", "measure", "owner", "run", "trace")
 
 EXIT_USAGE = 2
 
