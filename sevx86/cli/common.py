@@ -100,7 +100,10 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
         help="physical address bits lost to SEV (default 1)",
     )
     g.add_argument(
-        "--memory", default=DEFAULT_MEMORY, metavar="SIZE", help="guest RAM, e.g. 64M, 1G"
+        "--memory",
+        default=DEFAULT_MEMORY,
+        metavar="SIZE",
+        help=f"guest RAM, {abi.RAM_MIN >> 20}M..{abi.RAM_MAX >> 30}G (default {DEFAULT_MEMORY})",
     )
     g.add_argument(
         "--policy",
