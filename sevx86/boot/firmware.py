@@ -115,10 +115,15 @@ def assemble_firmware() -> FirmwareBuild:
     return FirmwareBuild(reset.code, reset, runtime)
 
 
+def firmware_cache_path() -> Path:
+    """The cache file of the firmware as the current sources would build it."""
+    return cache_dir() / f"firmware-{source_hash()[:20]}.bin"
+
+
 @functools.cache
 def firmware_code() -> bytes:
     """The firmware's flash bytes, from the cache when the sources did not change."""
-    path = cache_dir() / f"firmware-{source_hash()[:20]}.bin"
+    path = firmware_cache_path()
     try:
         code = path.read_bytes()
         if len(code) == abi.FIRMWARE_SIZE:
@@ -278,6 +283,7 @@ __all__ = [
     "boot_machine",
     "cache_dir",
     "check_machine",
+    "firmware_cache_path",
     "firmware_code",
     "firmware_dir",
     "flash_image",
