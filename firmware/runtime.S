@@ -93,8 +93,7 @@ runtime_entry:
     xor r13d, r13d
     xor r14d, r14d
     xor r15d, r15d
-    mov rax, FW_PAYLOAD_GPA
-    jmp rax
+    jmp qword [rel payload_entry]       ; every GPR but RDI and RSP is zero
 
 ; The payload returned: its RAX is the status of the run.
 payload_returned:
@@ -539,6 +538,8 @@ safe_to_serial:
 %include "vc_handler64.S"
 
 ; -- data -----------------------------------------------------------------------------------
+align 8
+payload_entry:  dq FW_PAYLOAD_GPA
 msg_banner:     db "sevx86-fw: ", 0
 msg_no_sev:     db "no SEV", 0
 msg_sev:        db "SEV", 0

@@ -97,11 +97,20 @@ def test_boot_info_tells_the_payload_what_the_firmware_found(mode, sev_status, g
 
 
 def test_payload_entry_abi_and_return_value_is_the_exit_status():
-    """RDI = boot info, RSP = stack top - 8 (a return address), IF = 0; `ret` RAX."""
+    """RDI = boot info, RSP = stack top - 8 (a return address), IF = 0, other
+    GPRs zero; `ret` with RAX ends the run with that status."""
     b = boot(
         """
 %include "include/fw_abi.inc"
 start:
+    or rax, rbx
+    or rax, rcx
+    or rax, rdx
+    or rax, rsi
+    or rax, rbp
+    or rax, r8
+    or rax, r15
+    jnz .bad
     mov eax, 1
     cmp rdi, FW_BOOT_INFO_GPA
     jne .bad
