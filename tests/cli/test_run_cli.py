@@ -149,3 +149,20 @@ def test_trace_file_survives_a_failed_run(sevx86, tmp_path, source, args, status
     assert done.returncode == status
     events = json_lines(tmp_path / "t.jsonl")
     assert events[0]["kind"] == "launch" and events[-1]["kind"] == "run-end"
+
+
+def test_an_internal_error_is_one_line_status_1(monkeypatch, capsys):
+    """A bug in sevx86 must not show the user a traceback (SEVX86_DEBUG does)."""
+    from sevx86.cli import common, main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.delenv("SEVX86_DEBUG", raising=False)
+    monkeypatch.setattr(common, "boot_machine", broken)
+    assert main.main(["run", "example:hello"]) == common.ExitStatus.INTERNAL
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: RuntimeError: boom" in err
+    monkeypatch.setenv("SEVX86_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        main.main(["run", "example:hello"])

@@ -97,3 +97,14 @@ def test_fault_is_reported_and_ends_the_guest(mode):
         assert term is not None and (term.reason_set, term.reason_code) == reason
     else:
         assert result.reason is RunReason.HALTED
+
+
+def test_the_payload_in_guest_asm_readme_runs():
+    readme = (guest_asm_dir() / "README.md").read_text()
+    section = readme.split("## Payloads for sevx86's firmware", 1)[1]
+    source = section.split("```\n", 2)[1]
+    payload = assemble(source, base=abi.PAYLOAD_GPA, name="README.md").code
+    booted = boot_machine(payload, GuestConfig())
+    result = Hypervisor(booted.machine.host_view()).run(timeout=30)
+    assert (result.reason, result.exit_status) == (RunReason.EXIT_STATUS, 0)
+    assert result.outputs["serial"] == b"hi\n"
