@@ -51,6 +51,7 @@ start:
 .decode:
     ; The vendor string: EBX, EDX, ECX of leaf 0.
     xor eax, eax
+    xor ecx, ecx
     cpuid
     mov [rel vendor], ebx
     mov [rel vendor + 4], edx
@@ -63,10 +64,12 @@ start:
     call pl_putc
 
     mov eax, CPUID_LEAF_EXT_MAX
+    xor ecx, ecx
     cpuid
     cmp eax, CPUID_LEAF_MEM_ENCRYPT
     jb .no_leaf
     mov eax, CPUID_LEAF_MEM_ENCRYPT
+    xor ecx, ecx
     cpuid
     mov r13d, eax
     mov r14d, ebx

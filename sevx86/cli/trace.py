@@ -51,6 +51,8 @@ examples:
   sevx86 trace example:hello
   sevx86 trace example:hello --kinds vc,msr-protocol,paging,ghcb-register --limit 20
   sevx86 trace example:cpuid --mermaid -o cpuid.mmd
+  sevx86 trace example:cpuid --mermaid --kinds vc,exit,world-switch,vmgexit,ghcb-answer,vmsa-check
+                          (the seed talk's CPUID slide: #VC, VMGEXIT, VMSA sealed and checked)
   sevx86 trace guest.S --mode none --json > boot.jsonl
 
 {KINDS_HELP}
