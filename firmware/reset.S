@@ -2,7 +2,7 @@
 ;
 ; The top 64 KiB of the flash image (QEMU maps pflash0 so that it ends at
 ; 4 GiB). A vCPU starts in QEMU's reset state: real mode, CS selector F000
-; with base FFFF0000, IP FFF0 (AMD APM vol 2, 14.1.5) -- the `reset_vector`
+; with base FFFF0000, IP FFF0 (AMD APM vol 2, 14.1) -- the `reset_vector`
 ; below. Under SEV-ES that state is the launch VMSA the Secure Processor
 ; measured together with this image.
 ;
@@ -106,7 +106,7 @@ start32:
 ;
 ; CPUID answers come from the hypervisor (under SEV-ES through the #VC
 ; handler and the GHCB MSR protocol); SEV_STATUS comes from the CPU, which
-; the hypervisor cannot change (APM vol 2, 15.34.10). A hypervisor that
+; the hypervisor cannot change (APM vol 2, 15.34). A hypervisor that
 ; hides SEV or moves the C-bit could make the guest write its memory in
 ; the clear, so every answer is checked against the others:
 ;   - SEV_STATUS says SEV: CPUID 0x80000000 must reach 0x8000001F and
@@ -480,7 +480,7 @@ gdt_desc:
     dw gdt_end - gdt - 1
     dd gdt
 
-; A 32-bit interrupt gate (APM vol 2, 4.8.3) to %1 in FW_SEL_CODE32.
+; A 32-bit interrupt gate (APM vol 2, 4.8) to %1 in FW_SEL_CODE32.
 %macro gate32 1
     dw (%1) & 0xFFFF
     dw FW_SEL_CODE32

@@ -577,7 +577,7 @@ gdt:
     dq FW_GDT_CODE64                    ; FW_SEL_CODE64
     dq FW_GDT_DATA                      ; FW_SEL_DATA
     dq FW_GDT_CODE32                    ; FW_SEL_CODE32
-    ; FW_SEL_TSS: a 16-byte system descriptor (APM vol 2, 4.8.3): limit,
+    ; FW_SEL_TSS: a 16-byte system descriptor (APM vol 2, 4.8): limit,
     ; base 23:0, type, limit 19:16 and flags, base 31:24, base 63:32.
     dw TSS64_SIZE - 1
     dw tss & 0xFFFF
@@ -600,7 +600,7 @@ tss:
     dq FW_IST_STACK_TOP
     times TSS64_SIZE - TSS64_IST1 - FW_IST_DF * 8 db 0
 
-; A 64-bit interrupt gate (APM vol 2, 4.8.4) to %1 with IST %2.
+; A 64-bit interrupt gate (APM vol 2, 4.8) to %1 with IST %2.
 %macro gate64 2
     dw (%1) & 0xFFFF
     dw FW_SEL_CODE64
