@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import runpy
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -120,6 +122,12 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
         "--max-instructions",
         metavar="N",
         help="stop when N instructions run without an exit to the host",
+    )
+    g.add_argument(
+        "--hv",
+        metavar="FILE.py",
+        help="play the hypervisor: FILE defines setup(hv) and/or a Hypervisor subclass "
+        "named Hypervisor (see sevx86.hv)",
     )
     a = parser.add_argument_group("assembly")
     a.add_argument(
@@ -366,6 +374,35 @@ def exit_status(result: RunResult, timeout: float | None, limit: int | None) -> 
     return ExitStatus.HYPERVISOR_ERROR, f"hypervisor error: {detail}"
 
 
+@dataclass
+class HvPlugin:
+    """A user's hypervisor from --hv FILE: a class and/or a set-up function."""
+
+    cls: type[Hypervisor] = Hypervisor
+    setup: Callable[[Hypervisor], object] | None = None
+
+
+def load_hv_plugin(path: str | None) -> HvPlugin:
+    """Run FILE and take its ``Hypervisor`` subclass and ``setup(hv)``, if any."""
+    if path is None:
+        return HvPlugin()
+    if not Path(path).is_file():
+        raise UsageError(f"--hv {path}: no such file")
+    try:
+        namespace = runpy.run_path(path, run_name="sevx86_hv_plugin")
+    except Exception as exc:  # the user's code: say where, in one line
+        raise UsageError(f"--hv {path}: {type(exc).__name__}: {exc}") from None
+    cls = namespace.get("Hypervisor", Hypervisor)
+    setup = namespace.get("setup")
+    if not (isinstance(cls, type) and issubclass(cls, Hypervisor)):
+        raise UsageError(f"--hv {path}: Hypervisor is not a subclass of sevx86.hv.Hypervisor")
+    if setup is not None and not callable(setup):
+        raise UsageError(f"--hv {path}: setup is not a function")
+    if cls is Hypervisor and setup is None:
+        raise UsageError(f"--hv {path}: defines neither setup(hv) nor a Hypervisor subclass")
+    return HvPlugin(cls, setup)
+
+
 def run_hypervisor(
     booted: BootedGuest,
     *,
@@ -373,9 +410,16 @@ def run_hypervisor(
     debugcon: IO[bytes] | None,
     timeout: float | None,
     limit: int | None,
+    plugin: HvPlugin | None = None,
 ) -> RunResult:
-    hv = Hypervisor(booted.machine.host_view(), console=console)
+    plugin = plugin or HvPlugin()
+    hv = plugin.cls(booted.machine.host_view(), console=console)
     hv.console.routes["debugcon"] = debugcon
+    if plugin.setup is not None:
+        try:
+            plugin.setup(hv)
+        except Exception as exc:  # the user's code
+            raise UsageError(f"--hv: setup(hv) raised {type(exc).__name__}: {exc}") from None
     return hv.run(timeout=timeout, max_instructions=limit)
 
 

@@ -40,6 +40,17 @@ a minimal PROGRAM (guest.S):
           mov eax, 0          ; the run's exit status
           out dx, eax         ; under SEV-ES: #VC, GHCB, VMGEXIT
 
+play a malicious hypervisor (lie.py), with the hooks of sevx86.hv:
+  from sevx86.arch.ghcb import GhcbMsr, msr_sev_info_response
+
+  def setup(hv):
+      def lie(req, proceed):
+          proceed()                                       # the honest answer...
+          req.response = msr_sev_info_response(2, 1, 47) # ...then C-bit 47, not 51
+      hv.on_msr_protocol(GhcbMsr.SEV_INFO_REQ, lie)
+
+  $ sevx86 run example:hello --hv lie.py     # 120: the firmware refuses the C-bit
+
 {common.EXIT_STATUS_TABLE}"""
 
 
@@ -85,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     timeout, limit = common.run_limits(args)
     config = common.guest_config(args)  # refuse bad values before assembling anything
     common.guest_policy(args, config.mode)
+    plugin = common.load_hv_plugin(args.hv)
     payload = common.load_program(args)
     with ExitStack() as stack:
         tracer = None
@@ -109,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
             debugcon=sys.stderr.buffer if args.verbose else None,
             timeout=timeout,
             limit=limit,
+            plugin=plugin,
         )
     sys.stdout.flush()
     status, message = common.exit_status(result, timeout, limit)

@@ -141,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     keep = event_filter(args)
     config = common.guest_config(args)
     common.guest_policy(args, config.mode)
+    plugin = common.load_hv_plugin(args.hv)
     payload = common.load_program(args)
     try:
         stream = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
@@ -153,7 +154,12 @@ def _run(args: argparse.Namespace) -> int:
             tracer = Tracer()
         booted, config = common.boot(args, payload, tracer)
         result = common.run_hypervisor(
-            booted, console=None, debugcon=None, timeout=timeout, limit=max_instructions
+            booted,
+            console=None,
+            debugcon=None,
+            timeout=timeout,
+            limit=max_instructions,
+            plugin=plugin,
         )
         if not args.json:
             events = [e for e in tracer.events if keep(e)]

@@ -166,3 +166,53 @@ def test_an_internal_error_is_one_line_status_1(monkeypatch, capsys):
     monkeypatch.setenv("SEVX86_DEBUG", "1")
     with pytest.raises(RuntimeError, match="boom"):
         main.main(["run", "example:hello"])
+
+
+LIE = """\
+from sevx86.arch.ghcb import GhcbMsr, msr_sev_info_response
+
+def setup(hv):
+    def lie(req, proceed):
+        proceed()
+        req.response = msr_sev_info_response(2, 1, 47)
+    hv.on_msr_protocol(GhcbMsr.SEV_INFO_REQ, lie)
+"""
+
+HIDE_SEV = """\
+from sevx86.hv import Hypervisor as Honest
+from sevx86.hv.handlers import cpuid
+
+
+class Hypervisor(Honest):
+    def handle_cpuid(self, req):
+        leaf = req.reg("rax") & 0xFFFFFFFF
+        cpuid(self, req)
+        if leaf == 0x8000001F:
+            req.set_reg("rax", 0)
+"""
+
+
+def test_a_malicious_hypervisor_from_a_file_meets_the_firmware_s_refusal(sevx86, tmp_path):
+    (tmp_path / "lie.py").write_text(LIE)
+    done = sevx86("run", "example:hello", "--hv", "lie.py")
+    assert (done.returncode, done.stdout) == (120, "")
+    assert "code 0x5 (sevx86 firmware: SEV information C-bit differs" in one_line_error(done, "run")
+    (tmp_path / "hide.py").write_text(HIDE_SEV)
+    done = sevx86("trace", "example:hello", "--mode", "sev", "--hv", "hide.py")
+    assert done.returncode == 120
+    assert "serial: sevx86-fw: fatal: reason set 0x03 code 0x01" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        ("x = (\n", "SyntaxError"),
+        ("Hypervisor = 3\n", "not a subclass"),
+        ("y = 1\n", "neither setup(hv) nor"),
+        ("def setup(hv):\n    raise KeyError('no')\n", "setup(hv) raised KeyError"),
+    ],
+)
+def test_a_broken_hypervisor_file_is_a_usage_error(sevx86, tmp_path, content, expect):
+    (tmp_path / "hv.py").write_text(content)
+    done = sevx86("run", "example:hello", "--hv", "hv.py")
+    assert done.returncode == 2 and expect in one_line_error(done, "run")
