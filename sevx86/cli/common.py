@@ -423,6 +423,39 @@ def run_hypervisor(
     return hv.run(timeout=timeout, max_instructions=limit)
 
 
+class PipeSafe:
+    """The terminal stream for guest output; a closed pipe (``| head``) only stops the echo.
+
+    The guest keeps running to its end and the exit status stays the guest's.
+    """
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        if not self.closed:
+            try:
+                self.stream.write(data)
+            except BrokenPipeError:
+                self.close_quietly()
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.closed:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.close_quietly()
+
+    def close_quietly(self) -> None:
+        self.closed = True
+        # Python flushes stdout at exit: point it at /dev/null so that fails quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())
+        os.close(devnull)
+
+
 def internal_error(command: str, exc: BaseException) -> int:
     """A bug: one line, unless SEVX86_DEBUG asks for the traceback."""
     if os.environ.get("SEVX86_DEBUG"):

@@ -117,13 +117,16 @@ def _run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--save-image {args.save_image}: {exc.strerror or exc}") from None
         result = common.run_hypervisor(
             booted,
-            console=sys.stdout.buffer,
+            console=common.PipeSafe(sys.stdout.buffer),  # type: ignore[arg-type]
             debugcon=sys.stderr.buffer if args.verbose else None,
             timeout=timeout,
             limit=limit,
             plugin=plugin,
         )
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
     status, message = common.exit_status(result, timeout, limit)
     if message:
         print(f"sevx86 run: {message}", file=sys.stderr)

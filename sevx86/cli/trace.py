@@ -111,13 +111,20 @@ class _LiveJsonLines:
 
     def __init__(self, stream, keep: Callable[[TraceEvent], bool], limit: int | None):
         self.stream, self.keep, self.limit, self.count = stream, keep, limit, 0
+        self.closed = False
 
     def __call__(self, event: TraceEvent) -> None:
-        if not self.keep(event) or (self.limit is not None and self.count >= self.limit):
+        if self.closed or not self.keep(event):
+            return
+        if self.limit is not None and self.count >= self.limit:
             return
         self.count += 1
-        self.stream.write(event.to_json() + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(event.to_json() + "\n")
+            self.stream.flush()
+        except BrokenPipeError:  # `| head`: stop writing, let the run end
+            self.closed = True
+            common.PipeSafe(sys.stdout.buffer).close_quietly()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,6 +178,8 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 stream.write(table(events) + "\n")
         stream.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        common.PipeSafe(sys.stdout.buffer).close_quietly()
     finally:
         if stream is not sys.stdout:
             stream.close()

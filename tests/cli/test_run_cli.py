@@ -216,3 +216,24 @@ def test_a_broken_hypervisor_file_is_a_usage_error(sevx86, tmp_path, content, ex
     (tmp_path / "hv.py").write_text(content)
     done = sevx86("run", "example:hello", "--hv", "hv.py")
     assert done.returncode == 2 and expect in one_line_error(done, "run")
+
+
+@pytest.mark.parametrize("command", ["run", "trace"])
+def test_a_reader_that_stops_early_is_no_error(cli_env, tmp_path, command):
+    """`sevx86 run ... | head -1`: the echo stops, the guest's status stays."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sevx86.cli.main", command, "example:cpuid"],
+        cwd=tmp_path,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert proc.stderr.read() == ""
