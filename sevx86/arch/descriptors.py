@@ -199,6 +199,7 @@ def encode_gate32(selector: int, offset: int, *, dpl: int = 0, trap: bool = Fals
 TSS64_RSP0 = 0x04  # RSP0, RSP1, RSP2: 8 bytes each
 TSS64_IST1 = 0x24  # IST1..IST7: 8 bytes each
 TSS32_ESP0 = 0x04  # ESPn at 4 + 8n, SSn at 8 + 8n
+TSS64_SIZE = 0x68  # the 64-bit TSS without an I/O permission bitmap (limit 0x67)
 
 
 def tss64_rsp_offset(cpl: int) -> int:

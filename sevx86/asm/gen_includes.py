@@ -19,8 +19,11 @@ from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 
-from sevx86.arch import cpuid, cr, exits, ghcb, msr, paging, vectors, vmcb
-from sevx86.asm import guest_abi
+from sevx86.arch import cpuid, cr, descriptors, exits, ghcb, msr, paging, vectors, vmcb
+from sevx86.arch.layout import Layout
+from sevx86.asm import fw_abi, guest_abi
+from sevx86.boot import ovmf
+from sevx86.hv.devices import debugcon, mmio_test, serial
 
 Define = tuple[str, int | str, str]  # name, value, comment
 
@@ -147,6 +150,8 @@ def _x86() -> list[Define]:
     d: list[Define] = _members(vectors.Vector, "VEC_")
     mask = sum(1 << v for v in vectors.ERROR_CODE_VECTORS)
     d.append(("VEC_ERROR_CODE_MASK", mask, "bit v set: vector v pushes an error code"))
+    d.append(("VEC_FIRST_USER", vectors.FIRST_USER_VECTOR, "vectors below are exceptions"))
+    d.append(("VEC_COUNT", vectors.NUM_VECTORS, "gates in a full IDT"))
     d += _flags(cr.Cr0, "CR0_")
     d += _flags(cr.Cr4, "CR4_")
     d += _flags(cr.Rflags, "RFLAGS_")
@@ -179,6 +184,7 @@ def _cpuid() -> list[Define]:
     d += [
         ("CPUID_8000001F_EBX_CBIT_MASK", cpuid.CBIT_POS_MASK, "C-bit position, bits 5:0"),
         ("CPUID_8000001F_EBX_PHYS_REDUCTION_SHIFT", cpuid.PHYS_REDUCTION_SHIFT, ""),
+        ("CPUID_8000001F_EBX_PHYS_REDUCTION_MASK", cpuid.PHYS_REDUCTION_MASK, "after the shift"),
     ]
     return d
 
@@ -189,6 +195,142 @@ def _vc_abi() -> list[Define]:
         *_members(guest_abi.VcReason, "VC_REASON_"),
         ("DR7_RESET", guest_abi.DR7_RESET, ""),
         ("DR7_WRITABLE", guest_abi.DR7_WRITABLE, ""),
+    ]
+
+
+def _fields(layout: Layout, prefix: str, size_name: str) -> list[Define]:
+    d: list[Define] = [(f"{prefix}{f.name.upper()}", f.offset, f.doc) for f in layout]
+    d.append((size_name, layout.size, f"bytes in the {layout.name}"))
+    return d
+
+
+def _guid_qwords(name: str, guid: object) -> list[Define]:
+    """A GUID in its stored (Microsoft) byte order as two little-endian qwords."""
+    raw = guid.bytes_le  # type: ignore[attr-defined]
+    return [
+        (f"{name}_LO", int.from_bytes(raw[:8], "little"), "dq _LO, _HI = the GUID's bytes"),
+        (f"{name}_HI", int.from_bytes(raw[8:], "little"), ""),
+    ]
+
+
+def _fw_abi() -> list[Define]:
+    f = fw_abi
+    gate_attr = descriptors.encode_gate64(0, 0)[5]
+    d: list[Define] = [
+        ("; guest-physical layout (identity-mapped)", "", ""),
+        *[
+            (f"FW_{name}", getattr(f, name), "")
+            for name in (
+                "BOOT_INFO_GPA",
+                "PML4_GPA",
+                "PDPT_GPA",
+                "PT0_GPA",
+                "PD_GPA",
+                "PAGE_TABLES_GPA",
+                "PAGE_TABLES_SIZE",
+                "GHCB_GPA",
+                "RUNTIME_GPA",
+                "RUNTIME_MAX",
+                "IST_STACK_TOP",
+                "STACK_TOP",
+                "FIRMWARE_RAM_END",
+                "PAYLOAD_GPA",
+                "PAYLOAD_MAX",
+                "RAM_MIN",
+                "RAM_MAX",
+                "DEVICE_WINDOW",
+                "FLASH_TOP",
+                "FIRMWARE_SIZE",
+                "FIRMWARE_BASE",
+                "PAYLOAD_HEADER_GPA",
+                "SEL_CODE64",
+                "SEL_DATA",
+                "SEL_CODE32",
+                "SEL_TSS",
+                "IST_DF",
+                "CBIT_POS_MIN",
+                "CBIT_POS_MAX",
+                "CONSOLE_PORT",
+                "EXIT_PORT",
+            )
+        ],
+        ("FW_DEBUGCON_PORT", f.DEBUGCON, ""),
+        ("; flat segments and gates (APM vol 2, 4.7-4.8)", "", ""),
+        (
+            "FW_GDT_CODE64",
+            int.from_bytes(descriptors.code_segment(long=True).encode(), "little"),
+            "",
+        ),
+        ("FW_GDT_CODE32", int.from_bytes(descriptors.code_segment().encode(), "little"), ""),
+        ("FW_GDT_DATA", int.from_bytes(descriptors.data_segment().encode(), "little"), ""),
+        (
+            "FW_TSS_DESC_ATTR",
+            descriptors.ATTR_P | descriptors.SystemType.TSS_AVAILABLE,
+            "P | available 64-bit TSS",
+        ),
+        ("FW_GATE_ATTR", gate_attr, "P | DPL 0 | interrupt gate"),
+        ("TSS64_SIZE", descriptors.TSS64_SIZE, ""),
+        ("TSS64_RSP0", descriptors.TSS64_RSP0, ""),
+        ("TSS64_IST1", descriptors.TSS64_IST1, ""),
+        ("; payload header (one flash page at FW_PAYLOAD_HEADER_GPA)", "", ""),
+        ("FW_PAYLOAD_MAGIC", f.PAYLOAD_MAGIC, '"SXPH"'),
+        ("FW_PAYLOAD_HEADER_VERSION", f.PAYLOAD_HEADER_VERSION, ""),
+        *_fields(f.PAYLOAD_HEADER, "PH_", "PAYLOAD_HEADER_SIZE"),
+        ("; boot info (RDI at payload entry)", "", ""),
+        ("BOOT_INFO_MAGIC", f.BOOT_INFO_MAGIC, '"SXBI"'),
+        ("BOOT_INFO_VERSION", f.BOOT_INFO_VERSION, ""),
+        *_fields(f.BOOT_INFO, "BI_", "BOOT_INFO_SIZE"),
+        *_fields(f.MMAP_ENTRY, "MMAP_", "MMAP_ENTRY_SIZE"),
+        ("MMAP_MAX", f.MMAP_MAX, ""),
+        *_members(f.MemType, "MEM_"),
+        ("; termination reasons of the firmware", "", ""),
+        ("FW_REASON_SET", f.FW_REASON_SET, ""),
+        *_members(f.FwReason, "FW_REASON_"),
+        ("; OVMF footer GUID table (QEMU pc_system_parse_ovmf_flash)", "", ""),
+        ("OVMF_FOOTER_END_OFFSET", ovmf.FOOTER_END_OFFSET, "table ends this far below 4 GiB"),
+        ("OVMF_ENTRY_TRAILER_SIZE", ovmf.ENTRY_TRAILER_SIZE, "u16 length + GUID"),
+        ("OVMF_SEV_ES_RESET_BLOCK_SIZE", ovmf.SEV_ES_RESET_BLOCK.size, "the AP reset address"),
+        *_guid_qwords("OVMF_TABLE_FOOTER_GUID", ovmf.OVMF_TABLE_FOOTER_GUID),
+        *_guid_qwords("OVMF_SEV_ES_RESET_BLOCK_GUID", ovmf.SEV_ES_RESET_BLOCK_GUID),
+    ]
+    return d
+
+
+def _platform() -> list[Define]:
+    return [
+        ("; 16550 UART (PC16550D data sheet)", "", ""),
+        ("UART_COM1", serial.COM1, ""),
+        ("UART_THR", serial.RBR_THR, ""),
+        ("UART_RBR", serial.RBR_THR, ""),
+        ("UART_LCR", serial.LCR, ""),
+        ("UART_LSR", serial.LSR, ""),
+        ("UART_SCR", serial.SCR, "scratch register"),
+        ("UART_LSR_DR", serial.LSR_DR, ""),
+        ("UART_LSR_THRE", serial.LSR_THRE, "transmitter holding register (FIFO) empty"),
+        ("UART_IER", serial.IER, ""),
+        ("UART_FCR", serial.IIR_FCR, "FIFO control (write)"),
+        ("UART_DLL", serial.RBR_THR, "divisor latch, low (LCR.DLAB = 1)"),
+        ("UART_DLM", serial.IER, "divisor latch, high (LCR.DLAB = 1)"),
+        ("UART_LCR_DLAB", serial.LCR_DLAB, ""),
+        ("UART_LCR_WLEN8", serial.LCR_WLEN8, "8N1"),
+        ("UART_FCR_ENABLE", serial.FCR_ENABLE, ""),
+        ("UART_FCR_CLEAR_RX", serial.FCR_CLEAR_RX, ""),
+        ("UART_FCR_CLEAR_TX", serial.FCR_CLEAR_TX, ""),
+        ("UART_TX_FIFO_SIZE", serial.TX_FIFO_SIZE, "bytes a driver may write after THRE"),
+        ("; QEMU isa-debugcon, the debug-exit port", "", ""),
+        ("DEBUGCON_PORT", debugcon.DEBUGCON_PORT, ""),
+        ("DEBUGCON_READBACK", debugcon.DEBUGCON_READBACK, "a read returns this"),
+        ("DEBUG_EXIT_PORT", fw_abi.EXIT_PORT, "a write of N ends the run with status N"),
+        ("; the MMIO test device (sevx86/hv/devices/mmio_test.py)", "", ""),
+        ("MMIO_TEST_BASE", mmio_test.MMIO_TEST_BASE, ""),
+        ("MMIO_TEST_SIZE", mmio_test.MMIO_TEST_SIZE, ""),
+        ("MMIO_TEST_ID", mmio_test.MMIO_TEST_ID, '"SEVX"'),
+        ("MMIO_TEST_REG_ID", mmio_test.REG_ID, ""),
+        ("MMIO_TEST_REG_VERSION", mmio_test.REG_VERSION, ""),
+        ("MMIO_TEST_REG_SCRATCH", mmio_test.REG_SCRATCH, ""),
+        ("MMIO_TEST_REG_WRITES", mmio_test.REG_WRITES, ""),
+        ("MMIO_TEST_REG_LAST_WRITE", mmio_test.REG_LAST_WRITE, ""),
+        ("MMIO_TEST_REG_LAST_VALUE", mmio_test.REG_LAST_VALUE, ""),
     ]
 
 
@@ -204,6 +346,12 @@ FILES: dict[str, tuple[str, str, object]] = {
     ),
     "cpuid.inc": ("SEVX86_CPUID_INC", "sevx86.arch.cpuid", _cpuid),
     "vc_abi.inc": ("SEVX86_VC_ABI_INC", "sevx86.asm.guest_abi", _vc_abi),
+    "fw_abi.inc": (
+        "SEVX86_FW_ABI_INC",
+        "sevx86.asm.fw_abi, sevx86.arch.descriptors, sevx86.boot.ovmf",
+        _fw_abi,
+    ),
+    "platform.inc": ("SEVX86_PLATFORM_INC", "sevx86.hv.devices", _platform),
 }
 
 

@@ -51,14 +51,11 @@ def guest_asm_dir() -> Path | None:
     importable (pyproject maps it from the top-level ``guest_asm/``), so fall
     back to the repository layout.
     """
-    try:
-        from importlib.resources import files
-
-        found = files("sevx86.guest_asm")
-        if isinstance(found, Path) and found.is_dir():
-            return found
-    except ModuleNotFoundError:
-        pass
+    # Installed: package data at sevx86/guest_asm (a namespace package, for
+    # which importlib.resources.files() gives a MultiplexedPath, not a Path).
+    installed = Path(__file__).resolve().parents[1] / "guest_asm"
+    if installed.is_dir():
+        return installed
     in_repo = Path(__file__).resolve().parents[2] / "guest_asm"
     return in_repo if in_repo.is_dir() else None
 

@@ -38,6 +38,7 @@ example, a reset vector at the top of a flash image:
           pad_to 0x100000000 ; the image ends at 4 GiB
 
   $ sevx86 asm reset.S -o reset.bin --listing
+  $ sevx86 asm guest.S --base 0x100000 -o guest.bin && sevx86 run guest.bin
   $ sevx86 asm guest.S --base 0x100000 -D DEBUG=1 -I include/ --json"""
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from sevx86 import __version__
 
-SUBCOMMANDS: tuple[str, ...] = ("asm", "boot", "measure", "owner")
+SUBCOMMANDS: tuple[str, ...] = ("run", "trace", "boot", "asm", "measure", "owner")
 
 EXIT_USAGE = 2
 

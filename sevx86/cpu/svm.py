@@ -111,6 +111,9 @@ class SvmHardware:
         if host.intercepts(Intercept.INVD):
             bits.append(Intercept.WBINVD)
         bits.append(Intercept.CR3_WRITE)  # a CR3 write flushes the engine's TLB
+        # CR0 writes turn paging (and with it the C-bit) on: the engine
+        # performs them itself unless the host asked, and traces the moment.
+        bits.append(Intercept.CR0_WRITE)
         for n in range(16):
             wants = host["intercept_cr_write"] >> n & 1
             if mode is GuestMode.SEV_ES:

@@ -920,8 +920,41 @@ class VCpu:
         if cr in (0, 3, 4):
             self.linear.flush()  # QEMU flushes its own TLB on these writes
         self._trace("guest", "cr-write", f"CR{cr} <- {value:#x}", target="cpu", cr=cr, value=value)
+        if cr == 0 and value & Cr0.PG and not current & Cr0.PG and self.tracer.enabled:
+            self._trace_paging_on()
         if self.mode is GuestMode.SEV_ES and self.vmcb.intercepts(Intercept.CR0_WRITE_TRAP + cr):
             self._automatic_exit(0x90 + cr, info1=value)
+
+    def _trace_paging_on(self) -> None:
+        """The moment paging takes effect, and whether the tables carry the C-bit.
+
+        Until now every access was private (APM vol 2, 15.34.5: with paging
+        off the C-bit cannot be expressed); from here the leaf entries
+        decide. One read walk of the code page tells which case the guest
+        built: with the C-bit, its memory stays private and a page can be
+        shared by clearing it (the GHCB).
+        """
+        st = self.paging_state(cpl=0)
+        rip = self.linear_rip()
+        res = self.mmu.walk(rip, Access.READ, st)
+        c_bit = bool(self.config.c_bit) and isinstance(res, Translation) and res.private
+        form = "long mode, 4-level" if st.long_mode else "PAE" if st.pae else "32-bit"
+        if c_bit:
+            what = f"C-bit {self.config.cbitpos} set at RIP {rip:#x}: memory stays private"
+        elif not isinstance(res, Translation):
+            what = f"RIP {rip:#x} is not mapped"
+        else:
+            what = "no C-bit in the tables"
+        self._trace(
+            "cpu",
+            "paging",
+            f"paging on ({form}, CR3 {st.cr3:#x}): {what}",
+            target="guest",
+            cr3=st.cr3,
+            long_mode=st.long_mode,
+            c_bit=c_bit,
+            rip=rip,
+        )
 
     def _check_cr(self, cr: int, value: int) -> str | None:
         """The architectural #GP checks QEMU's TCG leaves out (APM vol 2, 3.1.1, 3.1.3)."""

@@ -70,7 +70,7 @@ from sevx86.hv.ghcb import GhcbPage
 from sevx86.hv.handlers import HANDLERS, Handler, handler_name
 from sevx86.hv.msr_policy import PASSTHROUGH_MSRS, PASSTHROUGH_MSRS_SEV_ES, MsrPolicy
 from sevx86.hv.requests import GhcbRequest, RegisterRequest, Request, error_name
-from sevx86.hv.validate import Invalid, validate_vmgexit
+from sevx86.hv.validate import Invalid, describe_request, validate_vmgexit
 from sevx86.machine import HostVcpu, HostView
 
 _U64 = (1 << 64) - 1
@@ -569,8 +569,7 @@ class Hypervisor:
         if tracing:
             self._log(
                 "vmgexit",
-                f"VMGEXIT {name} info1={valid.info1:#x} info2={valid.info2:#x}"
-                f" valid: {' '.join(valid.valid)}",
+                f"VMGEXIT {name}: {describe_request(valid)}; valid: {' '.join(valid.valid)}",
                 vcpu=index,
                 code=valid.code,
                 name=name,

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sevx86.arch.exits import AP_JUMP_TABLE_GET, AP_JUMP_TABLE_SET, SvmExit, SwExit
+from sevx86.arch.exits import AP_JUMP_TABLE_GET, AP_JUMP_TABLE_SET, SvmExit, SwExit, exit_name
 from sevx86.arch.ghcb import (
     GHCB_PROTOCOL_MIN,
     GHCB_REGISTER_NAMES,
@@ -247,3 +247,34 @@ __all__ = [
     "check_scratch",
     "validate_vmgexit",
 ]
+
+
+def describe_request(req: ValidRequest) -> str:
+    """A validated request's GHCB fields in words, for the trace."""
+    regs = req.registers
+    code = req.code
+    if code == SvmExit.CPUID:
+        leaf, subleaf = regs.get("rax", 0) & 0xFFFF_FFFF, regs.get("rcx", 0) & 0xFFFF_FFFF
+        return f"CPUID leaf {leaf:#x} subleaf {subleaf:#x}"
+    if code == SvmExit.IOIO:
+        try:
+            io = decode_ioio(req.info1)
+        except ValueError:
+            return "IOIO (bad EXITINFO1)"
+        what = ("INS" if io.is_in else "OUTS") if io.string else ("IN" if io.is_in else "OUT")
+        text = f"{what} port {io.port:#x}, {io.size} byte{'s' if io.size > 1 else ''}"
+        if io.string:
+            text += f" x {req.info2} through the shared buffer"
+        elif not io.is_in:
+            text += f", value {regs.get('rax', 0) & ((1 << (8 * io.size)) - 1):#x}"
+        return text
+    if code == SvmExit.MSR:
+        msr = regs.get("rcx", 0) & 0xFFFF_FFFF
+        if req.info1:
+            value = (regs.get("rdx", 0) & 0xFFFF_FFFF) << 32 | (regs.get("rax", 0) & 0xFFFF_FFFF)
+            return f"WRMSR {msr:#x} <- {value:#x}"
+        return f"RDMSR {msr:#x}"
+    if code in (SwExit.MMIO_READ, SwExit.MMIO_WRITE):
+        what = "read" if code == SwExit.MMIO_READ else "write"
+        return f"MMIO {what} of {req.info2} bytes at GPA {req.info1:#x}"
+    return f"{exit_name(code)} info1={req.info1:#x} info2={req.info2:#x}"

@@ -128,6 +128,20 @@ def test_console_traces_whole_lines():
     assert lines == ["debugcon: ab"] and debugcon.io_read(0x402, 1) == 0xE9
 
 
+def test_console_routes_a_device_to_its_own_stream_or_nowhere():
+    import io as stdio
+
+    out, err = stdio.BytesIO(), stdio.BytesIO()
+    console = Console(stream=out)
+    console.routes["debugcon"] = err
+    console.routes["quiet"] = None
+    console.write("serial", b"to stdout\n")
+    console.write("debugcon", b"to stderr\n")
+    console.write("quiet", b"kept only\n")
+    assert out.getvalue() == b"to stdout\n" and err.getvalue() == b"to stderr\n"
+    assert console.text("quiet") == "kept only\n"
+
+
 def test_buses_float_high_refuse_overlaps_and_route_by_offset():
     io = IoBus()
     assert io.read(0x80, 2) == 0xFFFF

@@ -17,6 +17,9 @@ LogFn = Callable[..., None]
 class Console:
     def __init__(self, stream: IO[bytes] | None = None, log: LogFn | None = None):
         self.stream = stream
+        # Per device, another stream or None (kept and traced, not echoed):
+        # e.g. the serial port to stdout and the firmware's debug console away.
+        self.routes: dict[str, IO[bytes] | None] = {}
         self.log = log
         self.outputs: dict[str, bytearray] = {}
         self._lines: dict[str, bytearray] = {}
@@ -27,9 +30,10 @@ class Console:
             return
         self.outputs.setdefault(source, bytearray()).extend(data)
         self.all.extend(data)
-        if self.stream is not None:
-            self.stream.write(data)
-            self.stream.flush()
+        stream = self.routes.get(source, self.stream)
+        if stream is not None:
+            stream.write(data)
+            stream.flush()
         if self.log is None:
             return
         line = self._lines.setdefault(source, bytearray())

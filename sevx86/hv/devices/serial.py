@@ -24,6 +24,13 @@ LSR = 5
 MSR = 6
 SCR = 7
 LCR_DLAB = 0x80
+LCR_WLEN8 = 0x03  # 8 data bits, 1 stop bit, no parity ("8N1")
+FCR_ENABLE = 0x01  # FIFO mode
+FCR_CLEAR_RX = 0x02
+FCR_CLEAR_TX = 0x04
+# In FIFO mode LSR.THRE means the transmit FIFO is empty: a driver may then
+# write up to this many bytes without polling again (Linux 8250 tx_loadsz).
+TX_FIFO_SIZE = 16
 LSR_DR = 0x01
 LSR_THRE = 0x20
 LSR_TEMT = 0x40
