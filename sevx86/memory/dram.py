@@ -308,10 +308,15 @@ class PhysicalMemory:
         self._store(region, off, data)
 
     def _touches_shared(self, addr: int, size: int) -> bool:
+        shared = self.shared
+        if not shared:
+            return False
         first, last = addr >> 12, (addr + size - 1) >> 12
         if first == last:
-            return first in self.shared
-        return any(p in self.shared for p in range(first, last + 1))
+            return first in shared
+        if last - first < len(shared):
+            return any(p in shared for p in range(first, last + 1))
+        return any(first <= p <= last for p in shared)
 
     # -- DRAM: what the host, DMA and C=0 guest accesses see ---------------------
     def read_dram(self, addr: int, size: int) -> bytes:
@@ -319,6 +324,8 @@ class PhysicalMemory:
         if self.cipher.identity:
             return self.read_private(addr, size)
         region, off = self._locate(addr, size)
+        if not self._touches_shared(addr, size):
+            return self._encrypt_range(region, addr, size)  # one AES call for the range
         out = bytearray()
         for a, n in self._pages(addr, size):
             o = a - region.base
@@ -335,6 +342,9 @@ class PhysicalMemory:
             self.write_private(addr, data)
             return
         region, _off = self._locate(addr, len(data))
+        if not self._touches_shared(addr, len(data)):
+            self._decrypt_into_private(region, addr, data)  # one AES call for the range
+            return
         pos = 0
         for a, n in self._pages(addr, len(data)):
             piece = data[pos : pos + n]

@@ -142,3 +142,16 @@ def test_python_side_private_access_to_a_shared_form_page():
     assert m.memory.is_shared(PAGE)
     m.memory.make_private(PAGE)
     assert m.memory.read_private(PAGE + 0x7, 3) == b"\x01\x02\x03"
+
+
+def test_ranges_mixing_page_forms_read_and_write_like_their_pages():
+    m = make_machine(shadowing=True)
+    m.memory.write_private(PAGE - 0x1000, bytes(range(256)) * 48)  # three pages
+    before = m.memory.read_dram(PAGE - 0x1000, 0x3000)
+    m.memory.make_shared(PAGE)  # the middle page changes form
+    assert m.memory.read_dram(PAGE - 0x1000, 0x3000) == before
+    pieces = b"".join(m.memory.read_dram(PAGE - 0x1000 + i * 0x1000, 0x1000) for i in range(3))
+    assert pieces == before
+    m.memory.write_dram(PAGE - 0x10, b"\x11" * 0x20)  # straddles private and shared
+    assert m.memory.read_dram(PAGE - 0x10, 0x20) == b"\x11" * 0x20
+    assert m.memory.read_private(PAGE - 0x1000, 0x10) == bytes(range(16))
