@@ -514,9 +514,11 @@ class VCpu:
             self._exit = None
             self.filler.pending = None
             error: UcError | None = None
-            if self._timed_out:  # the watchdog fired before Unicorn started
-                return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
-            if self._kicked:
+            if self._timed_out or self._kicked:
+                if self._entry == STUB:
+                    return self._not_entered()
+                if self._timed_out:  # the watchdog fired before Unicorn started
+                    return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
                 self._kicked = False
                 return self._interrupted(StopReason.KICKED, "the host took the CPU back")
             world = self.world
@@ -544,12 +546,30 @@ class VCpu:
                 return self._invalid("the vCPU died")
             if self._timed_out:
                 return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
+            if (self._kicked or self._timed_out) and error is None and self.rip() == STUB:
+                return self._not_entered()
             if self._kicked and error is None:
                 self._kicked = False
                 return self._interrupted(StopReason.KICKED, "the host took the CPU back")
             if count and error is None:
                 return self._interrupted(StopReason.INSTRUCTION_LIMIT, f"{count} instructions ran")
             self._entry = self.rip()
+
+    def _not_entered(self) -> VmExit:
+        """Stopped before the first VMRUN instruction ran: there is no guest
+        state to save yet, so the vCPU stays new and the next VMRUN is again
+        a first entry (an INTR exit now would seal host state as the guest's)."""
+        reason = StopReason.TIMEOUT if self._timed_out else StopReason.KICKED
+        self._kicked = False
+        self.status = VcpuState.NEW
+        self.vmcb["exit_code"] = SvmExit.INTR
+        return VmExit(
+            self.index,
+            SvmExit.INTR,
+            stop=reason,
+            detail="stopped before guest entry",
+            data={"entered": False},
+        )
 
     def _interrupted(self, reason: StopReason, detail: str) -> VmExit:
         """The host takes the CPU back between two instructions (INTR exit)."""

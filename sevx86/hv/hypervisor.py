@@ -380,6 +380,8 @@ class Hypervisor:
         vcpu: int | None = None,
     ) -> None:
         """End the run: the guest asked to terminate, or the hypervisor refuses to go on."""
+        if vcpu is not None and len(self._states) > 1:
+            detail = f"vCPU {vcpu}: {detail}"  # with several, say which one
         self._log(
             "terminate",
             f"terminated by the {by}: {detail}",
@@ -473,7 +475,7 @@ class Hypervisor:
     def _run_one(self, vcpu: HostVcpu, exit: VmExit) -> None:
         """Handle one exit of ``vcpu``; a bug in a handler or hook ends the run."""
         try:
-            smp.note_exit(self, vcpu)
+            smp.note_exit(self, vcpu, exit)
             self._handle_exit(vcpu, exit)
         except Exception as exc:  # a bug in a handler or a user hook
             self._end(

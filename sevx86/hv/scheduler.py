@@ -130,7 +130,7 @@ class DeterministicScheduler:
             exits += 1
             if sliced and exit.stop is StopReason.INSTRUCTION_LIMIT:
                 # The end of a slice: a preemption, not the user's limit.
-                smp.note_exit(hv, vcpu)
+                smp.note_exit(hv, vcpu, exit)
                 streak = self._streak.get(index, 0) + (budget or 0)
                 self._streak[index] = streak
                 if max_instructions and streak >= max_instructions:
@@ -222,7 +222,7 @@ class ParallelScheduler:
                 self._running.discard(index)
                 self._exits += 1
                 if exit.stop is StopReason.KICKED:
-                    smp.note_exit(hv, vcpu)
+                    smp.note_exit(hv, vcpu, exit)
                 elif hv._result is None:
                     hv._run_one(vcpu, exit)
                 self._cond.notify_all()

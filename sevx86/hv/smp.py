@@ -66,6 +66,7 @@ from sevx86.arch.vmcb import (
 from sevx86.config import GuestMode
 
 if TYPE_CHECKING:
+    from sevx86.cpu.vcpu import VmExit
     from sevx86.hv.hypervisor import Hypervisor, VcpuHvState
     from sevx86.machine import HostVcpu
 
@@ -113,8 +114,10 @@ def runnable(hv: Hypervisor, st: VcpuHvState) -> bool:
     return st.mp_state is MpState.RUNNABLE
 
 
-def note_exit(hv: Hypervisor, vcpu: HostVcpu) -> None:
+def note_exit(hv: Hypervisor, vcpu: HostVcpu, exit: VmExit | None = None) -> None:
     """After any exit: what the VMCB says about the guest's interruptibility."""
+    if exit is not None and exit.data.get("entered") is False:
+        return  # stopped before its first VMRUN ran: nothing to learn
     st = hv.vcpu_state(vcpu.index)
     st.entered = True
     state = vcpu.vmcb["int_state"]

@@ -43,6 +43,7 @@ start:                          ; every vCPU; RDI = its index
 .park:
     cli
     hlt
+    jmp .park
 {EXIT}
 align 8
 counter: dq 0

@@ -42,6 +42,7 @@ start:
 .park:
     cli
     hlt
+    jmp .park
 {EXIT}
 align 8
 done: dq 0
