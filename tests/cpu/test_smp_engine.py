@@ -70,3 +70,12 @@ def test_writes_to_every_engine_go_through_the_exclusive_hook():
     memory.write_private(code, b"\xf4")  # a code page: every engine drops its TBs
     memory.flush_tlbs()
     assert calls == ["in", "in"]
+
+
+def test_a_kick_before_the_first_vmrun_leaves_the_vcpu_new():
+    guest = make_guest("start:\n    mov rax, 5\n    hlt\n")
+    guest.vcpu.kick()
+    first = guest.run()
+    assert first.stop is StopReason.KICKED and first.data.get("entered") is False
+    # No host state was sealed as the guest's: the next VMRUN enters normally.
+    assert guest.run().name == "HLT"
