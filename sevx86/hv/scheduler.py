@@ -22,6 +22,11 @@ through ``Hypervisor._run_one``. They differ in how vCPUs share the host.
     Slicing is per engine for the whole run: Unicorn drops every translated
     block when a vCPU switches between counted and uncounted runs.
 
+    Cost (benchmarks/bench_smp.py): counting is what makes this mode slow --
+    Unicorn calls a counting hook before every instruction, about 7x slower
+    on a tight loop; a slice end (an INTR exit with the VMSA sealed under
+    SEV-ES) costs only ~20 us.
+
 ``ParallelScheduler()``
     One host thread per vCPU: guest code runs concurrently (Unicorn releases
     the GIL in ``emu_start``); every exit is handled under one lock, so the
@@ -47,7 +52,7 @@ from sevx86.hv import smp
 if TYPE_CHECKING:
     from sevx86.hv.hypervisor import Hypervisor
 
-DEFAULT_QUANTUM = 50_000
+DEFAULT_QUANTUM = 200_000
 DEFAULT_JITTER = 0.5
 
 
