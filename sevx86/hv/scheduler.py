@@ -236,4 +236,24 @@ class ParallelScheduler:
                     return
 
 
-__all__ = ["DeterministicScheduler", "ParallelScheduler", "Scheduler"]
+SCHEDULERS = ("deterministic", "parallel")
+
+
+def make_scheduler(
+    name: str = "deterministic", *, seed: int = 0, quantum: int | None = None
+) -> Scheduler:
+    """A scheduler from command-line style options (``--scheduler``, ``--seed``, ``--quantum``)."""
+    if name == "deterministic":
+        return DeterministicScheduler(seed, quantum=quantum or DEFAULT_QUANTUM)
+    if name == "parallel":
+        return ParallelScheduler()
+    raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {name!r}")
+
+
+__all__ = [
+    "DeterministicScheduler",
+    "ParallelScheduler",
+    "SCHEDULERS",
+    "Scheduler",
+    "make_scheduler",
+]

@@ -43,3 +43,13 @@ def test_renderers_say_which_vcpu_did_what():
     rows = table(tracer.events).splitlines()[2:]
     assert rows[0].split()[2] == "0" and rows[1].split()[2] == "3"
     assert "vCPU3: VC IOIO" in mermaid(tracer.events)  # mermaid drops "#"
+
+
+def test_make_scheduler_for_the_cli():
+    from sevx86.hv.scheduler import DeterministicScheduler, ParallelScheduler, make_scheduler
+
+    det = make_scheduler("deterministic", seed=3, quantum=1000)
+    assert isinstance(det, DeterministicScheduler) and (det.seed, det.quantum) == (3, 1000)
+    assert isinstance(make_scheduler("parallel"), ParallelScheduler)
+    with pytest.raises(ValueError):
+        make_scheduler("fastest")
