@@ -34,8 +34,9 @@ through ``Hypervisor._run_one``. They differ in how vCPUs share the host.
     parallel mode first (``HostView.enable_parallel``: C=0 accesses through
     callbacks instead of shadow pages, stop-the-world for cross-vCPU code
     writes, and LOCK-prefixed instructions executed with every other vCPU
-    stopped -- see ``sevx86.cpu.parallel`` for why and what it guarantees).
-    Not deterministic.
+    stopped -- see ``sevx86.cpu.parallel`` for why, and for its known hole:
+    atomicity is not yet guaranteed). Not deterministic. Use the
+    deterministic scheduler when correctness matters more than speed.
 """
 
 from __future__ import annotations
