@@ -66,7 +66,8 @@ ghcb_vmgexit:
     mov ax, [rel vc_ghcb_version]
     mov word [rbx + GHCB_PROTOCOL_VERSION], ax
     mov dword [rbx + GHCB_USAGE], GHCB_USAGE_STANDARD
-    mov rax, [rel vc_ghcb_pa]
+    call vc_this_cpu
+    mov rax, [rax + VC_PERCPU_GHCB_PA]
     mov rdx, rax
     shr rdx, 32
     mov ecx, MSR_GHCB
@@ -171,12 +172,52 @@ vc_terminate_with:
     hlt
     jmp .halt
 
+; -- vc_this_cpu ----------------------------------------------------------------
+; RAX = this vCPU's state block (GHCB VA/PA, DR7 shadow, #VC count, nesting
+; flag: offsets VC_PERCPU_* of include/vc_abi.inc). Without VC_PERCPU it is
+; the program's own block below (vc_percpu0): one vCPU. With VC_PERCPU each
+; vCPU has its own, right after its 64-bit TSS: STR gives the TSS selector,
+; SGDT the GDT, the TSS descriptor its base (APM vol 2, 4.8.3). Neither
+; instruction exits to the hypervisor, and a ring-3 #VC needs no SWAPGS:
+; the handler runs on whatever stack and GS the interrupted code had.
+; Changes RAX and flags only.
+vc_this_cpu:
+%ifdef VC_PERCPU
+    push rcx
+    push rdx
+    sub rsp, 16
+    sgdt [rsp + 6]                  ; limit at +6, base at +8
+    mov rdx, [rsp + 8]
+    add rsp, 16
+    xor ecx, ecx
+    str cx
+    and ecx, 0xFFF8                 ; descriptor offset in the GDT
+    add rdx, rcx                    ; the 16-byte TSS descriptor
+    mov eax, [rdx + 8]              ; base 63:32
+    shl rax, 32
+    movzx ecx, byte [rdx + 7]       ; base 31:24
+    shl ecx, 24
+    or rax, rcx
+    mov ecx, [rdx + 2]              ; base 23:0 (and the type byte above it)
+    and ecx, 0xFFFFFF
+    or rax, rcx
+    add rax, VC_PERCPU_TSS_OFFSET
+    pop rdx
+    pop rcx
+    ret
+%else
+    lea rax, [rel vc_percpu0]
+    ret
+%endif
+
 ; -- the data block ---------------------------------------------------------------
-; One set per guest (the handler serves one vCPU). A program or firmware
-; fills vc_ghcb_va / vc_ghcb_pa (and vc_cbit_mask, or calls vc_setup)
-; before the first #VC; the sev_guest test fixture does it through
-; %define VC_GHCB_GPA and VC_CBIT_MASK.
+; One set per guest. A program or firmware fills vc_ghcb_va / vc_ghcb_pa
+; (and vc_cbit_mask, or calls vc_setup) before the first #VC; the sev_guest
+; test fixture does it through %define VC_GHCB_GPA and VC_CBIT_MASK. The
+; first six qwords are the per-vCPU block of a one-vCPU program (same layout
+; as the VC_PERCPU blocks, VC_PERCPU_* offsets); with VC_PERCPU they go unused.
 align 8
+vc_percpu0:
 vc_ghcb_va:                 ; virtual address of the GHCB page (mapped C=0)
 %ifdef VC_GHCB_GPA
     dq VC_GHCB_GPA
@@ -189,6 +230,15 @@ vc_ghcb_pa:                 ; its guest-physical address (what the MSR gets)
 %else
     dq 0
 %endif
+vc_dr7:                     ; the guest's DR7 as it last wrote it (shadow)
+    dq DR7_RESET
+vc_count:                   ; #VC exceptions served
+    dq 0
+vc_active:                  ; nonzero while the handler runs (no nesting)
+    dq 0
+vc_forward_target:          ; reserved (the layout of a VC_PERCPU block)
+    dq 0
+; Shared by every vCPU:
 vc_cbit_mask:               ; 1 << C-bit position (needed to refuse private MMIO)
 %ifdef VC_CBIT_MASK
     dq VC_CBIT_MASK
@@ -196,14 +246,6 @@ vc_cbit_mask:               ; 1 << C-bit position (needed to refuse private MMIO
     dq 0
 %endif
 vc_phys_offset:             ; VA of guest-physical p is p + this (page tables)
-    dq 0
-vc_dr7:                     ; the guest's DR7 as it last wrote it (shadow)
-    dq DR7_RESET
-vc_count:                   ; #VC exceptions served
-    dq 0
-vc_active:                  ; nonzero while the handler runs (no nesting)
-    dq 0
-vc_forward_target:          ; scratch: handler address of a forwarded exception
     dq 0
 vc_ghcb_version:            ; GHCB protocol version written into each request
     dw GHCB_PROTOCOL_MAX

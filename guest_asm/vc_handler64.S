@@ -25,6 +25,9 @@
 ;     CPL 0 or 3. Interrupts stay off while it runs (interrupt gate).
 ;   - Before the first #VC: vc_ghcb_va / vc_ghcb_pa = the GHCB page (mapped
 ;     with C=0) and vc_cbit_mask (or call vc_setup). DR7 reads need no GHCB.
+;   - Several vCPUs: assemble with %define VC_PERCPU; each vCPU's GHCB and
+;     handler state then live in a block right after its own TSS (layout
+;     VC_PERCPU_* in include/vc_abi.inc), found with STR + SGDT.
 ;   - Registers: none changed except the ones the instruction itself writes;
 ;     RFLAGS restored by IRETQ. Stack: the CPU frame + 0x80 saved GPRs +
 ;     0x40 locals + at most 5 nested calls (about 0x140 bytes below the frame).
@@ -76,6 +79,7 @@ bits 64
 %define VC_L3 -0x20
 %define VC_L4 -0x28
 %define VC_IDTR -0x38          ; 10 bytes for SIDT
+%define VC_PCPU -0x40          ; this vCPU's state block (vc_this_cpu)
 
 ; Decoded prefixes in R13 (one instruction at a time).
 %define PFX_OPSIZE_BIT 0       ; 66
@@ -133,14 +137,18 @@ vc_handler:
     sub rsp, VC_LOCALS
     cld                             ; the gate does not clear DF; our copies go forward
 
+    ; This vCPU's GHCB and state: the program's data block, or with
+    ; VC_PERCPU the block after this vCPU's TSS (ghcb.S, vc_this_cpu).
+    call vc_this_cpu
+    mov [rbp + VC_PCPU], rax
     ; One GHCB, one set of state: a #VC while serving one would overwrite
     ; the request in flight (Linux keeps a backup GHCB; we refuse).
-    cmp qword [rel vc_active], 0
+    cmp qword [rax + VC_PERCPU_ACTIVE], 0
     je .not_nested
     vc_fail NESTED
 .not_nested:
-    mov qword [rel vc_active], 1
-    inc qword [rel vc_count]
+    mov qword [rax + VC_PERCPU_ACTIVE], 1
+    inc qword [rax + VC_PERCPU_COUNT]
 
     mov r12, [rbp + VC_RIP]
     call vc_decode_prefixes
@@ -180,13 +188,19 @@ vc_handler:
 vc_done_advance:
     add [rbp + VC_RIP], rax
 vc_done:
+    call vc_leave
     mov rsp, rbp
     mov rax, [rbp + VC_RSP]
     mov [rbp + VC_FRAME_RSP], rax   ; an emulated load into RSP lands here
-    mov qword [rel vc_active], 0
     call vc_restore_registers_at_rsp
     add rsp, VC_REGS_SIZE + 8       ; saved GPRs and the error code
     iretq
+
+; This vCPU's handler is done: the next #VC is not nested. Changes RAX.
+vc_leave:
+    mov rax, [rbp + VC_PCPU]
+    mov qword [rax + VC_PERCPU_ACTIVE], 0
+    ret
 
 ; Reload every GPR from the frame at RSP (RSP itself excepted).
 vc_restore_registers_at_rsp:
@@ -232,11 +246,12 @@ vc_hv_call:
 
 ; Get the GHCB ready for a new request (RBX = its VA) or terminate without one.
 vc_ghcb_begin:
-    mov rbx, [rel vc_ghcb_va]
+    mov rbx, [rbp + VC_PCPU]
+    cmp qword [rbx + VC_PERCPU_GHCB_PA], 0
+    je .none
+    mov rbx, [rbx + VC_PERCPU_GHCB_VA]
     test rbx, rbx
     jz .none
-    cmp qword [rel vc_ghcb_pa], 0
-    je .none
     jmp ghcb_invalidate
 .none:
     vc_fail NO_GHCB
@@ -289,24 +304,36 @@ vc_deliver_exception:
     mov r10d, dword [r9 + 8]                ; offset 63:32
     shl r10, 32
     or rax, r10
-    mov [rel vc_forward_target], rax
-    mov [rbp + VC_ERR], rdx
+    ; RAX = the handler. Its address goes in the qword right below the
+    ; exception frame and a RET reaches it with every register restored and
+    ; RSP on the frame (no memory below RSP, no global: each vCPU alone).
     mov r8d, VEC_ERROR_CODE_MASK
     bt r8d, ecx
-    setc cl                                 ; 1: this vector pushes an error code
-    mov rsp, rbp
+    jnc .no_error_code
+    ; With an error code the frame starts at VC_ERR: the handler address
+    ; takes R15's slot, and R15 waits in the RSP slot (never restored).
+    mov [rbp + VC_ERR], rdx
+    mov rcx, [rbp + VC_R15]
+    mov [rbp + VC_R15], rax
     mov rax, [rbp + VC_RSP]
     mov [rbp + VC_FRAME_RSP], rax
-    mov qword [rel vc_active], 0
-    test cl, cl
-    jz .no_error_code
+    mov [rbp + VC_RSP], rcx
+    call vc_leave
+    mov rsp, rbp
     call vc_restore_registers_at_rsp
-    add rsp, VC_REGS_SIZE                   ; leave the error code for the handler
-    jmp [rel vc_forward_target]
+    mov r15, [rsp + VC_RSP]
+    add rsp, VC_R15
+    ret
 .no_error_code:
+    ; #UD pushes none: the #VC error code slot holds the handler address.
+    mov [rbp + VC_ERR], rax
+    mov rax, [rbp + VC_RSP]
+    mov [rbp + VC_FRAME_RSP], rax
+    call vc_leave
+    mov rsp, rbp
     call vc_restore_registers_at_rsp
-    add rsp, VC_REGS_SIZE + 8               ; #UD pushes none
-    jmp [rel vc_forward_target]
+    add rsp, VC_ERR
+    ret
 .refuse:
     vc_fail BAD_EXCEPTION
 
@@ -639,7 +666,8 @@ vc_do_dr7_read:
     cmp byte [r14 + 1], 0x21
     jne vc_decode_failed
     call vc_dr7_operand
-    mov rax, [rel vc_dr7]
+    mov rax, [rbp + VC_PCPU]
+    mov rax, [rax + VC_PERCPU_DR7]
     mov [rbp + rcx * 8], rax
     vc_length_to r14 + 3
     jmp vc_done_advance
@@ -664,7 +692,8 @@ vc_do_dr7_write:
     xor esi, esi
     xor edx, edx
     call vc_hv_call
-    mov [rel vc_dr7], r15
+    mov rax, [rbp + VC_PCPU]
+    mov [rax + VC_PERCPU_DR7], r15
     vc_length_to r14 + 3
     jmp vc_done_advance
 
@@ -830,7 +859,8 @@ vc_ioio_string:
     mov rcx, [rbp + VC_L0]
     call vc_gather
 .exit:
-    mov rax, [rel vc_ghcb_pa]
+    mov rax, [rbp + VC_PCPU]
+    mov rax, [rax + VC_PERCPU_GHCB_PA]
     add rax, GHCB_SHARED_BUFFER
     ghcb_set SW_SCRATCH, rax
     mov edi, SVM_EXIT_IOIO
@@ -1160,7 +1190,8 @@ vc_do_mmio:
 .shared:
     mov [rbp + VC_L0], rax          ; GPA
     call vc_ghcb_begin
-    mov rax, [rel vc_ghcb_pa]
+    mov rax, [rbp + VC_PCPU]
+    mov rax, [rax + VC_PERCPU_GHCB_PA]
     add rax, GHCB_SHARED_BUFFER
     ghcb_set SW_SCRATCH, rax
     mov rcx, [rbp + VC_L2]

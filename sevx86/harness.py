@@ -12,6 +12,14 @@ environment -- the way a loader or a unit-test rig would:
   pages; the first 2 MiB in 4 KiB pages so single pages can be shared);
 * a stack, and the program at ``CODE_BASE`` entered at its ``start`` label.
 
+Several vCPUs (``GuestConfig(vcpus=N)``): each vCPU gets its own TSS (and
+TSS descriptor), its own ring-0 and IST1 stacks, and a launch VMSA of its
+own: vCPU 0 enters at ``entry``, the APs at ``ap_entry`` (their "AP reset
+address"; ``entry`` if not given), each with its index in RDI and TSC_AUX.
+Right after each TSS sits the #VC handler's per-vCPU block
+(``sevx86.asm.guest_abi.VcPercpu``; programs built with ``%define
+VC_PERCPU`` use it), filled with the vCPU's GHCB from ``ghcbs`` if given.
+
 Every image goes through the launch (LAUNCH_UPDATE_DATA), so in the
 encrypted modes it is measured and encrypted like any guest memory.
 """
@@ -53,8 +61,28 @@ USER_CS = 0x2B  # index 5, RPL 3
 TSS_SELECTOR = 0x30  # 16-byte system descriptor in long mode
 TSS_LIMIT = 0x67
 
+# Several vCPUs: vCPU n's TSS and #VC block at TSS_BASE + n * PERCPU_STRIDE,
+# its TSS descriptor at TSS_SELECTOR + 16 n; AP n's stacks below AP_STACKS_TOP.
+PERCPU_STRIDE = 0x100
+MAX_VCPUS = 16
+AP_STACKS_TOP = 0x1F0000
+AP_STACK_SIZE = 0x8000  # ring-0 stack above, IST1 stack in the lower half
 
-def _gdt(long_mode: bool) -> bytes:
+
+def percpu_base(index: int) -> int:
+    """GPA of vCPU ``index``'s TSS; its #VC block follows at ``VC_PERCPU_TSS_OFFSET``."""
+    return TSS_BASE + index * PERCPU_STRIDE
+
+
+def stacks(index: int) -> tuple[int, int]:
+    """(ring-0 stack top, IST1 stack top) of vCPU ``index``."""
+    if index == 0:
+        return STACK_TOP, IST1_TOP
+    top = AP_STACKS_TOP - (index - 1) * AP_STACK_SIZE
+    return top, top - AP_STACK_SIZE // 2
+
+
+def _gdt(long_mode: bool, vcpus: int = 1) -> bytes:
     entries = [
         bytes(8),
         code_segment(dpl=0, long=long_mode).encode(),
@@ -63,12 +91,13 @@ def _gdt(long_mode: bool) -> bytes:
         data_segment(dpl=3).encode(),
         code_segment(dpl=3, long=long_mode).encode(),
     ]
-    # Available TSS (type 9), present; 16 bytes in long mode.
-    tss = TSS_BASE
-    low = (TSS_LIMIT & 0xFFFF) | ((tss & 0xFFFFFF) << 16) | ((0x89) << 40)
-    low |= ((tss >> 24) & 0xFF) << 56
-    entries.append(low.to_bytes(8, "little"))
-    entries.append((tss >> 32).to_bytes(8, "little"))
+    # Available TSS (type 9), present; 16 bytes in long mode. One per vCPU.
+    for index in range(vcpus):
+        tss = percpu_base(index)
+        low = (TSS_LIMIT & 0xFFFF) | ((tss & 0xFFFFFF) << 16) | ((0x89) << 40)
+        low |= ((tss >> 24) & 0xFF) << 56
+        entries.append(low.to_bytes(8, "little"))
+        entries.append((tss >> 32).to_bytes(8, "little"))
     return b"".join(entries)
 
 
@@ -93,6 +122,8 @@ class GuestSpec:
     shared_pages: Iterable[int] = ()  # GPAs of 4 KiB pages mapped with C=0
     mmio: Iterable[int] = ()  # GPAs (rounded to 2 MiB) identity-mapped with C=0 for devices
     entry: str = "start"
+    ap_entry: str | None = None  # where APs start (their AP reset address); default: entry
+    ghcbs: Mapping[int, int] = field(default_factory=dict)  # vCPU -> its GHCB GPA (shared)
     name: str = "<test>"
     include_paths: tuple[Path, ...] = ()
     defines: Mapping[str, int | str] = field(default_factory=dict)  # as %define NAME value
@@ -132,10 +163,13 @@ def build_tables(
     return builder.cr3, scratch.read_private(TABLES_BASE, TABLES_SIZE)
 
 
-def initial_state(program: Program, spec: GuestSpec, cr3: int) -> bytearray:
-    """The VMSA page the vCPU starts from."""
+def initial_state(
+    program: Program, spec: GuestSpec, cr3: int, index: int = 0, vcpus: int = 1
+) -> bytearray:
+    """The VMSA page vCPU ``index`` starts from."""
     page = VMSA.new()
     long_mode = spec.bits == 64
+    entry = spec.entry if index == 0 else (spec.ap_entry or spec.entry)
     cs = code_segment(dpl=0, long=long_mode)
     ds = data_segment(dpl=0)
     values: dict[str, int] = {
@@ -144,17 +178,19 @@ def initial_state(program: Program, spec: GuestSpec, cr3: int) -> bytearray:
         "cs.limit": cs.limit,
         "cs.base": 0,
         "gdtr.base": GDT_BASE,
-        "gdtr.limit": len(_gdt(long_mode)) - 1,
+        "gdtr.limit": len(_gdt(long_mode, vcpus)) - 1,
         "idtr.base": IDT_BASE,
         "idtr.limit": (256 * (16 if long_mode else 8)) - 1,
-        "tr.selector": TSS_SELECTOR,
-        "tr.base": TSS_BASE,
+        "tr.selector": TSS_SELECTOR + 16 * index,
+        "tr.base": percpu_base(index),
         "tr.limit": TSS_LIMIT,
         "tr.attrib": ATTR_P | 0xB,  # busy TSS
         "ldtr.attrib": ATTR_P | 0x2,
         "ldtr.limit": 0xFFFF,
-        "rip": program.symbol(spec.entry),
-        "rsp": STACK_TOP,
+        "rip": program.symbol(entry),
+        "rsp": stacks(index)[0],
+        "rdi": index,  # which vCPU am I (also in TSC_AUX, as Linux keeps it)
+        "tsc_aux": index,
         "rflags": int(Rflags.FIXED1),
         "cr0": int(Cr0.PE | Cr0.MP | Cr0.ET | Cr0.NE | Cr0.WP | (Cr0.PG if long_mode else 0)),
         "cr3": cr3 if long_mode else 0,
@@ -184,8 +220,13 @@ def build_machine(
     sp: SecureProcessor | None = None,
     finish: bool = True,
 ) -> tuple[Machine, Program]:
-    """Assemble ``spec``, launch a machine with the environment, one vCPU."""
+    """Assemble ``spec``, launch a machine with the environment, ``config.vcpus`` vCPUs."""
     config = config or GuestConfig(memory=8 << 20)
+    vcpus = config.vcpus
+    if not 1 <= vcpus <= MAX_VCPUS:
+        raise ValueError(f"the harness builds 1..{MAX_VCPUS} vCPUs, not {vcpus}")
+    if vcpus > 1 and spec.bits != 64:
+        raise ValueError("several vCPUs need a 64-bit harness guest")
     program = assemble(
         spec.source,
         base=CODE_BASE,
@@ -212,18 +253,42 @@ def build_machine(
     if not long_mode:
         tss[4:8] = STACK_TOP.to_bytes(4, "little")  # ESP0
         tss[8:10] = KERNEL_DS.to_bytes(2, "little")  # SS0
+    shared = set(spec.shared_pages) | {gpa & ~0xFFF for gpa in spec.ghcbs.values()}
     cr3, tables = (
-        build_tables(config, spec.shared_pages, spec.mmio, user=spec.user_pages)
-        if long_mode
-        else (0, b"")
+        build_tables(config, shared, spec.mmio, user=spec.user_pages) if long_mode else (0, b"")
     )
-    machine.load(GDT_BASE, _gdt(long_mode), name="gdt")
+    machine.load(GDT_BASE, _gdt(long_mode, vcpus), name="gdt")
     machine.load(IDT_BASE, bytes(idt), name="idt")
-    machine.load(TSS_BASE, bytes(tss), name="tss")
+    if vcpus == 1 and not spec.ghcbs:
+        machine.load(TSS_BASE, bytes(tss), name="tss")
+    else:
+        machine.load(TSS_BASE, _percpu_areas(spec, vcpus), name="tss")
     if tables:
         machine.load(TABLES_BASE, tables, name="page tables")
     machine.load(program.base, program.code, name="program")
-    machine.add_vcpu(initial_state(program, spec, cr3))
+    for index in range(vcpus):
+        machine.add_vcpu(initial_state(program, spec, cr3, index, vcpus))
     if finish:
         machine.finish()
     return machine, program
+
+
+def _percpu_areas(spec: GuestSpec, vcpus: int) -> bytes:
+    """Each vCPU's TSS (its stacks) and, after it, its #VC handler block."""
+    from sevx86.asm.guest_abi import DR7_RESET, VC_PERCPU_TSS_OFFSET, VcPercpu
+
+    out = bytearray(PERCPU_STRIDE * vcpus)
+    for index in range(vcpus):
+        base = index * PERCPU_STRIDE
+        rsp0, ist1 = stacks(index)
+        out[base + 4 : base + 12] = rsp0.to_bytes(8, "little")  # RSP0
+        out[base + 0x24 : base + 0x2C] = ist1.to_bytes(8, "little")  # IST1
+        block = base + VC_PERCPU_TSS_OFFSET
+        ghcb = spec.ghcbs.get(index, 0)
+        for off, value in (
+            (VcPercpu.GHCB_VA, ghcb),  # the harness maps RAM 1:1
+            (VcPercpu.GHCB_PA, ghcb),
+            (VcPercpu.DR7, DR7_RESET),
+        ):
+            out[block + off : block + off + 8] = value.to_bytes(8, "little")
+    return bytes(out)

@@ -56,6 +56,7 @@ class Machine:
         self.tracer: Tracer = tracer if tracer is not None else NullTracer()
         self.vcpus: list[VCpu] = []
         self.measurement = None
+        self.world = None  # set by enable_parallel
         self._finished = False
         self._sp: SecureProcessor | None = None
         self._handle = 0
@@ -155,6 +156,30 @@ class Machine:
     def launch_digest(self) -> bytes | None:
         return self._sp.launch_digest(self._handle) if self._sp is not None else None
 
+    # -- running vCPUs in parallel threads -----------------------------------------------
+    def enable_parallel(self) -> None:
+        """Let the vCPUs run in concurrent host threads (sevx86.cpu.parallel).
+
+        Call while no vCPU runs. Turns memory shadowing off (one vCPU could
+        not flush another's TLB at a page-form change), routes cross-vCPU
+        invalidations through a stop-the-world, and hooks atomic
+        instructions so each runs with the other vCPUs stopped.
+        """
+        if self.world is not None:
+            return
+        from sevx86.cpu.parallel import AtomicWatch, World
+
+        world = World()
+        self.world = world
+        self.memory.shadowing = False
+        self.memory.exclusive = world.exclusive
+        for vcpu in self.vcpus:
+            vcpu.world = world
+            vcpu.atomics = AtomicWatch(vcpu, world)
+        # Translations made while shadowing was on may point at shadow pages,
+        # and pages already scanned for atomics must be seen by the watch.
+        self.memory.flush_tlbs()
+
     # -- the CPU's calls into the Secure Processor ---------------------------------------
     def vmsa_seal(self, vcpu: VCpu) -> None:
         assert self._sp is not None and vcpu.vmsa_spa is not None
@@ -224,6 +249,10 @@ class HostVcpu:
     def vmrun(self, *, timeout: float | None = None, max_instructions: int | None = None) -> VmExit:
         return self._vcpu.vmrun(timeout=timeout, max_instructions=max_instructions)
 
+    def kick(self) -> None:
+        """Take the physical CPU back: a running VMRUN returns soon (INTR exit)."""
+        self._vcpu.kick()
+
     @property
     def vmsa_gpa(self) -> int | None:
         """Where the VMSA is (the host allocated it; it sees only ciphertext there)."""
@@ -237,7 +266,7 @@ class HostVcpu:
 class HostView:
     """What the untrusted hypervisor gets. No keys, no Unicorn, no SP."""
 
-    __slots__ = ("mode", "config", "memory", "vcpus", "_tracer")
+    __slots__ = ("mode", "config", "memory", "vcpus", "_tracer", "_parallel")
 
     def __init__(self, machine: Machine):
         self.mode: GuestMode = machine.mode
@@ -245,6 +274,11 @@ class HostView:
         self.memory = HostMemory(machine.memory)
         self.vcpus: tuple[HostVcpu, ...] = tuple(HostVcpu(v) for v in machine.vcpus)
         self._tracer = machine.tracer
+        self._parallel = machine.enable_parallel
+
+    def enable_parallel(self) -> None:
+        """Run the vCPUs on several host threads from now on (the host's choice)."""
+        self._parallel()
 
     @property
     def tracing(self) -> bool:

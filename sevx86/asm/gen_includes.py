@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 
-from sevx86.arch import cpuid, cr, descriptors, exits, ghcb, msr, paging, vectors, vmcb
+from sevx86.arch import apic, cpuid, cr, descriptors, exits, ghcb, msr, paging, vectors, vmcb
 from sevx86.arch.layout import Layout
 from sevx86.asm import fw_abi, guest_abi
 from sevx86.boot import ovmf
@@ -195,6 +195,31 @@ def _vc_abi() -> list[Define]:
         *_members(guest_abi.VcReason, "VC_REASON_"),
         ("DR7_RESET", guest_abi.DR7_RESET, ""),
         ("DR7_WRITABLE", guest_abi.DR7_WRITABLE, ""),
+        ("; per-vCPU #VC state (%define VC_PERCPU): a block after each vCPU's TSS", "", ""),
+        *_members(guest_abi.VcPercpu, "VC_PERCPU_"),
+        ("VC_PERCPU_SIZE", guest_abi.VC_PERCPU_SIZE, ""),
+        ("VC_PERCPU_TSS_OFFSET", guest_abi.VC_PERCPU_TSS_OFFSET, "the block follows the TSS"),
+    ]
+
+
+def _apic() -> list[Define]:
+    return [
+        ("X2APIC_ID", apic.X2APIC_ID, "MSR"),
+        ("X2APIC_EOI", apic.X2APIC_EOI, "MSR"),
+        ("X2APIC_ICR", apic.X2APIC_ICR, "MSR: destination in 63:32"),
+        ("X2APIC_SELF_IPI", apic.X2APIC_SELF_IPI, "MSR"),
+        ("XAPIC_BASE", apic.XAPIC_BASE, "default xAPIC page"),
+        *_members(apic.ApicReg, "APIC_REG_"),
+        *_members(apic.DeliveryMode, "APIC_DM_"),
+        *_members(apic.Shorthand, "APIC_SH_"),
+        ("APIC_ICR_MODE_SHIFT", apic.ICR_MODE_SHIFT, "bits 10:8"),
+        ("APIC_ICR_LEVEL_ASSERT", apic.ICR_LEVEL_ASSERT, ""),
+        ("APIC_ICR_TRIGGER_LEVEL", apic.ICR_TRIGGER_LEVEL, ""),
+        ("APIC_ICR_SHORTHAND_SHIFT", apic.ICR_SHORTHAND_SHIFT, "bits 19:18"),
+        ("X2APIC_ICR_DEST_SHIFT", apic.X2APIC_DEST_SHIFT, ""),
+        ("; AP jump table sub-functions (SW_EXITINFO1 of SW_EXIT_AP_JUMP_TABLE)", "", ""),
+        ("AP_JUMP_TABLE_SET", exits.AP_JUMP_TABLE_SET, ""),
+        ("AP_JUMP_TABLE_GET", exits.AP_JUMP_TABLE_GET, ""),
     ]
 
 
@@ -352,6 +377,7 @@ FILES: dict[str, tuple[str, str, object]] = {
         _fw_abi,
     ),
     "platform.inc": ("SEVX86_PLATFORM_INC", "sevx86.hv.devices", _platform),
+    "apic.inc": ("SEVX86_APIC_INC", "sevx86.arch.apic, sevx86.arch.exits", _apic),
 }
 
 

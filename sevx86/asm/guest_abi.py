@@ -32,6 +32,30 @@ class VcReason(IntEnum):
     CPUID_SANITY = 10  # CPUID answers that deny the SEV the guest runs under
     PAGE_WALK = 11  # the MMIO address has no present mapping
     NO_CBIT = 12  # MMIO before the C-bit position is known
+    AP_NO_JUMP_TABLE = 13  # an AP was woken but the AP jump table has no entry
+    AP_NOT_WOKEN = 14  # AP reset hold returned without a wake-up (a host error)
+
+
+class VcPercpu(IntEnum):
+    """The per-vCPU state of ``vc_handler`` built with ``%define VC_PERCPU``.
+
+    Offsets of qwords in a block that sits right after each vCPU's 64-bit TSS
+    (``VC_PERCPU_TSS_OFFSET``); the handler finds it with STR and SGDT, which
+    never exit, so every vCPU gets its own GHCB, DR7 shadow and nesting flag.
+    Without ``VC_PERCPU`` the same fields are the labels ``vc_ghcb_va`` ...
+    of the program's single data block.
+    """
+
+    GHCB_VA = 0x00
+    GHCB_PA = 0x08
+    DR7 = 0x10
+    COUNT = 0x18
+    ACTIVE = 0x20
+    FORWARD_TARGET = 0x28
+
+
+VC_PERCPU_SIZE = 0x30
+VC_PERCPU_TSS_OFFSET = 0x68  # the 64-bit TSS is 0x68 bytes (APM vol 2, 12.2.5)
 
 
 # Where the #VC handlers keep state when a program does not say otherwise.

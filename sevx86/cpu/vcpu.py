@@ -51,6 +51,7 @@ from unicorn import (
     UC_HOOK_TLB_FILL,
     UC_MODE_64,
     UC_PROT_ALL,
+    UC_PROT_EXEC,
     UC_TLB_VIRTUAL,
     Uc,
     UcError,
@@ -101,6 +102,7 @@ from sevx86.memory.mmu import (
 )
 
 if TYPE_CHECKING:
+    from sevx86.cpu.parallel import AtomicWatch, World
     from sevx86.machine import Machine
 
 _UCREG_CR = {
@@ -128,6 +130,7 @@ class StopReason(Enum):
     TIMEOUT = "timeout"
     INSTRUCTION_LIMIT = "instruction-limit"
     EMULATION_ERROR = "emulation-error"
+    KICKED = "kicked"  # the host asked for the CPU back (``VCpu.kick``)
 
 
 @dataclass
@@ -269,6 +272,12 @@ class VCpu:
         self._io: tuple[int, int, bool] | None = None  # (port, size, is_in) of that IN/OUT
         self._stub_pending = False
         self._timed_out = False
+        self._kicked = False
+        self._world_stop = False
+        # Parallel mode (sevx86.cpu.parallel): the stop-the-world gate and the
+        # watch on atomic instructions; None when vCPUs take turns.
+        self.world: World | None = None
+        self.atomics: AtomicWatch | None = None
         self._last_exception: Event | None = None
 
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -493,13 +502,30 @@ class VCpu:
             self._exit = None
             self.filler.pending = None
             error: UcError | None = None
-            if self._timed_out:  # the watchdog fired before Unicorn started
-                return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
+            if self._timed_out or self._kicked:
+                if self._entry == STUB:
+                    return self._not_entered()
+                if self._timed_out:  # the watchdog fired before Unicorn started
+                    return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
+                self._kicked = False
+                return self._interrupted(StopReason.KICKED, "the host took the CPU back")
+            world = self.world
+            if world is not None:
+                world.enter(self)
             try:
                 self.uc.emu_start(self._entry, 0, 0, count)
             except UcError as exc:
                 error = exc
+            finally:
+                if world is not None:
+                    world.leave(self)
             self.ctx.invalidate()
+            if self._world_stop and error is None and self._exit is None:
+                # Another vCPU needed to be alone (sevx86.cpu.parallel): carry on.
+                self._world_stop = False
+                self._entry = self.rip()
+                continue
+            self._world_stop = False
             if error is not None:
                 self._after_error(error)
             if self._exit is not None:
@@ -508,9 +534,30 @@ class VCpu:
                 return self._invalid("the vCPU died")
             if self._timed_out:
                 return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
+            if (self._kicked or self._timed_out) and error is None and self.rip() == STUB:
+                return self._not_entered()
+            if self._kicked and error is None:
+                self._kicked = False
+                return self._interrupted(StopReason.KICKED, "the host took the CPU back")
             if count and error is None:
                 return self._interrupted(StopReason.INSTRUCTION_LIMIT, f"{count} instructions ran")
             self._entry = self.rip()
+
+    def _not_entered(self) -> VmExit:
+        """Stopped before the first VMRUN instruction ran: there is no guest
+        state to save yet, so the vCPU stays new and the next VMRUN is again
+        a first entry (an INTR exit now would seal host state as the guest's)."""
+        reason = StopReason.TIMEOUT if self._timed_out else StopReason.KICKED
+        self._kicked = False
+        self.status = VcpuState.NEW
+        self.vmcb["exit_code"] = SvmExit.INTR
+        return VmExit(
+            self.index,
+            SvmExit.INTR,
+            stop=reason,
+            detail="stopped before guest entry",
+            data={"entered": False},
+        )
 
     def _interrupted(self, reason: StopReason, detail: str) -> VmExit:
         """The host takes the CPU back between two instructions (INTR exit)."""
@@ -529,6 +576,21 @@ class VCpu:
         self._timed_out = True
         self.uc.emu_stop()
 
+    def kick(self) -> None:
+        """Return to the host at the next instruction boundary (any thread may call).
+
+        What a physical interrupt does to a running guest: an INTR exit (an
+        AE under SEV-ES) whose ``stop`` is ``StopReason.KICKED``. A kick while
+        the vCPU is not running makes its next VMRUN return at once.
+        """
+        self._kicked = True
+        self.uc.emu_stop()
+
+    def stop_for_world(self) -> None:
+        """Leave ``emu_start`` so another vCPU can be alone; resumes by itself."""
+        self._world_stop = True
+        self.uc.emu_stop()
+
     # ------------------------------------------------------------------ hooks
     def _fill(self, uc: Uc, vaddr: int, access: int, entry, data: object) -> bool:
         self.ctx.invalidate()
@@ -538,7 +600,10 @@ class VCpu:
             self._stub_pending = False
             entry.paddr, entry.perms = _STUB_PAGE, UC_PROT_ALL
             return True
-        return self.filler.fill(uc, vaddr, access, entry, data)
+        ok = self.filler.fill(uc, vaddr, access, entry, data)
+        if ok and self.atomics is not None and entry.perms & UC_PROT_EXEC:
+            self.atomics.on_fill(vaddr, entry.paddr, self.code_bits())
+        return ok
 
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
         self.ctx.invalidate()
@@ -857,12 +922,29 @@ class VCpu:
         self, code: int, *, advance: bool = False, info1: int = 0, info2: int = 0
     ) -> None:
         """AE: SEV-ES world switch; in other modes a plain exit."""
+        if code == SvmExit.HLT:
+            self._end_shadow_at_hlt()
         if self.mode is not GuestMode.SEV_ES:
             self._exit_to_host(code, info1, info2)
         if advance:
             self._set_rip(self.rip() + self._ae_length(code))
         self._save_vmsa()
         self._record_exit(code, info1, info2, rip=None, regs=None)
+
+    def _end_shadow_at_hlt(self) -> None:
+        """HLT ends an STI/MOV SS interrupt shadow: ``sti; hlt`` waits with IF=1.
+
+        The shadow covers the instruction after STI, here HLT itself; once the
+        CPU halts, an interrupt is taken (APM vol 2, 8.1 and 15.35.6: the VMCB
+        interrupt state is what the host checks). QEMU clears the flag in its
+        HLT helper, after the SVM intercept check that brought us here.
+        """
+        ctx = self.ctx.load()
+        flags = ctx.hflags
+        if flags & C.HF_INHIBIT_IRQ:
+            ctx.set_u32(C.HFLAGS, flags & ~C.HF_INHIBIT_IRQ)
+            ctx.store()
+            self.ctx.invalidate()
 
     def _ae_length(self, code: int) -> int:
         """Length of the AE instruction the CPU steps over (VMGEXIT, HLT)."""

@@ -12,8 +12,9 @@ Running a guest (what the ``sevx86`` CLI does)::
         sys.exit(result.exit_status)  # the guest wrote N to port 0xF4
 
 ``run`` never raises for anything the guest does; ``result.reason`` says why
-it returned (exit-status, terminated, shutdown, vmrun-failed, halted,
-timeout, instruction-limit, emulation-error, hypervisor-error, stopped), with
+it returned (exit-status, terminated, shutdown, vmrun-failed, halted (the
+detail says what each vCPU waits for), timeout, instruction-limit,
+emulation-error, hypervisor-error, stopped), with
 ``detail``, ``termination`` (who and which reason set/code), ``console``
 (serial + debug console output), ``counters`` (per exit kind) and ``exits``.
 ``timeout`` bounds the whole call; ``max_instructions`` bounds each guest
@@ -26,6 +27,18 @@ device at 0xFEB0_0000 (sevx86/hv/devices/mmio_test.py). Add your own with
 ``sevx86.hv.machines.QemuPc`` adds the devices of QEMU's ``pc`` machine
 that firmware such as OVMF needs (fw_cfg, CMOS/RTC, PCI configuration with
 the i440FX/PIIX functions, the ACPI PM timer, the local APIC).
+
+Several vCPUs (``GuestConfig(vcpus=N)``; ``sevx86.hv.smp``, ``sevx86.hv.scheduler``)::
+
+    hv = Hypervisor(host, scheduler=DeterministicScheduler(seed=1), ap_start="sipi")
+    hv = Hypervisor(host, scheduler=ParallelScheduler())   # a thread per vCPU
+    hv.request_nmi(1); hv.request_interrupt(0, 0x30)       # from tests or hooks
+
+APs wait for INIT-SIPI (``ap_start="run"`` starts them all at once); the
+first SIPI starts an AP from its launch VMSA; AP reset hold and the AP jump
+table follow the GHCB spec; x2APIC/xAPIC ICR writes become IPIs; NMIs wait
+for NMI_COMPLETE; interrupts wait for IF=1. A vCPU whose VMRUN fails (its
+VMSA was changed) stops alone: ``result.dead_vcpus`` names it.
 
 A malicious (or instrumenting) hypervisor -- lie about the C-bit::
 
@@ -68,21 +81,27 @@ from sevx86.hv.hypervisor import (
 from sevx86.hv.msr_policy import MsrPolicy, MsrRule
 from sevx86.hv.msr_protocol import MsrProtocolRequest
 from sevx86.hv.requests import GhcbRequest, RegisterRequest, Request
+from sevx86.hv.scheduler import DeterministicScheduler, ParallelScheduler, Scheduler
+from sevx86.hv.smp import MpState
 
 __all__ = [
     "EXIT_TABLE",
     "CpuidQuery",
     "CpuidTable",
+    "DeterministicScheduler",
     "ExitEvent",
     "GhcbRequest",
     "Hypervisor",
     "MsrPolicy",
     "MsrProtocolRequest",
+    "MpState",
     "MsrRule",
+    "ParallelScheduler",
     "RegisterRequest",
     "Request",
     "RunReason",
     "RunResult",
+    "Scheduler",
     "Termination",
     "VcpuHvState",
 ]

@@ -23,6 +23,7 @@ from sevx86.arch.ghcb import GhcbError, decode_sw_terminate
 from sevx86.arch.msr import Msr
 from sevx86.arch.vectors import Vector
 from sevx86.arch.vmcb import decode_ioio
+from sevx86.hv import smp
 from sevx86.hv.cpuid import CpuidQuery
 from sevx86.hv.requests import Request
 
@@ -87,6 +88,9 @@ def ioio(hv: Hypervisor, req: Request) -> None:
 
 def msr(hv: Hypervisor, req: Request) -> None:
     index = req.reg("rcx") & _U32
+    if hv.lapic.owns_msr(index):
+        _x2apic_msr(hv, req, index)
+        return
     if req.info1:
         value = (req.reg("rax") & _U32) | ((req.reg("rdx") & _U32) << 32)
         if not hv.msrs.write(req.vcpu.index, index, value):
@@ -94,6 +98,22 @@ def msr(hv: Hypervisor, req: Request) -> None:
             req.detail = f"WRMSR {index:#x} refused"
         return
     result = hv.msrs.read(req.vcpu.index, index)
+    if result is None:
+        req.inject_exception(Vector.GP, 0)
+        req.detail = f"RDMSR {index:#x} refused"
+        return
+    _set_edx_eax(req, result)
+
+
+def _x2apic_msr(hv: Hypervisor, req: Request, index: int) -> None:
+    """x2APIC registers: the APIC ID, EOI and the ICR that sends IPIs."""
+    if req.info1:
+        value = (req.reg("rax") & _U32) | ((req.reg("rdx") & _U32) << 32)
+        if not hv.lapic.msr_write(req.vcpu.index, index, value):
+            req.inject_exception(Vector.GP, 0)
+            req.detail = f"WRMSR {index:#x} refused"
+        return
+    result = hv.lapic.msr_read(req.vcpu.index, index)
     if result is None:
         req.inject_exception(Vector.GP, 0)
         req.detail = f"RDMSR {index:#x} refused"
@@ -169,12 +189,13 @@ def mmio_write(hv: Hypervisor, req: Request) -> None:
 
 
 def nmi_complete(hv: Hypervisor, req: Request) -> None:
-    hv.vcpu_state(req.vcpu.index).nmi_masked = False
+    """The guest's NMI handler is done: the NMI window opens (sevx86.hv.smp)."""
+    smp.nmi_complete(hv, req.vcpu.index)
 
 
 def ap_hlt_loop(hv: Hypervisor, req: Request) -> None:
-    """AP reset hold: the vCPU waits for a SIPI. sevx86 sends none, so it stays parked."""
-    hv.vcpu_state(req.vcpu.index).ap_hold = True
+    """AP reset hold: parked until INIT + SIPI; SW_EXITINFO2 = 0 until then (KVM)."""
+    smp.ap_reset_hold(hv, req.vcpu, smp.HoldKind.GHCB)
 
 
 def ap_jump_table(hv: Hypervisor, req: Request) -> None:

@@ -43,14 +43,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import IO, Any
 
+from sevx86.arch.apic import XAPIC_BASE, XAPIC_PAGE_SIZE
 from sevx86.arch.exits import SvmExit, SwExit, exit_name
 from sevx86.arch.ghcb import GHCB_PROTOCOL_MAX, GHCB_SIZE, GhcbError, msr_sev_info_response
 from sevx86.arch.msr import Msr
 from sevx86.arch.vectors import vector_name
-from sevx86.arch.vmcb import EVENTINJ_V, EventType, Intercept, decode_ioio, encode_event
+from sevx86.arch.vmcb import EventType, Intercept, decode_ioio, encode_event
 from sevx86.config import GuestConfig, GuestMode
 from sevx86.cpu.vcpu import StopReason, VmExit
-from sevx86.hv import direct, msr_protocol
+from sevx86.hv import direct, msr_protocol, smp
 from sevx86.hv.cpuid import CpuidTable
 from sevx86.hv.devices import (
     COM1,
@@ -70,6 +71,8 @@ from sevx86.hv.ghcb import GhcbPage
 from sevx86.hv.handlers import HANDLERS, Handler, handler_name
 from sevx86.hv.msr_policy import PASSTHROUGH_MSRS, PASSTHROUGH_MSRS_SEV_ES, MsrPolicy
 from sevx86.hv.requests import GhcbRequest, RegisterRequest, Request, error_name
+from sevx86.hv.scheduler import DeterministicScheduler, Scheduler
+from sevx86.hv.smp import HoldKind, Lapic, MpState
 from sevx86.hv.validate import Invalid, describe_request, validate_vmgexit
 from sevx86.machine import HostVcpu, HostView
 
@@ -116,6 +119,8 @@ class RunResult:
     counters: dict[str, int] = field(default_factory=dict)  # per exit kind
     exits: int = 0  # VMRUNs that returned in this run
     elapsed: float = 0.0
+    # vCPUs that died while others went on (failed VMRUN): index -> how.
+    dead_vcpus: dict[int, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -137,10 +142,41 @@ class VcpuHvState:
     xcr0: int = 1
     xss: int = 0
     dr7: int = 0x400
-    halted: bool = False
-    ap_hold: bool = False
-    nmi_masked: bool = False
     dead: RunResult | None = None  # how it died (shutdown, failed VMRUN)
+    # -- several vCPUs and events (sevx86.hv.smp) --
+    mp_state: MpState = MpState.RUNNABLE
+    entered: bool = False  # has exited once (EVENTINJ is honoured from then on)
+    guest_if: bool = False  # VMCB interrupt state at the last exit: IF
+    shadow: bool = False  # ... and the interrupt shadow
+    nmi_pending: bool = False
+    nmi_masked: bool = False  # an NMI was injected and NMI_COMPLETE has not come
+    nmi_injected: bool = False
+    irr: set[int] = field(default_factory=set)  # requested interrupt vectors
+    hold_kind: HoldKind | None = None  # how the AP asked for reset hold
+    hold_ghcb: int | None = None  # its GHCB then (the wake answer goes there)
+    received_first_sipi: bool = False
+
+    @property
+    def halted(self) -> bool:
+        return self.mp_state is MpState.HALTED
+
+    @halted.setter
+    def halted(self, value: bool) -> None:
+        if value:
+            self.mp_state = MpState.HALTED
+        elif self.mp_state is MpState.HALTED:
+            self.mp_state = MpState.RUNNABLE
+
+    @property
+    def ap_hold(self) -> bool:
+        return self.mp_state is MpState.AP_RESET_HOLD
+
+    @ap_hold.setter
+    def ap_hold(self, value: bool) -> None:
+        if value:
+            self.mp_state = MpState.AP_RESET_HOLD
+        elif self.mp_state is MpState.AP_RESET_HOLD:
+            self.mp_state = MpState.RUNNABLE
 
 
 Hook = Callable[[Any, Callable[[], None]], None]
@@ -212,6 +248,8 @@ class Hypervisor:
         console: IO[bytes] | None = None,
         ghcb_max_version: int = GHCB_PROTOCOL_MAX,
         devices: bool = True,
+        scheduler: Scheduler | None = None,
+        ap_start: str = "sipi",
     ):
         self.host = host
         self.mode: GuestMode = host.mode
@@ -226,13 +264,19 @@ class Hypervisor:
         self.io_bus = IoBus()
         self.mmio_bus = MmioBus()
         self.counters: Counter[str] = Counter()
-        self._states = [VcpuHvState(v.index) for v in host.vcpus]
+        # Several vCPUs (sevx86.hv.smp, sevx86.hv.scheduler): APs wait for
+        # INIT-SIPI unless ap_start="run"; the scheduler decides who runs.
+        self._states = [
+            VcpuHvState(v.index, mp_state=smp.initial_state(v.index, ap_start)) for v in host.vcpus
+        ]
+        self.scheduler: Scheduler = scheduler or DeterministicScheduler()
+        self.lapic = Lapic(self)
+        self.current_vcpu: int | None = None  # whose exit is being handled
         self._hooks: dict[tuple[str, int], list[Hook]] = {}
         self._handlers = self._handler_table()
         self._msr_handlers = dict(msr_protocol.MSR_PROTOCOL_HANDLERS)
         self._setup_done = False
         self._result: RunResult | None = None
-        self._rr = 0
         if devices:
             self._add_default_devices()
 
@@ -244,6 +288,8 @@ class Hypervisor:
         self.io_bus.register(DEBUG_EXIT_PORT, 4, DebugExit(self.exit_status))
         self.mmio_test = MmioTestDevice()
         self.mmio_bus.register(MMIO_TEST_BASE, MMIO_TEST_SIZE, self.mmio_test)
+        # The xAPIC page (APIC ID, EOI, ICR) for guests that send IPIs by MMIO.
+        self.mmio_bus.register(XAPIC_BASE, XAPIC_PAGE_SIZE, self.lapic)
 
     # ------------------------------------------------------------------ hooks
     def on_exit(self, code: int, hook: Hook | None = None) -> Any:
@@ -295,6 +341,28 @@ class Hypervisor:
     def vcpu_state(self, index: int) -> VcpuHvState:
         return self._states[index]
 
+    # ------------------------------------------------------------------ events (smp)
+    def request_nmi(self, vcpu: int) -> None:
+        """Ask for an NMI on ``vcpu``: injected when its NMI window is open."""
+        with self.scheduler.lock:
+            smp.request_nmi(self, vcpu)
+
+    def request_interrupt(self, vcpu: int, vector: int) -> None:
+        """Raise external interrupt ``vector`` on ``vcpu``: injected once IF=1."""
+        with self.scheduler.lock:
+            smp.request_interrupt(self, vcpu, vector)
+
+    def send_ipi(self, source: int, icr: int, *, x2apic: bool = True) -> None:
+        """An ICR write of vCPU ``source`` (what the guest's APIC write does)."""
+        from sevx86.arch.apic import decode_icr
+
+        with self.scheduler.lock:
+            smp.send_ipi(self, source, decode_icr(icr, x2apic=x2apic))
+
+    def _wake(self, index: int) -> None:
+        """A vCPU's state changed: let the scheduler run it (and kick it if running)."""
+        self.scheduler.wake(self, index)
+
     def _log(self, kind: str, summary: str, *, vcpu: int | None = None, **data: object) -> None:
         self.host.log(kind, summary, vcpu=vcpu, **data)
 
@@ -313,6 +381,8 @@ class Hypervisor:
         vcpu: int | None = None,
     ) -> None:
         """End the run: the guest asked to terminate, or the hypervisor refuses to go on."""
+        if vcpu is not None and len(self._states) > 1:
+            detail = f"vCPU {vcpu}: {detail}"  # with several, say which one
         self._log(
             "terminate",
             f"terminated by the {by}: {detail}",
@@ -379,28 +449,7 @@ class Hypervisor:
         start = time.perf_counter()
         deadline = None if timeout is None else start + timeout
         self._result = None
-        exits = 0
-        while self._result is None:
-            vcpu = self._next_vcpu()
-            if vcpu is None:
-                self._no_runnable_vcpu()
-                break
-            remaining = None
-            if deadline is not None:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    self._end(RunReason.TIMEOUT, "wall-clock limit reached", vcpu=vcpu.index)
-                    break
-            exit = vcpu.vmrun(timeout=remaining, max_instructions=max_instructions)
-            exits += 1
-            try:
-                self._handle_exit(vcpu, exit)
-            except Exception as exc:  # a bug in a handler or a user hook
-                self._end(
-                    RunReason.HYPERVISOR_ERROR,
-                    f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
-                    vcpu=vcpu.index,
-                )
+        exits = self.scheduler.run(self, deadline, max_instructions)
         result = self._result
         assert result is not None
         result.console = self.console.text()
@@ -408,6 +457,11 @@ class Hypervisor:
         result.counters = dict(self.counters)
         result.exits = exits
         result.elapsed = time.perf_counter() - start
+        result.dead_vcpus = {
+            st.index: f"{st.dead.reason.value}: {st.dead.detail}"
+            for st in self._states
+            if st.dead is not None
+        }
         self._log("run-end", f"run ended: {result.reason.value} {result.detail}".strip())
         return result
 
@@ -418,25 +472,26 @@ class Hypervisor:
             first = dead[0]
             self._end(first.reason, f"the vCPU is dead: {first.detail}", vcpu=first.vcpu)
             return
-        self._end(RunReason.HALTED, "every vCPU is halted or parked; nothing can wake it")
+        self._end(
+            RunReason.HALTED,
+            f"no vCPU can run and nothing can wake one: {smp.describe_stuck(self)}",
+        )
 
-    def _next_vcpu(self) -> HostVcpu | None:
-        vcpus = self.host.vcpus
-        for k in range(len(vcpus)):
-            v = vcpus[(self._rr + k) % len(vcpus)]
-            st = self._states[v.index]
-            if not v.alive:
-                continue
-            if v.vmcb["event_inj"] & EVENTINJ_V:
-                st.halted = False  # an event to deliver wakes a halted vCPU
-            if st.halted or st.ap_hold:
-                continue
-            self._rr = (v.index + 1) % len(vcpus)
-            return v
-        return None
+    def _run_one(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        """Handle one exit of ``vcpu``; a bug in a handler or hook ends the run."""
+        try:
+            smp.note_exit(self, vcpu, exit)
+            self._handle_exit(vcpu, exit)
+        except Exception as exc:  # a bug in a handler or a user hook
+            self._end(
+                RunReason.HYPERVISOR_ERROR,
+                f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+                vcpu=vcpu.index,
+            )
 
     # ------------------------------------------------------------------ exits
     def _handle_exit(self, vcpu: HostVcpu, exit: VmExit) -> None:
+        self.current_vcpu = vcpu.index
         if exit.stop is not None:
             self._stopped(vcpu, exit)
             return
@@ -460,7 +515,10 @@ class Hypervisor:
             StopReason.TIMEOUT: RunReason.TIMEOUT,
             StopReason.INSTRUCTION_LIMIT: RunReason.INSTRUCTION_LIMIT,
             StopReason.EMULATION_ERROR: RunReason.EMULATION_ERROR,
+            StopReason.KICKED: None,
         }[exit.stop]  # type: ignore[index]
+        if reason is None:
+            return  # the host took the CPU back for itself: nothing ends
         if not vcpu.alive:
             self._died(vcpu, reason, exit.detail)
             return
@@ -477,6 +535,18 @@ class Hypervisor:
 
     def _died(self, vcpu: HostVcpu, reason: RunReason, detail: str) -> None:
         self._states[vcpu.index].dead = RunResult(reason, detail=detail, vcpu=vcpu.index)
+        alive = [st for st in self._states if st.dead is None]
+        if reason is RunReason.VMRUN_FAILED and alive:
+            # Only this vCPU's VMRUN failed (its VMSA, its integrity tag): the
+            # others go on; the result names it in dead_vcpus.
+            self._log(
+                "vcpu-dead",
+                f"vCPU {vcpu.index} can no longer run ({reason.value}: {detail});"
+                f" {len(alive)} vCPU(s) go on",
+                vcpu=vcpu.index,
+                reason=reason.value,
+            )
+            return
         self._end(reason, detail, vcpu=vcpu.index)
 
     def _exit_hlt(self, vcpu: HostVcpu, exit: VmExit) -> None:
@@ -487,8 +557,9 @@ class Hypervisor:
             if_flag = bool(exit.regs["rflags"] & (1 << 9))
             where = f" at {exit.rip:#x} with IF={int(if_flag)}"
         else:
-            where = ""  # SEV-ES: the CPU advanced RIP; the host cannot see IF
-        st.halted = True
+            # SEV-ES: the CPU advanced RIP; the VMCB interrupt state gives IF.
+            where = f" with IF={int(st.guest_if)}"
+        st.mp_state = MpState.HALTED
         self._log("halt", f"vCPU {vcpu.index} halted{where}", vcpu=vcpu.index)
 
     def _exit_cr_trap(self, vcpu: HostVcpu, exit: VmExit) -> None:

@@ -15,9 +15,10 @@ Answered here (KVM ``sev_handle_vmgexit_msr_protocol`` for behaviour):
   a later VMGEXIT with another GHCB GPA is refused with NOT_REGISTERED);
 * hypervisor features (none of the SNP ones);
 * termination: the run ends with the guest's reason set and code;
-* AP reset hold, page state change, VMPL: not supported; like KVM for an
-  unknown request, the MSR is left unchanged, so the guest sees its own
-  request echoed instead of a response.
+* AP reset hold: the AP parks until INIT + SIPI (``sevx86.hv.smp``);
+* page state change, VMPL: not supported; like KVM for an unknown request,
+  the MSR is left unchanged, so the guest sees its own request echoed
+  instead of a response.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from sevx86.arch.ghcb import (
     decode_gfn,
     decode_msr,
     decode_terminate,
+    msr_ap_reset_hold_response,
     msr_cpuid_response,
     msr_hv_features_response,
     msr_pref_gpa_response,
     msr_register_gpa_response,
     msr_sev_info_response,
 )
+from sevx86.hv import smp
 from sevx86.hv.cpuid import CpuidQuery, describe
 
 if TYPE_CHECKING:
@@ -88,7 +91,10 @@ def cpuid(hv: Hypervisor, req: MsrProtocolRequest) -> None:
 
 
 def ap_reset_hold(hv: Hypervisor, req: MsrProtocolRequest) -> None:
-    req.note = "AP reset hold -> not supported (MSR left unchanged)"
+    """Park the AP until INIT + SIPI; until then the answer is 0x007 with data 0 (KVM)."""
+    smp.ap_reset_hold(hv, req.vcpu, smp.HoldKind.MSR)
+    req.response = msr_ap_reset_hold_response(wake=False)
+    req.note = "AP reset hold -> parked until INIT + SIPI"
 
 
 def pref_gpa(hv: Hypervisor, req: MsrProtocolRequest) -> None:

@@ -127,6 +127,10 @@ class PhysicalMemory:
         # Pages the CPU has fetched instructions from: writes to them from
         # Python must go through Unicorn so its translated code is dropped.
         self.code_pages: set[int] = set()
+        # With vCPUs in parallel threads, touching every engine (TB
+        # invalidation, TLB flush) must happen with the others stopped:
+        # sevx86.cpu.parallel.World.exclusive, installed by Machine.enable_parallel.
+        self.exclusive: Callable[[Callable[[], None]], None] | None = None
         self.add_region("ram", 0, config.memory)
 
     # -- layout -----------------------------------------------------------
@@ -210,8 +214,19 @@ class PhysicalMemory:
 
     def flush_tlbs(self) -> None:
         """Drop every vCPU's cached translations (after a page changed form)."""
-        for uc in self._engines:
-            uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+        def flush() -> None:
+            for uc in self._engines:
+                uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+        self._on_all_engines(flush)
+
+    def _on_all_engines(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (which touches every engine) safely: alone in parallel mode."""
+        if self.exclusive is None:
+            fn()
+        else:
+            self.exclusive(fn)
 
     def _alias_reader(self, base: int) -> Callable[[Uc, int, int, object], int]:
         def read(uc: Uc, offset: int, size: int, _data: object) -> int:
@@ -259,8 +274,7 @@ class PhysicalMemory:
         addr = region.base + off
         first, last = addr >> 12, (addr + len(data) - 1) >> 12
         if self._engines and any(p in self.code_pages for p in range(first, last + 1)):
-            for uc in self._engines:
-                uc.mem_write(addr, bytes(data))
+            self._mem_write_all(addr, bytes(data))
         else:
             region.view[off : off + len(data)] = data
 
@@ -302,10 +316,17 @@ class PhysicalMemory:
 
     def _write_private_form(self, region: RamRegion, off: int, data) -> None:
         if len(data) > PAGE_SIZE and self._engines:
-            for uc in self._engines:  # bulk: let Unicorn invalidate what it must
-                uc.mem_write(region.base + off, bytes(data))
+            # Bulk: let Unicorn invalidate what it must.
+            self._mem_write_all(region.base + off, bytes(data))
             return
         self._store(region, off, data)
+
+    def _mem_write_all(self, addr: int, data: bytes) -> None:
+        def write() -> None:
+            for uc in self._engines:
+                uc.mem_write(addr, data)
+
+        self._on_all_engines(write)
 
     def _touches_shared(self, addr: int, size: int) -> bool:
         shared = self.shared

@@ -484,8 +484,9 @@ class MMU:
         if t.writable and (t.dirty or access is Access.WRITE):
             perms |= UC_PROT_WRITE
         if private:
-            if t.executable:
-                perms |= UC_PROT_EXEC
+            # No execute right from a data fill: the first fetch from the page
+            # then fills again as a fetch, so the engine learns every page it
+            # runs code from (code_pages, and the atomics watch of parallel mode).
             return t.gpa, perms
         if not memory.shadowing:
             return SHARED_ALIAS_BASE + t.gpa, perms

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from sevx86.asm import fw_abi as abi
-from sevx86.hv import RunReason
+from sevx86.hv import Hypervisor, RunReason
 
 from .conftest import boot
 
@@ -142,8 +142,20 @@ def test_another_c_bit_position_is_discovered():
     assert any("cbitpos 47" in e.summary for e in b.events("msr-protocol"))
 
 
-def test_application_processors_park_and_the_bsp_runs_the_payload():
+def test_application_processors_wait_for_init_sipi_and_the_bsp_runs_the_payload():
+    # As under KVM, APs wait for INIT-SIPI; our firmware sends none, so only
+    # the BSP ever enters the guest.
     b = boot(vcpus=3)
+    assert (b.result.reason, b.result.exit_status) == (RunReason.EXIT_STATUS, 7)
+    assert {e.vcpu for e in b.events("vmrun")} == {0}
+
+
+def test_application_processors_started_at_once_park_in_the_firmware():
+    class StartAll(Hypervisor):
+        def __init__(self, host):
+            super().__init__(host, ap_start="run")
+
+    b = boot(vcpus=3, hv_class=StartAll)
     assert (b.result.reason, b.result.exit_status) == (RunReason.EXIT_STATUS, 7)
     halted = {e.vcpu for e in b.events("halt")}
     assert halted == {1, 2}

@@ -97,22 +97,23 @@ def test_cpuid_request_default_table_reports_the_c_bit_and_the_trace_says_so():
 
 def test_preferred_gpa_and_hv_features_and_unsupported_requests():
     unknown = 0xABC0_0000_0FFE  # GHCBInfo 0xFFE: not a request
-    values = [
-        msr_pref_gpa_request(),
-        msr_hv_features_request(),
-        msr_ap_reset_hold_request(),
-        unknown,
-    ]
+    values = [msr_pref_gpa_request(), msr_hv_features_request(), unknown]
     m, _, result = _run(values)
     assert result.ok
-    pref, features, hold, other = _responses(m, 4)
+    pref, features, other = _responses(m, 3)
     assert pref & 0xFFF == GhcbMsr.PREF_GPA_RESP and decode_gfn(pref, GhcbMsr.PREF_GPA_RESP) == (
         PREF_GPA_NONE
     )
     assert features == GhcbMsr.HV_FEATURES_RESP  # no SNP features
     # Not supported: the MSR keeps the guest's own request (KVM's behaviour).
-    assert hold == msr_ap_reset_hold_request()
     assert other == unknown
+
+
+def test_ap_reset_hold_parks_the_only_vcpu_with_a_not_woken_answer():
+    # AP reset hold is served (tests/smp has the wake-up): nothing wakes the
+    # only vCPU, and its MSR holds response 0x007 with data 0 (KVM presets it).
+    m, _, result = _run([msr_ap_reset_hold_request()])
+    assert result.reason is RunReason.HALTED and "ap-reset-hold" in result.detail
 
 
 def test_register_records_the_ghcb_and_another_gpa_is_refused():
