@@ -35,7 +35,6 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -278,7 +277,6 @@ class VCpu:
         # watch on atomic instructions; None when vCPUs take turns.
         self.world: World | None = None
         self.atomics: AtomicWatch | None = None
-        self._last_exception: Event | None = None
 
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(ux.UC_CPU_X86_EPYC_ROME)
@@ -1363,5 +1361,4 @@ def _seg_tuple(s: SegmentState) -> tuple[int, int, int, int]:
     return s.selector, s.base, s.limit, s.attrib
 
 
-RflagsReader = Callable[[], int]
-__all__ = ["VCpu", "VmExit", "VcpuState", "StopReason", "GuestLinear", "Rflags"]
+__all__ = ["GuestLinear", "StopReason", "VCpu", "VcpuState", "VmExit"]
