@@ -207,7 +207,7 @@ percpu_init:
 ;      to the host (SW exit 0x8000_0005 SET, GHCB spec "AP Jump Table"), as
 ;      OVMF does for the OS; a woken AP goes where it says (ap_park).
 ;   3. INIT, SIPI, SIPI to all but self through the xAPIC ICR (APM vol 2,
-;      16.5 "Interprocessor Interrupts"; Intel's MP start-up sequence). Under
+;      the APIC chapter, "Interprocessor Interrupts"; the MP start-up sequence). Under
 ;      SEV-ES each ICR write is an MMIO #VC the handler forwards, and the
 ;      first SIPI starts an AP from its launch VMSA at ap_reset whatever the
 ;      vector says; without SEV-ES a host honouring the vector lands in the
@@ -447,7 +447,7 @@ ap_no_slot:
 ; answer: the host only stores the GPA. An empty entry ends the guest with
 ; guest_asm's AP_NO_JUMP_TABLE: an AP woken with nowhere to go must not run
 ; on. Otherwise, long mode -> compatibility mode -> paging off, EFER.LME
-; off (APM vol 2, 14.7 "Leaving Long Mode") -> 16-bit protected mode with
+; off (APM vol 2, "Leaving Long Mode") -> 16-bit protected mode with
 ; real-mode limits -> CR0.PE off -> far jump through the table. The entry
 ; gets real mode, interrupts off, DS = ES = SS = 0, ESI = this AP's slot.
 ap_follow_jump_table:

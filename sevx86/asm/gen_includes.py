@@ -242,7 +242,7 @@ def _guid_qwords(name: str, guid: object) -> list[Define]:
 
 def _segment16(*, code: bool, base: int) -> descriptors.Descriptor:
     """A 16-bit segment with real-mode limits (64 KiB, byte granular): the
-    last protected-mode segments before CR0.PE is cleared (APM vol 2, 14.x)."""
+    last protected-mode segments before CR0.PE is cleared (APM vol 2, "Leaving Long Mode")."""
     d = descriptors
     kind = d.TYPE_CODE | d.TYPE_READABLE if code else d.TYPE_WRITABLE
     return d.Descriptor(base, 0xFFFF, d.ATTR_P | d.ATTR_S | d.TYPE_ACCESSED | kind)

@@ -482,12 +482,17 @@ def run_hypervisor(
 ) -> RunResult:
     plugin = plugin or HvPlugin()
     options = options or HvOptions()
-    hv = plugin.cls(
-        booted.machine.host_view(),
-        console=console,
-        scheduler=options.make_scheduler(),
-        ap_start=options.ap_start,
-    )
+    try:
+        hv = plugin.cls(
+            booted.machine.host_view(),
+            console=console,
+            scheduler=options.make_scheduler(),
+            ap_start=options.ap_start,
+        )
+    except TypeError as exc:  # a --hv subclass with its own __init__ signature
+        raise UsageError(
+            f"--hv: {plugin.cls.__name__}(host, console=, scheduler=, ap_start=) failed: {exc}"
+        ) from None
     hv.console.routes["debugcon"] = debugcon
     if plugin.setup is not None:
         try:
