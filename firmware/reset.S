@@ -130,12 +130,19 @@ sev_detect:
     mov esi, eax
     mov edi, ebx
 .phys_bits:
+    ; 0x80000008 ECX[7:0] (NC) is the number of cores - 1 (APM vol 3,
+    ; CPUID Fn8000_0008): how many vCPUs the runtime waits for. Without
+    ; the leaf: one.
+    mov dword [FW_SMP_GPA + SMP_EXPECTED], 1
     xor eax, eax
     cmp ebp, CPUID_LEAF_ADDR_SIZES
     jb .status
     mov eax, CPUID_LEAF_ADDR_SIZES
     cpuid
     and eax, 0xFF                       ; physical address bits
+    and ecx, CPUID_80000008_ECX_NC_MASK
+    inc ecx
+    mov [FW_SMP_GPA + SMP_EXPECTED], ecx
 .status:
     mov [FW_BOOT_INFO_GPA + BI_PHYS_BITS], eax
     ; SEV_STATUS is read even if CPUID denies SEV: that denial is what a
@@ -325,6 +332,13 @@ build_page_tables:
     test dword [FW_BOOT_INFO_GPA + BI_SEV_STATUS], SEV_STATUS_SEV_ES_ENABLED
     jz .ram
     mov dword [FW_PT0_GPA + (FW_GHCB_GPA >> PT_LEVEL3_SHIFT) * 8 + 4], 0
+    ; The APs' GHCB pages (one per AP slot) are shared too.
+    mov ecx, FW_AP_GHCB_GPA >> PT_LEVEL3_SHIFT
+.ap_ghcb:
+    mov dword [FW_PT0_GPA + ecx * 8 + 4], 0
+    inc ecx
+    cmp ecx, (FW_AP_GHCB_GPA >> PT_LEVEL3_SHIFT) + FW_MAX_VCPUS - 1
+    jb .ap_ghcb
 
 .ram:
     ; The four PDs are consecutive: entry n maps 2 MiB page n of 0..4 GiB.
@@ -528,6 +542,30 @@ idt32_desc:
     dd idt32
 
 ; ---------------------------------------------------------------------------
+; APs start here in real mode (CS base = address & FFFF0000, IP = address &
+; FFFF, as QEMU sets them from the reset block). Under SEV-ES this state is
+; the AP's launch VMSA, measured with the image: the host cannot start an AP
+; anywhere else, and the flash cannot be changed. So the address only holds
+; an indirection the BSP programs before its INIT-SIPI-SIPI: a far jump
+; through the SMP mailbox to the AP trampoline in RAM (runtime.S) -- what
+; OVMF does with the far jump it writes at its AP reset address (MpInitLib
+; SetSevEsJumpTable). With paging off every access is private, so the
+; mailbox is read with the guest's key, out of the host's reach. An AP the
+; host starts before the BSP is ready (ap_start="run") waits for the magic.
+bits 16
+ap_reset:
+    cli
+    xor ax, ax
+    mov ds, ax                          ; DS base 0: the mailbox is below 64 KiB
+.wait:
+    cmp dword [FW_SMP_GPA + SMP_AP_START_MAGIC], FW_AP_START_MAGIC
+    je .go
+    pause
+    jmp .wait
+.go:
+    jmp far [FW_SMP_GPA + SMP_AP_START_IP]
+
+; ---------------------------------------------------------------------------
 ; The OVMF-style footer GUID table QEMU reads (hw/i386/pc_sysfw_ovmf.c): it
 ; ends OVMF_FOOTER_END_OFFSET bytes below 4 GiB; entries are data, a u16
 ; length covering the entry, then the GUID. The one entry is the SEV-ES
@@ -544,16 +582,8 @@ footer_table:
     dw FOOTER_TABLE_SIZE                ; the table footer: its length, its GUID
     dq OVMF_TABLE_FOOTER_GUID_LO, OVMF_TABLE_FOOTER_GUID_HI
 
-; APs start here in real mode (CS base = address & FFFF0000, IP = address &
-; FFFF, as QEMU sets them) and park: this firmware boots one vCPU.
-bits 16
-ap_reset:
-    cli
-.park:
-    hlt
-    jmp .park
-
     pad_to FW_FLASH_TOP - 0x10
+bits 16
 reset_vector:                           ; F000:FFF0, the first instruction
     jmp near start16
     pad_to FW_FLASH_TOP

@@ -111,6 +111,10 @@ class MemEncryptEax(IntFlag):
 
 
 # EBX fields of leaf 0x8000_001F.
+# Fn0000_0001 EBX[31:24]: the initial APIC ID of the vCPU that asks.
+LEAF1_EBX_APIC_ID_SHIFT = 24
+# Fn8000_0008 ECX[7:0] (NC): number of cores - 1 (APM vol 3, CPUID).
+ADDR_SIZES_ECX_NC_MASK = 0xFF
 CBIT_POS_MASK = 0x3F  # bits 5:0
 PHYS_REDUCTION_SHIFT = 6  # bits 11:6
 PHYS_REDUCTION_MASK = 0x3F

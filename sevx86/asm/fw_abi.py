@@ -55,6 +55,29 @@ RAM_MIN = 2 * MiB
 RAM_MAX = 3 * GiB  # GiB 3 is the device window (MMIO, flash)
 DEVICE_WINDOW = 3 * GiB  # 3..4 GiB: mapped C=0 (shared: MMIO), flash C=1 read-only
 
+# -- several vCPUs (firmware/README.md, "APs") -------------------------------------------
+# Each vCPU has a slot: the BSP 0, APs 1.. in the order they take one (LOCK XADD
+# on SMP_NEXT_SLOT). A slot owns a TSS + #VC block, a stack and (SEV-ES) a GHCB.
+MAX_VCPUS = 32
+SMP_GPA = 0x0000_A000  # the SMP mailbox (SMP below): data only -- parallel mode wants
+# LOCKed data off pages that hold code (sevx86/cpu/parallel.py)
+AP_JUMP_TABLE_GPA = 0x0000_B000  # SEV-ES AP jump table page (GHCB spec 56421), for the payload
+PERCPU_GPA = 0x0000_C000  # slot s: its 64-bit TSS, then its #VC block, at + s * PERCPU_STRIDE
+PERCPU_STRIDE = 0x100
+AP_GHCB_GPA = 0x0002_0000  # AP slot s's GHCB page at + (s - 1) * 4 KiB, mapped C=0 (SEV-ES)
+AP_STACKS_GPA = 0x0004_0000  # AP slot s's stack: the 4 KiB below + s * AP_STACK_SIZE
+AP_STACK_SIZE = 0x1000
+AP_START_MAGIC = 0x5041_5853  # "SXAP": SMP ap_start_ip/cs are valid
+# How long the BSP waits for the APs (firmware/README.md, "APs"): it polls the
+# counter every AP_POLL_SPINS PAUSEs and reads the TSC (an exit: a host that
+# runs one vCPU at a time runs the APs then) until AP_TIMEOUT_TSC cycles
+# passed: about 30 ms at 2 GHz (UefiCpuPkg's default AP start-up timeout,
+# PcdCpuApInitTimeOutInMicroSeconds, is 50 ms). The host decides time:
+# sevx86's default virtual TSC advances 1000 cycles per read by any vCPU, so
+# that is about 67000 reads; 32 vCPUs come up in a few thousand.
+AP_POLL_SPINS = 256
+AP_TIMEOUT_TSC = 1 << 26
+
 # -- the flash image (top of 4 GiB, as QEMU maps pflash0) ----------------------------
 FLASH_TOP = 1 << 32
 FIRMWARE_SIZE = 64 * KiB  # reset.S, ending at 4 GiB
@@ -66,7 +89,9 @@ PAYLOAD_HEADER_GPA = FIRMWARE_BASE - 0x1000  # one page right below the firmware
 SEL_CODE64 = 0x08
 SEL_DATA = 0x10
 SEL_CODE32 = 0x18
-SEL_TSS = 0x20
+SEL_TSS = 0x20  # the BSP's TSS; slot s's at SEL_TSS + 16 * s (16-byte system descriptors)
+SEL_CODE16 = SEL_TSS + 16 * MAX_VCPUS  # 16-bit code, base RUNTIME_GPA: leaving for real mode
+SEL_DATA16 = SEL_CODE16 + 8  # 16-bit data, base 0, 64 KiB: real-mode-compatible limits
 IST_DF = 1  # the IST slot of #DF (a broken stack must not become a triple fault)
 
 # The C-bit positions this firmware accepts: it keeps the C-bit in the high
@@ -99,7 +124,7 @@ class MemType(IntEnum):
 
 
 BOOT_INFO_MAGIC = 0x4942_5853  # "SXBI"
-BOOT_INFO_VERSION = 1
+BOOT_INFO_VERSION = 2  # 2: vcpu_count and ap_jump_table
 MMAP_ENTRY = Layout(
     "memory map entry",
     0x18,
@@ -131,7 +156,24 @@ BOOT_INFO = Layout(
         Field("idt_base", 0x68, 8),
         Field("mmap_count", 0x70, 4),
         Field("mmap_entry_size", 0x74, 4),
+        Field("vcpu_count", 0x78, 4, "vCPUs up: the BSP and every AP that reported in"),
+        Field("ap_jump_table", 0x7C, 4, "GPA of the AP jump table page (0 without SEV-ES)"),
         Field("mmap", BOOT_INFO_MMAP, MMAP_MAX * MMAP_ENTRY.size, "MMAP_ENTRY x mmap_count"),
+    ],
+)
+
+# The SMP mailbox page at SMP_GPA (private; the BSP fills it before INIT-SIPI).
+SMP = Layout(
+    "SMP mailbox",
+    0x20,
+    [
+        Field("ap_start_ip", 0x00, 2, "where ap_reset far-jumps (OVMF: SEV_ES_AP_JMP_FAR)"),
+        Field("ap_start_cs", 0x02, 2, "real-mode CS of the AP trampoline"),
+        Field("ap_start_magic", 0x04, 4, "AP_START_MAGIC once the pointer is valid"),
+        Field("next_slot", 0x08, 4, "LOCK XADD: the next free AP slot (from 1)"),
+        Field("reported", 0x0C, 4, "LOCK XADD: APs that reported in"),
+        Field("print_lock", 0x10, 4, "XCHG spinlock around the shared line buffer"),
+        Field("expected", 0x14, 4, "vCPUs the BSP waits for (CPUID 0x80000008 ECX[7:0] + 1)"),
     ],
 )
 
@@ -154,6 +196,8 @@ class FwReason(IntEnum):
     GHCB_REGISTER = 7  # GHCB GPA registration refused or answered wrongly
     PAYLOAD = 8  # payload header damaged, or the payload or RAM size out of range
     SEV_STATUS = 9  # SEV_STATUS inconsistent (SEV-ES without SEV)
+    AP_TIMEOUT = 0x0A  # not every AP reported in within AP_TIMEOUT_TSC
+    VCPU_COUNT = 0x0B  # CPUID reports more vCPUs than MAX_VCPUS
     EARLY_EXCEPTION = 0x20  # an exception before long mode
     EXCEPTION = 0x40  # + vector: an exception nobody handles, in 64-bit mode
 
@@ -168,6 +212,8 @@ FW_REASON_TEXT: dict[int, str] = {
     FwReason.GHCB_REGISTER: "GHCB registration refused",
     FwReason.PAYLOAD: "payload header damaged or payload/RAM size out of range",
     FwReason.SEV_STATUS: "SEV_STATUS inconsistent",
+    FwReason.AP_TIMEOUT: "not every AP reported in before the timeout",
+    FwReason.VCPU_COUNT: f"more than {MAX_VCPUS} vCPUs",
     FwReason.EARLY_EXCEPTION: "exception before long mode",
 }
 

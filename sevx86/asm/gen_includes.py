@@ -182,6 +182,8 @@ def _cpuid() -> list[Define]:
     ):
         d += _flags(enum, prefix)
     d += [
+        ("CPUID_1_EBX_APIC_ID_SHIFT", cpuid.LEAF1_EBX_APIC_ID_SHIFT, "initial APIC ID, 31:24"),
+        ("CPUID_80000008_ECX_NC_MASK", cpuid.ADDR_SIZES_ECX_NC_MASK, "cores - 1"),
         ("CPUID_8000001F_EBX_CBIT_MASK", cpuid.CBIT_POS_MASK, "C-bit position, bits 5:0"),
         ("CPUID_8000001F_EBX_PHYS_REDUCTION_SHIFT", cpuid.PHYS_REDUCTION_SHIFT, ""),
         ("CPUID_8000001F_EBX_PHYS_REDUCTION_MASK", cpuid.PHYS_REDUCTION_MASK, "after the shift"),
@@ -238,6 +240,14 @@ def _guid_qwords(name: str, guid: object) -> list[Define]:
     ]
 
 
+def _segment16(*, code: bool, base: int) -> descriptors.Descriptor:
+    """A 16-bit segment with real-mode limits (64 KiB, byte granular): the
+    last protected-mode segments before CR0.PE is cleared (APM vol 2, "Leaving Long Mode")."""
+    d = descriptors
+    kind = d.TYPE_CODE | d.TYPE_READABLE if code else d.TYPE_WRITABLE
+    return d.Descriptor(base, 0xFFFF, d.ATTR_P | d.ATTR_S | d.TYPE_ACCESSED | kind)
+
+
 def _fw_abi() -> list[Define]:
     f = fw_abi
     gate_attr = descriptors.encode_gate64(0, 0)[5]
@@ -272,6 +282,8 @@ def _fw_abi() -> list[Define]:
                 "SEL_DATA",
                 "SEL_CODE32",
                 "SEL_TSS",
+                "SEL_CODE16",
+                "SEL_DATA16",
                 "IST_DF",
                 "CBIT_POS_MIN",
                 "CBIT_POS_MAX",
@@ -280,6 +292,24 @@ def _fw_abi() -> list[Define]:
             )
         ],
         ("FW_DEBUGCON_PORT", f.DEBUGCON, ""),
+        ("; several vCPUs: slots, the SMP mailbox, AP memory", "", ""),
+        *[
+            (f"FW_{name}", getattr(f, name), "")
+            for name in (
+                "MAX_VCPUS",
+                "SMP_GPA",
+                "AP_JUMP_TABLE_GPA",
+                "PERCPU_GPA",
+                "PERCPU_STRIDE",
+                "AP_GHCB_GPA",
+                "AP_STACKS_GPA",
+                "AP_STACK_SIZE",
+                "AP_POLL_SPINS",
+                "AP_TIMEOUT_TSC",
+            )
+        ],
+        ("FW_AP_START_MAGIC", f.AP_START_MAGIC, '"SXAP"'),
+        *_fields(f.SMP, "SMP_", "SMP_SIZE"),
         ("; flat segments and gates (APM vol 2, 4.7-4.8)", "", ""),
         (
             "FW_GDT_CODE64",
@@ -288,6 +318,16 @@ def _fw_abi() -> list[Define]:
         ),
         ("FW_GDT_CODE32", int.from_bytes(descriptors.code_segment().encode(), "little"), ""),
         ("FW_GDT_DATA", int.from_bytes(descriptors.data_segment().encode(), "little"), ""),
+        (
+            "FW_GDT_CODE16",
+            int.from_bytes(_segment16(code=True, base=f.RUNTIME_GPA).encode(), "little"),
+            "16-bit, base FW_RUNTIME_GPA, 64 KiB",
+        ),
+        (
+            "FW_GDT_DATA16",
+            int.from_bytes(_segment16(code=False, base=0).encode(), "little"),
+            "16-bit, base 0, 64 KiB",
+        ),
         (
             "FW_TSS_DESC_ATTR",
             descriptors.ATTR_P | descriptors.SystemType.TSS_AVAILABLE,

@@ -146,8 +146,12 @@ def _page_align(size: int) -> int:
     return (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
-def check_machine(payload_size: int, memory: int) -> None:
+def check_machine(payload_size: int, memory: int, vcpus: int = 1) -> None:
     """Refuse what the firmware would refuse, with a message a user can act on."""
+    if vcpus < 1:
+        raise FirmwareError(f"{vcpus} vCPUs: a guest needs at least one")
+    if vcpus > abi.MAX_VCPUS:
+        raise FirmwareError(f"{vcpus} vCPUs: the firmware brings up at most {abi.MAX_VCPUS}")
     if payload_size > abi.PAYLOAD_MAX:
         raise FirmwareError(
             f"payload of {payload_size} bytes is larger than {abi.PAYLOAD_MAX >> 20} MiB"
@@ -214,8 +218,11 @@ def boot_machine(
 
     Every vCPU starts in the reset state (``sevx86.boot.reset``): vCPU 0 at
     the reset vector, the others at the AP reset address of the image's
-    SEV-ES reset block. Raises ``FirmwareError`` for what cannot boot.
+    SEV-ES reset block, where they wait for the firmware's INIT-SIPI
+    (firmware/README.md, "APs"). Raises ``FirmwareError`` for what cannot
+    boot (including more than ``fw_abi.MAX_VCPUS`` vCPUs).
     """
+    check_machine(len(payload), config.memory, config.vcpus)
     image = flash_image(payload, memory=config.memory)
     ap_reset = OvmfImage.parse(image).sev_es_reset_addr()
     signature = vcpu_signature(vcpu_type)

@@ -30,6 +30,7 @@ from sevx86.boot.ovmf import OvmfError
 from sevx86.cli.main import UsageError
 from sevx86.config import ConfigError, GuestConfig, GuestMode, parse_size
 from sevx86.hv import Hypervisor, RunReason, RunResult
+from sevx86.hv.scheduler import DEFAULT_QUANTUM, SCHEDULERS, Scheduler, make_scheduler
 from sevx86.machine import LaunchError
 from sevx86.sp.policy import GuestPolicy
 from sevx86.trace.events import Tracer
@@ -38,6 +39,7 @@ ASSEMBLY_SUFFIXES = (".S", ".s", ".asm")
 EXAMPLE_PREFIX = "example:"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MEMORY = "64M"
+AP_START = ("sipi", "run")  # sevx86.hv.smp.initial_state
 
 
 class ExitStatus(IntEnum):
@@ -108,6 +110,13 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
         help=f"guest RAM, {abi.RAM_MIN >> 20}M..{abi.RAM_MAX >> 30}G (default {DEFAULT_MEMORY})",
     )
     g.add_argument(
+        "--vcpus",
+        default="1",
+        metavar="N",
+        help=f"vCPUs, 1..{abi.MAX_VCPUS} (default 1); the firmware starts the APs "
+        "(INIT-SIPI-SIPI) and parks them; the launch measures one VMSA each",
+    )
+    g.add_argument(
         "--policy",
         metavar="VALUE",
         help="SEV policy (default 0x5 for sev-es: NODBG|ES, 0x1 for sev)",
@@ -129,6 +138,32 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
         help="play the hypervisor: FILE defines setup(hv) and/or a Hypervisor subclass "
         "named Hypervisor (see sevx86.hv)",
     )
+    h = parser.add_argument_group("several vCPUs (the hypervisor)")
+    h.add_argument(
+        "--scheduler",
+        default="deterministic",
+        metavar="NAME",
+        help="deterministic (default: one vCPU at a time in seeded slices; the same "
+        "--seed gives the same run) or parallel (a host thread per vCPU)",
+    )
+    h.add_argument(
+        "--seed",
+        default="0",
+        metavar="S",
+        help="deterministic scheduler: the seed of its order and slices (default 0)",
+    )
+    h.add_argument(
+        "--quantum",
+        metavar="Q",
+        help=f"deterministic scheduler: instructions per slice (default {DEFAULT_QUANTUM})",
+    )
+    h.add_argument(
+        "--ap-start",
+        default="sipi",
+        metavar="HOW",
+        help="sipi (default: APs wait for INIT-SIPI, as under KVM) or run (the host "
+        "starts every vCPU at once)",
+    )
     a = parser.add_argument_group("assembly")
     a.add_argument(
         "-I", dest="include", action="append", type=Path, default=[], metavar="DIR",
@@ -148,6 +183,9 @@ def parse_number(text: str, what: str) -> int:
 
 
 def guest_config(args: argparse.Namespace) -> GuestConfig:
+    vcpus = parse_number(args.vcpus, "--vcpus")
+    if not 1 <= vcpus <= abi.MAX_VCPUS:
+        raise UsageError(f"--vcpus {vcpus} is outside 1..{abi.MAX_VCPUS}")
     try:
         mode = GuestMode.parse(args.mode)
         memory = parse_size(args.memory)
@@ -156,11 +194,40 @@ def guest_config(args: argparse.Namespace) -> GuestConfig:
             cbitpos=parse_number(args.cbitpos, "--cbitpos"),
             reduced_phys_bits=parse_number(args.reduced_phys_bits, "--reduced-phys-bits"),
             memory=memory,
+            vcpus=vcpus,
         )
-        check_machine(0, config.memory)
+        check_machine(0, config.memory, config.vcpus)
     except (ConfigError, FirmwareError) as exc:
         raise UsageError(str(exc)) from None
     return config
+
+
+@dataclass(frozen=True)
+class HvOptions:
+    """How the hypervisor runs several vCPUs (--scheduler, --seed, --quantum, --ap-start)."""
+
+    scheduler: str = "deterministic"
+    seed: int = 0
+    quantum: int | None = None
+    ap_start: str = "sipi"
+
+    def make_scheduler(self) -> Scheduler:
+        return make_scheduler(self.scheduler, seed=self.seed, quantum=self.quantum)
+
+
+def hv_options(args: argparse.Namespace) -> HvOptions:
+    """Check the scheduler options before anything runs; each failure is one line."""
+    if args.scheduler not in SCHEDULERS:
+        raise UsageError(f"--scheduler {args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    seed = parse_number(args.seed, "--seed")
+    quantum = None
+    if args.quantum is not None:
+        quantum = parse_number(args.quantum, "--quantum")
+        if quantum < 1:
+            raise UsageError(f"--quantum {quantum} must be at least 1")
+    if args.ap_start not in AP_START:
+        raise UsageError(f"--ap-start {args.ap_start!r} is not one of {', '.join(AP_START)}")
+    return HvOptions(args.scheduler, seed, quantum, args.ap_start)
 
 
 def guest_policy(args: argparse.Namespace, mode: GuestMode) -> GuestPolicy | None:
@@ -411,9 +478,21 @@ def run_hypervisor(
     timeout: float | None,
     limit: int | None,
     plugin: HvPlugin | None = None,
+    options: HvOptions | None = None,
 ) -> RunResult:
     plugin = plugin or HvPlugin()
-    hv = plugin.cls(booted.machine.host_view(), console=console)
+    options = options or HvOptions()
+    try:
+        hv = plugin.cls(
+            booted.machine.host_view(),
+            console=console,
+            scheduler=options.make_scheduler(),
+            ap_start=options.ap_start,
+        )
+    except TypeError as exc:  # a --hv subclass with its own __init__ signature
+        raise UsageError(
+            f"--hv: {plugin.cls.__name__}(host, console=, scheduler=, ap_start=) failed: {exc}"
+        ) from None
     hv.console.routes["debugcon"] = debugcon
     if plugin.setup is not None:
         try:

@@ -23,6 +23,12 @@ mode at {abi.PAYLOAD_GPA:#x} with RDI pointing at the boot info
 through #VC, the firmware's #VC handler, the GHCB and VMGEXIT to the
 emulated hypervisor, as on an SEV-ES machine.
 
+With --vcpus N the firmware first starts every AP (INIT-SIPI-SIPI); each
+gets its own GHCB, says "AP n up" on the serial console and is parked in
+AP reset hold. The hypervisor runs the vCPUs one at a time in seeded
+slices (--scheduler deterministic, --seed, --quantum: the same seed gives
+the same run) or in parallel host threads (--scheduler parallel).
+
 The serial console (COM1) is printed as it happens. The run ends when the
 guest writes its exit status to port 0xF4 (or its payload returns it in
 RAX), terminates, faults, or hits a limit."""
@@ -34,6 +40,8 @@ examples:
   sevx86 run guest.S --mode sev --cbitpos 47    plain SEV, C-bit 47
   sevx86 run guest.S --trace boot.jsonl         every event, as JSON Lines
   sevx86 run guest.bin --memory 256M --timeout 5
+  sevx86 run example:hello --vcpus 4            the firmware starts 3 APs first
+  sevx86 run example:smp --vcpus 4 --seed 7     ...then wakes them through the AP jump table
 
 a minimal PROGRAM (guest.S):
   start:  mov edx, 0xF4       ; the debug-exit port
@@ -96,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     timeout, limit = common.run_limits(args)
     config = common.guest_config(args)  # refuse bad values before assembling anything
     common.guest_policy(args, config.mode)
+    options = common.hv_options(args)
     plugin = common.load_hv_plugin(args.hv)
     payload = common.load_program(args)
     with ExitStack() as stack:
@@ -122,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
             timeout=timeout,
             limit=limit,
             plugin=plugin,
+            options=options,
         )
     try:
         sys.stdout.flush()

@@ -30,7 +30,9 @@ event kinds (actor -> target):
   exception       cpu -> guest an exception delivered through the IDT
   inject          hv -> guest  an event the hypervisor injects (e.g. #GP)
   mmio            hv           an MMIO access decoded by the host (no SEV-ES)
-  console         hv           a line of guest output (serial, debugcon)
+  console         hv           a line of guest output (serial, debugcon) and its vCPU
+  ipi             hv           INIT, SIPI and other IPIs between vCPUs (--vcpus N)
+  ap-reset-hold   hv           an AP parked in AP reset hold (GHCB spec)
   terminate, halt, shutdown, vmrun-failed, emulation-error, run-end
   world-switch, vmsa-check, ghcb-msr-write   (shown with --all)"""
 
@@ -54,6 +56,8 @@ examples:
   sevx86 trace example:cpuid --mermaid --kinds vc,exit,world-switch,vmgexit,ghcb-answer,vmsa-check
                           (the seed talk's CPUID slide: #VC, VMGEXIT, VMSA sealed and checked)
   sevx86 trace guest.S --mode none --json > boot.jsonl
+  sevx86 trace example:hello --vcpus 2 --kinds ipi,ghcb-register,ap-reset-hold,console
+                          (the firmware starts the AP: which vCPU did what)
 
 {KINDS_HELP}
 
@@ -148,6 +152,7 @@ def _run(args: argparse.Namespace) -> int:
     keep = event_filter(args)
     config = common.guest_config(args)
     common.guest_policy(args, config.mode)
+    options = common.hv_options(args)
     plugin = common.load_hv_plugin(args.hv)
     payload = common.load_program(args)
     try:
@@ -167,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
             timeout=timeout,
             limit=max_instructions,
             plugin=plugin,
+            options=options,
         )
         if not args.json:
             events = [e for e in tracer.events if keep(e)]

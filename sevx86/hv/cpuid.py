@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sevx86.arch.cpuid import (
+    ADDR_SIZES_ECX_NC_MASK,
+    LEAF1_EBX_APIC_ID_SHIFT,
     SUBLEAF_LEAVES,
     XSAVE_BASE_SIZE,
     XSAVE_COMPONENTS,
@@ -135,7 +137,7 @@ class CpuidTable:
             return eax, ebx, ecx, edx
         if q.leaf == Leaf.FEATURES:
             # EBX[31:24] initial APIC ID; ECX.OSXSAVE mirrors CR4.OSXSAVE.
-            ebx = (ebx & 0x00FF_FFFF) | ((q.vcpu & 0xFF) << 24)
+            ebx = (ebx & 0x00FF_FFFF) | ((q.vcpu & 0xFF) << LEAF1_EBX_APIC_ID_SHIFT)
             ecx &= ~Leaf1Ecx.OSXSAVE
             if q.cr4 & Cr4.OSXSAVE:
                 ecx |= Leaf1Ecx.OSXSAVE
@@ -233,7 +235,7 @@ class CpuidTable:
         # 0x8000_0008 EAX: physical address bits 7:0 (the platform's, before the
         # SEV reduction, as on hardware), linear address bits 15:8.
         assert config.phys_bits is not None
-        ecx = (config.vcpus - 1) & 0xFF  # NC: number of cores - 1
+        ecx = (config.vcpus - 1) & ADDR_SIZES_ECX_NC_MASK  # NC: number of cores - 1
         e[(Leaf.ADDR_SIZES, None)] = (config.phys_bits | (48 << 8), 0, ecx, 0)
         # 0x8000_001E: EAX extended APIC ID (per vCPU), EBX one thread per core.
         e[(0x8000_001E, None)] = (0, 0, 0, 0)

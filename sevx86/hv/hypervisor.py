@@ -260,7 +260,7 @@ class Hypervisor:
         self.hv_features = 0  # GHCB v2 feature bitmap: no SNP features
         self.ap_jump_table = 0
         self.hypercalls: dict[int, Callable[[Hypervisor, Request], int]] = {}
-        self.console = Console(stream=console, log=self._log)
+        self.console = Console(stream=console, log=self._log_console)
         self.io_bus = IoBus()
         self.mmio_bus = MmioBus()
         self.counters: Counter[str] = Counter()
@@ -365,6 +365,10 @@ class Hypervisor:
 
     def _log(self, kind: str, summary: str, *, vcpu: int | None = None, **data: object) -> None:
         self.host.log(kind, summary, vcpu=vcpu, **data)
+
+    def _log_console(self, kind: str, summary: str, **data: object) -> None:
+        """A line of guest output, on the vCPU whose exit completed it (several vCPUs print)."""
+        self._log(kind, summary, vcpu=self.current_vcpu, **data)
 
     # ------------------------------------------------------------------ ending the run
     def exit_status(self, status: int) -> None:

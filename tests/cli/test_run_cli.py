@@ -38,7 +38,7 @@ def test_list_examples(sevx86):
     done = sevx86("run", "--list-examples")
     assert done.returncode == 0
     names = [line.split()[0] for line in done.stdout.splitlines()]
-    assert names == ["cpuid", "fault", "hello", "mmio", "portio"]
+    assert names == ["cpuid", "fault", "hello", "mmio", "portio", "smp"]
 
 
 def test_assembly_program_and_flat_binary_give_their_status(sevx86, tmp_path):
@@ -78,17 +78,20 @@ def test_verbose_shows_the_firmware_log_and_a_summary(sevx86):
 
 
 def test_saved_image_measures_like_sev_snp_measure(sevx86, tmp_path):
-    done = sevx86("run", "example:hello", "--save-image", "hello.fd")
+    # Two vCPUs: the launch measures a VMSA per vCPU, so --vcpus must reach it.
+    done = sevx86("run", "example:hello", "--vcpus", "2", "--save-image", "hello.fd", "-v")
     assert done.returncode == 0
-    measured = sevx86("measure", "--firmware", "hello.fd", "--vcpus", "1", "--vcpu-type", "EPYC-v4")
+    launched = done.stderr.rpartition("launch digest ")[2].strip()
+    measured = sevx86("measure", "--firmware", "hello.fd", "--vcpus", "2", "--vcpu-type", "EPYC-v4")
     assert measured.returncode == 0
+    assert measured.stdout.strip() == launched
     measure = pytest.importorskip("sevsnpmeasure.guest")
     from sevsnpmeasure.sev_mode import SevMode
 
     from sevx86.boot.vcpu_types import vcpu_signature
 
     expected = measure.calc_launch_digest(
-        SevMode.SEV_ES, 1, vcpu_signature("EPYC-v4"), str(tmp_path / "hello.fd"), *[None] * 3, 0
+        SevMode.SEV_ES, 2, vcpu_signature("EPYC-v4"), str(tmp_path / "hello.fd"), *[None] * 3, 0
     )
     assert measured.stdout.strip() == expected.hex()
 
@@ -123,6 +126,12 @@ TRIPLE = "start:\n    lidt [rel nothing]\n    int3\nnothing:\n    dq 0, 0\n"
         ({}, ("example:hello", "--mode", "none", "--policy", "5"), 2, "encrypted guest"),
         ({}, ("example:hello", "--timeout", "soon"), 2, "not a number of seconds"),
         ({}, ("example:nothing",), 2, "no example 'nothing'"),
+        ({}, ("example:hello", "--vcpus", "0"), 2, "--vcpus 0 is outside 1..32"),
+        ({}, ("example:hello", "--vcpus", "33"), 2, "--vcpus 33 is outside 1..32"),
+        ({}, ("example:hello", "--scheduler", "foo"), 2, "--scheduler 'foo' is not one of"),
+        ({}, ("example:hello", "--quantum", "0"), 2, "--quantum 0 must be at least 1"),
+        ({}, ("example:hello", "--seed", "x"), 2, "--seed 'x' is not a number"),
+        ({}, ("example:hello", "--ap-start", "soon"), 2, "--ap-start 'soon' is not one of"),
         ({}, (), 2, "no PROGRAM given"),
     ],
 )

@@ -142,20 +142,31 @@ def test_another_c_bit_position_is_discovered():
     assert any("cbitpos 47" in e.summary for e in b.events("msr-protocol"))
 
 
-def test_application_processors_wait_for_init_sipi_and_the_bsp_runs_the_payload():
-    # As under KVM, APs wait for INIT-SIPI; our firmware sends none, so only
-    # the BSP ever enters the guest.
+def test_application_processors_run_only_after_the_firmwares_init_sipi():
+    # As under KVM, APs wait for INIT-SIPI: the first VMRUN of each comes
+    # after the BSP's SIPI (tests/firmware/test_smp.py has the rest).
     b = boot(vcpus=3)
     assert (b.result.reason, b.result.exit_status) == (RunReason.EXIT_STATUS, 7)
-    assert {e.vcpu for e in b.events("vmrun")} == {0}
+    first = {}
+    for i, e in enumerate(b.tracer.events):
+        if e.kind == "vmrun":
+            first.setdefault(e.vcpu, i)
+    sipi = min(i for i, e in enumerate(b.tracer.events) if e.kind == "ipi" and "SIPI" in e.summary)
+    assert first[0] < sipi < first[1] and sipi < first[2]
 
 
-def test_application_processors_started_at_once_park_in_the_firmware():
+def test_application_processors_started_at_once_wait_for_the_bsp():
+    # ap_start="run": the APs run from the first round and wait in ap_reset
+    # until the BSP publishes the trampoline; they still come up and park.
     class StartAll(Hypervisor):
         def __init__(self, host):
             super().__init__(host, ap_start="run")
 
     b = boot(vcpus=3, hv_class=StartAll)
     assert (b.result.reason, b.result.exit_status) == (RunReason.EXIT_STATUS, 7)
-    halted = {e.vcpu for e in b.events("halt")}
-    assert halted == {1, 2}
+    lines = b.result.outputs["serial"].decode().splitlines()
+    assert sorted(line.partition(",")[0] for line in lines) == [
+        "sevx86-fw: AP 1 up",
+        "sevx86-fw: AP 2 up",
+    ]
+    assert {e.vcpu for e in b.events("ap-reset-hold")} == {1, 2}

@@ -17,17 +17,17 @@ from sevx86.hv import Hypervisor, RunReason
 EXAMPLES = guest_asm_dir() / "examples"
 
 
-def run_example(name: str, mode: str):
+def run_example(name: str, mode: str, vcpus: int = 1):
     payload = assemble(path=EXAMPLES / f"{name}.S", base=abi.PAYLOAD_GPA).code
-    booted = boot_machine(payload, GuestConfig(mode=GuestMode(mode)))
+    booted = boot_machine(payload, GuestConfig(mode=GuestMode(mode), vcpus=vcpus))
     result = Hypervisor(booted.machine.host_view()).run(timeout=30)
     serial = result.outputs.get("serial", b"").decode()
     debugcon = result.outputs.get("debugcon", b"").decode()
     return result, serial, debugcon
 
 
-def test_the_examples_are_the_documented_five():
-    assert sorted(list_examples()) == ["cpuid", "fault", "hello", "mmio", "portio"]
+def test_the_examples_are_the_documented_six():
+    assert sorted(list_examples()) == ["cpuid", "fault", "hello", "mmio", "portio", "smp"]
     for path in EXAMPLES.glob("*.S"):
         assert Path(path).read_text().startswith(f"; {path.stem}: ")
 
@@ -108,3 +108,28 @@ def test_the_payload_in_guest_asm_readme_runs():
     result = Hypervisor(booted.machine.host_view()).run(timeout=30)
     assert (result.reason, result.exit_status) == (RunReason.EXIT_STATUS, 0)
     assert result.outputs["serial"] == b"hi\n"
+
+
+@pytest.mark.parametrize(
+    ("mode", "vcpus", "last"),
+    [
+        ("sev-es", 3, "2 AP(s) woken through the AP jump table"),
+        ("none", 2, "no AP jump table (it exists under SEV-ES only)"),
+        ("sev-es", 1, "1 vCPU(s) up"),
+    ],
+)
+def test_smp(mode, vcpus, last):
+    result, serial, _ = run_example("smp", mode, vcpus)
+    assert (result.reason, result.exit_status) == (RunReason.EXIT_STATUS, 0), result
+    lines = serial.splitlines()
+    assert f"{vcpus} vCPU(s) up" in lines and lines[-1] == last
+
+
+def test_hello_with_several_vcpus():
+    result, serial, debugcon = run_example("hello", "sev-es", vcpus=2)
+    assert result.exit_status == 0
+    assert serial.splitlines() == [
+        "sevx86-fw: AP 1 up, GHCB at 0x20000",
+        "Hello from an SEV-ES guest (C-bit 51) with 2 vCPUs!",
+    ]
+    assert "; 2 vCPUs; payload" in debugcon
