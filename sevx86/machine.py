@@ -253,10 +253,19 @@ class HostVcpu:
         """Take the physical CPU back: a running VMRUN returns soon (INTR exit)."""
         self._vcpu.kick()
 
+    def load_state(self, page: bytes) -> None:
+        """Write the state this vCPU first runs from (not under SEV-ES: ``VCpu.load_state``)."""
+        self._vcpu.load_state(page)
+
     @property
     def vmsa_gpa(self) -> int | None:
         """Where the VMSA is (the host allocated it; it sees only ciphertext there)."""
         return self._vcpu.vmsa_spa
+
+    @property
+    def entered(self) -> bool:
+        """Has this vCPU run yet (VMRUN entered it once)?"""
+        return self._vcpu.status.value != "new"
 
     @property
     def alive(self) -> bool:

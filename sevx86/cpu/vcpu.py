@@ -299,6 +299,22 @@ class VCpu:
         self._scratch_page = bytearray(VMSA_SIZE)
         self._saved_vmsa = b""
 
+    def load_state(self, page: bytes) -> None:
+        """The host writes the state a not-yet-entered vCPU starts from (VMSA layout).
+
+        Possible only without SEV-ES: there the save area is host memory (APM
+        vol 2, 15.5.1) and KVM rewrites it for INIT and SIPI
+        (``kvm_vcpu_reset``, ``kvm_vcpu_deliver_sipi_vector``). Under SEV-ES
+        the state is in the encrypted, measured VMSA (15.35.1).
+        """
+        if self.mode is GuestMode.SEV_ES:
+            raise PermissionError("under SEV-ES the vCPU state is in the VMSA, not the host's")
+        if self.status is not VcpuState.NEW:
+            raise RuntimeError(f"vCPU {self.index} has already been entered")
+        if len(page) != VMSA_SIZE:
+            raise ValueError(f"a state page is {VMSA_SIZE} bytes, not {len(page)}")
+        self._initial_state = bytes(page)
+
     # ------------------------------------------------------------------ state
     def paging_state(self, cpl: int | None = None) -> PagingState:
         ctx = self.ctx.load()

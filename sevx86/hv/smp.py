@@ -9,7 +9,9 @@ injection; KVM arch/x86/kvm/lapic.c and svm/sev.c):
   runnable. An AP starts *uninitialized* and runs only after the BSP sends it
   INIT then SIPI (the real INIT-SIPI-SIPI sequence). Under SEV-ES the host
   cannot set an AP's registers, so the first SIPI starts it from its launch
-  VMSA at the AP reset address, whatever the SIPI vector says.
+  VMSA at the AP reset address, whatever the SIPI vector says. Without
+  SEV-ES the host writes the state, as KVM does: real mode, CS = vector << 8,
+  IP = 0 (``sipi_state``).
 * **AP reset hold** (SW exit 0x8000_0004, or MSR protocol 0x006): the AP
   parks in the host. KVM presets the answer to "not woken" (SW_EXITINFO2 = 0
   / response 0x007 with data 0). A later INIT + SIPI wakes it with a non-zero
@@ -63,6 +65,8 @@ from sevx86.arch.vmcb import (
     EventType,
     encode_event,
 )
+from sevx86.arch.vmsa import VMSA
+from sevx86.boot.reset import reset_vmsa
 from sevx86.config import GuestMode
 
 if TYPE_CHECKING:
@@ -231,17 +235,37 @@ def sipi(hv: Hypervisor, index: int, vector: int, source: int | None) -> None:
         return
     st.mp_state = MpState.RUNNABLE
     if not st.received_first_sipi:
-        # First SIPI: the AP starts from its launch VMSA (the host cannot set
-        # CS:IP from the vector under SEV-ES; KVM keeps the VMM's values).
         st.received_first_sipi = True
-        hv._log(
-            "ipi",
-            f"SIPI {vector:#x} from vCPU {source}: AP starts at its launch VMSA",
-            vcpu=index,
-        )
+        if hv.mode is GuestMode.SEV_ES:
+            # The host cannot set CS:IP from the vector under SEV-ES: the AP
+            # starts from its launch VMSA (KVM keeps the VMM's values).
+            where = "AP starts at its launch VMSA"
+        elif hv.host.vcpus[index].entered:
+            # Started by the host already (ap_start="run"); the model does not
+            # reset a running vCPU's state on INIT.
+            where = "AP already running; the vector is not applied"
+        else:
+            hv.host.vcpus[index].load_state(sipi_state(vector, hv.cpuid.raw(1)[0]))
+            where = f"AP starts at {vector << 8:#06x}:0000"
+        hv._log("ipi", f"SIPI {vector:#x} from vCPU {source}: {where}", vcpu=index)
     else:
         _wake_from_hold(hv, index, source)
     hv._wake(index)
+
+
+def sipi_state(vector: int, signature: int) -> bytes:
+    """The state an AP starts from after INIT + SIPI when the host owns it.
+
+    INIT puts the vCPU in its reset state (real mode, RDX = the CPUID
+    signature); the SIPI vector then gives CS = vector << 8, CS base =
+    vector << 12 and IP = 0 (APM vol 2, 16.x MP initialisation; KVM
+    ``kvm_vcpu_deliver_sipi_vector``).
+    """
+    page = reset_vmsa(vector << 12, signature)
+    VMSA.write(page, "cs.selector", vector << 8)
+    VMSA.write(page, "cs.base", vector << 12)
+    VMSA.write(page, "rip", 0)
+    return bytes(page)
 
 
 def _wake_from_hold(hv: Hypervisor, index: int, source: int | None) -> None:

@@ -168,3 +168,42 @@ def test_aps_do_not_run_before_init_sipi():
     assert result.reason is RunReason.HALTED
     assert "vCPU 0 halted with IF=0" in result.detail
     assert "vCPU 1 uninitialized" in result.detail
+
+
+@pytest.mark.parametrize("mode", ["none", "sev"])
+def test_without_sev_es_the_sipi_vector_says_where_the_ap_starts(mode):
+    # The host owns the vCPU state without SEV-ES, so INIT + SIPI vector V
+    # starts the AP in real mode at CS = V << 8, IP = 0 (KVM). The BSP copies
+    # a 16-bit stub to V << 12; the AP reports its CS through the exit port.
+    src = """
+start:
+    lea rsi, [rel ap16]
+    mov edi, 0xC0000
+    mov ecx, ap16_end - ap16
+    rep movsb
+    mov edi, 1
+    mov esi, 0xC0
+    call smp_init_sipi
+.wait:
+    pause
+    jmp .wait
+
+bits 16
+ap16:
+    mov ax, cs                      ; 0xC000 when the vector was applied
+    shr ax, 8
+    out 0xF4, al                    ; status 0xC0, from the AP
+    hlt
+ap16_end:
+bits 64
+"""
+    _, _, hv = build(src, 2, ap_start="sipi", ap_entry="start", mode=mode)
+    result = hv.run(timeout=60)
+    assert result.reason is RunReason.EXIT_STATUS, result
+    assert result.exit_status == 0xC0  # only the AP's CS can give it
+
+
+def test_under_sev_es_the_host_cannot_set_where_an_ap_starts():
+    _, _, hv = build("start:\n    hlt\n", 2, ap_start="sipi", ap_entry="start")
+    with pytest.raises(PermissionError):
+        hv.host.vcpus[1].load_state(bytes(4096))
