@@ -227,6 +227,21 @@ class HostMemory:
         """Is ``[gpa, gpa+size)`` guest RAM (a host must check before touching it)?"""
         return self._memory.guest_ram_at(gpa, size) is not None
 
+    def set_trapping(self, gpa: int, size: int, on: bool = True) -> bool:
+        """Take whole pages of guest RAM back for emulation, or give them back.
+
+        KVM's memory slots in one call: while a range traps, every guest
+        access to it is a nested page fault (``#VC`` with error code NPF
+        under SEV-ES, an NPF exit otherwise) that the host emulates, as for
+        MMIO; its bytes stay in DRAM, where ``read``/``write`` still reach
+        them. A flash device in command mode works this way (QEMU's ROMD
+        regions). Returns whether anything changed.
+        """
+        return self._memory.set_trapping(gpa, size, on)
+
+    def is_trapping(self, gpa: int) -> bool:
+        return self._memory.is_trapping(gpa)
+
     def image(self) -> Iterator[tuple[RegionInfo, bytes]]:
         for region, data in self._memory.dram_image():
             yield _info(region), data

@@ -166,7 +166,7 @@ class PageFault:
 
 @dataclass(frozen=True)
 class NestedFault:
-    """A guest-physical address with no RAM behind it: an NPF for the host.
+    """A guest-physical address with no RAM behind it (or RAM the host made trap): an NPF.
 
     Under SEV-ES the CPU turns this into #VC with error code 0x400 (NPF); in
     the other modes the host emulates the access (MMIO).
@@ -465,7 +465,10 @@ class MMU:
         """Unicorn physical address and permissions for a translation."""
         private = t.private
         memory = self.memory
-        if memory.guest_ram_at(t.gpa, PAGE_SIZE_4K) is None:
+        if memory.guest_ram_at(t.gpa, PAGE_SIZE_4K) is None or (
+            memory.trapping and (t.gpa >> 12) in memory.trapping
+        ):
+            # No RAM there, or RAM the host emulates for now (set_trapping).
             return NestedFault(t.vaddr, t.gpa, private, access)
         shared_form = memory.shared and (t.gpa >> 12) in memory.shared
         if private and shared_form:
@@ -521,7 +524,8 @@ class TlbFiller:
         result = self.mmu.walk(vaddr, access, self.state())
         if isinstance(result, PageFault):
             return result
-        if self.mmu.memory.guest_ram_at(result.gpa) is None:
+        memory = self.mmu.memory
+        if memory.guest_ram_at(result.gpa) is None or memory.is_trapping(result.gpa):
             return NestedFault(vaddr, result.gpa, result.private, access)
         return result
 
