@@ -239,8 +239,24 @@ class HostMemory:
         """
         return self._memory.set_trapping(gpa, size, on)
 
+    def set_readonly(self, gpa: int, size: int, on: bool = True) -> bool:
+        """Map whole pages of guest RAM read-only for the guest (KVM_MEM_READONLY).
+
+        Reads stay plain memory; a guest write is a nested page fault for the
+        host. Without SEV-ES the host gets an NPF exit with the registers and
+        can emulate the store (QEMU's ROM devices, a flash in read-array
+        mode). Under SEV-ES it is not the reserved-bit NPF that becomes #VC:
+        the host gets an automatic NPF exit it cannot emulate (the registers
+        are encrypted), which is why OVMF writes its flash with explicit GHCB
+        MMIO requests. Returns whether anything changed.
+        """
+        return self._memory.set_readonly(gpa, size, on)
+
     def is_trapping(self, gpa: int) -> bool:
         return self._memory.is_trapping(gpa)
+
+    def is_readonly(self, gpa: int) -> bool:
+        return self._memory.is_readonly(gpa)
 
     def image(self) -> Iterator[tuple[RegionInfo, bytes]]:
         for region, data in self._memory.dram_image():

@@ -120,3 +120,61 @@ def test_only_whole_pages_of_guest_ram_can_trap():
         memory.set_trapping(PAGE + 8, 0x1000, True)
     with pytest.raises(UnmappedAddress):
         memory.set_trapping(0xFEB0_0000, 0x1000, True)
+
+
+# -- read-only RAM (KVM_MEM_READONLY): reads are memory, writes fault -----------------
+
+STORE_PROGRAM = f"""
+start:
+    mov rdi, {PAGE:#x}
+    mov rsi, {RESULTS:#x}
+    mov rax, [rdi]          ; a read of a read-only page is plain memory
+    mov [rsi + 16], rax
+    mov rax, 0x5a5a
+store:
+    mov [rdi + 8], rax
+    hlt
+{VC_RECORD_HALT_RETURN}
+"""
+
+
+def test_a_store_to_read_only_ram_is_an_npf_exit_the_host_can_emulate():
+    guest = _guest(STORE_PROGRAM, "none")
+    memory = guest.host.memory
+    assert memory.set_readonly(PAGE, 0x1000, True) is True
+    exit = guest.run()
+    assert exit.code == SvmExit.NPF and exit.info2 == PAGE + 8
+    assert exit.info1 & 0b11 == 0b11  # present, write
+    assert exit.regs.rip == guest.symbol("store")
+    assert guest.results(3)[2] == VALUE  # the read before it was plain memory
+    # The host emulates the store (QEMU's ROM device write) and steps over it.
+    memory.write(PAGE + 8, exit.regs.rax.to_bytes(8, "little"))
+    exit.regs.rip = guest.vcpu.vmcb["next_rip"]
+    assert guest.run().code == SvmExit.HLT
+    assert memory.read(PAGE + 8, 8) == (0x5A5A).to_bytes(8, "little")
+    assert memory.set_readonly(PAGE, 0x1000, False) is True
+
+
+def test_under_sev_es_a_store_to_read_only_ram_is_no_vc_but_an_automatic_npf_exit():
+    guest = _guest(STORE_PROGRAM, "sev-es")
+    guest.host.memory.set_readonly(PAGE, 0x1000, True)
+    exit = guest.run()
+    # Not the reserved-bit fault of MMIO: no #VC; the host gets the GPA only.
+    assert exit.code == SvmExit.NPF and exit.info2 == PAGE + 8 and exit.regs is None
+    assert guest.tracer.of_kind("vc") == []
+    assert guest.results(3)[2] == VALUE
+    assert guest.machine.memory.read_private(PAGE + 8, 8) == bytes(8)
+    # The host cannot emulate it; once the page is writable the store goes through.
+    guest.host.memory.set_readonly(PAGE, 0x1000, False)
+    assert guest.run().code == SvmExit.HLT
+    assert guest.machine.memory.read_private(PAGE + 8, 8) == (0x5A5A).to_bytes(8, "little")
+
+
+def test_the_hypervisor_ends_the_run_on_an_npf_it_cannot_emulate():
+    from sevx86.hv import Hypervisor, RunReason
+
+    guest = _guest(STORE_PROGRAM, "sev-es")
+    guest.host.memory.set_readonly(PAGE, 0x1000, True)
+    result = Hypervisor(guest.host).run(timeout=10)
+    assert result.reason is RunReason.EMULATION_ERROR
+    assert f"GPA {PAGE + 8:#x}" in result.detail and "encrypted" in result.detail
