@@ -233,3 +233,10 @@ def test_reset_returns_to_read_array_with_status_ready(flash):
 def test_geometry_is_checked():
     with pytest.raises(ValueError):
         PFlashCfi01(FakeHostMemory(BASE, SIZE), BASE, SIZE + 0x800)
+
+
+def test_read_array_in_read_array_mode_does_not_remap(flash):
+    bus, _device, memory = flash
+    bus.write(BASE, 1, FlashCmd.READ_ARRAY)
+    bus.write(BASE, 1, FlashCmd.CLEAR_STATUS)
+    assert memory.map_changes == []  # no TLB flush for a mode the device is already in

@@ -205,8 +205,13 @@ class PFlashCfi01:
         cmd = value & 0xFF
         if self.wcycle == 0:
             self.commands[cmd] += 1
-            self._set_romd(False)  # any write starts command mode (QEMU: romd off)
             self._first_cycle(offset, cmd)
+            # QEMU turns romd off at every first-cycle write and back on for
+            # the commands that end in read-array mode; only the end state is
+            # visible to the guest (it is stopped meanwhile), so the range is
+            # remapped (and the TLBs flushed) only when that state changes.
+            if self.cmd != _MODE_READ_ARRAY:
+                self._set_romd(False)
         else:
             self._second_cycle(offset, width, value, cmd)
 
