@@ -19,7 +19,7 @@ SEV-ES vCPU, then LAUNCH_MEASURE and LAUNCH_FINISH in ``finish()``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sevx86.arch.vmsa import VMSA_SIZE
@@ -130,10 +130,19 @@ class Machine:
         self.vcpus.append(vcpu)
         return vcpu
 
-    def adopt_vcpus(self, vmsa_spas: tuple[int, ...]) -> None:
-        """vCPUs for a guest launched by sevx86.boot (VMSAs already measured)."""
+    def adopt_vcpus(self, vmsa_spas: tuple[int, ...] = (), *, states: Sequence[bytes] = ()) -> None:
+        """vCPUs for a guest launched by sevx86.boot.
+
+        SEV-ES: from their VMSAs, already measured. SEV: from initial states
+        (VMSA layout) the host keeps in each VMCB's save area, as QEMU's reset
+        state: SEV measures memory only, never registers.
+        """
+        if states and (vmsa_spas or self.mode is GuestMode.SEV_ES):
+            raise LaunchError("an SEV-ES vCPU starts from its measured VMSA, not a host state")
         for index, spa in enumerate(vmsa_spas):
             self.vcpus.append(VCpu(self, index, self.memory.read_private(spa, VMSA_SIZE), spa))
+        for index, state in enumerate(states, start=len(self.vcpus)):
+            self.vcpus.append(VCpu(self, index, bytes(state)))
         self._finished = True
 
     def finish(self) -> None:
