@@ -19,7 +19,7 @@ SEV-ES vCPU, then LAUNCH_MEASURE and LAUNCH_FINISH in ``finish()``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sevx86.arch.vmsa import VMSA_SIZE
@@ -130,10 +130,19 @@ class Machine:
         self.vcpus.append(vcpu)
         return vcpu
 
-    def adopt_vcpus(self, vmsa_spas: tuple[int, ...]) -> None:
-        """vCPUs for a guest launched by sevx86.boot (VMSAs already measured)."""
+    def adopt_vcpus(self, vmsa_spas: tuple[int, ...] = (), *, states: Sequence[bytes] = ()) -> None:
+        """vCPUs for a guest launched by sevx86.boot.
+
+        SEV-ES: from their VMSAs, already measured. SEV: from initial states
+        (VMSA layout) the host keeps in each VMCB's save area, as QEMU's reset
+        state: SEV measures memory only, never registers.
+        """
+        if states and (vmsa_spas or self.mode is GuestMode.SEV_ES):
+            raise LaunchError("an SEV-ES vCPU starts from its measured VMSA, not a host state")
         for index, spa in enumerate(vmsa_spas):
             self.vcpus.append(VCpu(self, index, self.memory.read_private(spa, VMSA_SIZE), spa))
+        for index, state in enumerate(states, start=len(self.vcpus)):
+            self.vcpus.append(VCpu(self, index, bytes(state)))
         self._finished = True
 
     def finish(self) -> None:
@@ -226,6 +235,37 @@ class HostMemory:
     def contains(self, gpa: int, size: int = 1) -> bool:
         """Is ``[gpa, gpa+size)`` guest RAM (a host must check before touching it)?"""
         return self._memory.guest_ram_at(gpa, size) is not None
+
+    def set_trapping(self, gpa: int, size: int, on: bool = True) -> bool:
+        """Take whole pages of guest RAM back for emulation, or give them back.
+
+        KVM's memory slots in one call: while a range traps, every guest
+        access to it is a nested page fault (``#VC`` with error code NPF
+        under SEV-ES, an NPF exit otherwise) that the host emulates, as for
+        MMIO; its bytes stay in DRAM, where ``read``/``write`` still reach
+        them. A flash device in command mode works this way (QEMU's ROMD
+        regions). Returns whether anything changed.
+        """
+        return self._memory.set_trapping(gpa, size, on)
+
+    def set_readonly(self, gpa: int, size: int, on: bool = True) -> bool:
+        """Map whole pages of guest RAM read-only for the guest (KVM_MEM_READONLY).
+
+        Reads stay plain memory; a guest write is a nested page fault for the
+        host. Without SEV-ES the host gets an NPF exit with the registers and
+        can emulate the store (QEMU's ROM devices, a flash in read-array
+        mode). Under SEV-ES it is not the reserved-bit NPF that becomes #VC:
+        the host gets an automatic NPF exit it cannot emulate (the registers
+        are encrypted), which is why OVMF writes its flash with explicit GHCB
+        MMIO requests. Returns whether anything changed.
+        """
+        return self._memory.set_readonly(gpa, size, on)
+
+    def is_trapping(self, gpa: int) -> bool:
+        return self._memory.is_trapping(gpa)
+
+    def is_readonly(self, gpa: int) -> bool:
+        return self._memory.is_readonly(gpa)
 
     def image(self) -> Iterator[tuple[RegionInfo, bytes]]:
         for region, data in self._memory.dram_image():

@@ -14,4 +14,5 @@ Modules (import them explicitly, e.g. ``from sevx86.arch.vmsa import VMSA``):
 - ``cpuid``   -- CPUID leaves, feature bits, leaf 0x8000_001F encode/decode.
 - ``paging``  -- page-table entry bits, page sizes, #PF error code.
 - ``vectors`` -- exception vectors and which push an error code.
+- ``cfi``     -- flash commands, status register bits, CFI query offsets.
 """

@@ -8,6 +8,7 @@ Modules (import them explicitly):
 - ``digest``     -- the launch digest an SEV-ES launch must produce.
 - ``launch``     -- the QEMU-like launch through the Secure Processor.
 - ``fv``         -- firmware volumes, FFS files, sections, image entry points.
+- ``varstore``   -- the UEFI variables in a varstore image (pflash1 after a boot).
 - ``firmware_run`` -- launch + guest + QEMU-like pc machine + boot milestones
   (what ``sevx86 boot`` runs).
 """

@@ -64,14 +64,17 @@ from sevx86.arch.paging import Pte
 from sevx86.arch.uefi_fv import FfsFileType
 from sevx86.arch.vmcb import decode_ioio
 from sevx86.boot.fv import EntryPoint, FlashLayout
-from sevx86.boot.launch import DEFAULT_VCPU_TYPE, LaunchedGuest, launch_guest
+from sevx86.boot.launch import DEFAULT_POLICY, DEFAULT_VCPU_TYPE, LaunchedGuest, launch_guest
 from sevx86.boot.ovmf import OvmfImage
+from sevx86.boot.reset import BSP_RESET_ADDR, reset_vmsa
+from sevx86.boot.vcpu_types import vcpu_signature
 from sevx86.config import GuestConfig, GuestMode, MiB
 from sevx86.hv.clock import VirtualClock
 from sevx86.hv.hypervisor import Hypervisor, RunResult
 from sevx86.hv.machines import QemuPc
 from sevx86.machine import Machine
 from sevx86.memory.mmu import Access, Translation
+from sevx86.sp.policy import GuestPolicy, PolicyFlag
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import TraceEvent, Tracer
 
@@ -182,7 +185,7 @@ def _read(path_or_bytes: str | Path | bytes | None) -> bytes | None:
 
 
 class FirmwareBoot:
-    """One SEV-ES guest booting a flash image on a QEMU-like ``pc`` machine."""
+    """One SEV-ES (or, with ``mode="sev"``, SEV) guest booting a flash image on a ``pc`` machine."""
 
     def __init__(
         self,
@@ -198,20 +201,28 @@ class FirmwareBoot:
         until: str | None = None,
         watch_entries: bool = True,
         sp: SecureProcessor | None = None,
+        mode: GuestMode | str = GuestMode.SEV_ES,
     ):
         if until is not None and until not in MILESTONES:
             raise ValueError(f"unknown milestone {until!r}; known: {', '.join(MILESTONES)}")
+        mode = GuestMode(mode)
+        if not mode.encrypted:
+            raise ValueError("FirmwareBoot launches SEV or SEV-ES guests")
         image = firmware if isinstance(firmware, OvmfImage) else OvmfImage.parse(_read(firmware))  # type: ignore[arg-type]
         self.image = image
         self.until = until
-        self.config = GuestConfig(mode=GuestMode.SEV_ES, memory=memory, vcpus=vcpus)
+        self.config = GuestConfig(mode=mode, memory=memory, vcpus=vcpus)
         self.sp = sp if sp is not None else SecureProcessor()
+        # SEV without ES (QEMU's policy 0x1): no VMSAs; the vCPUs start from
+        # QEMU's reset state in their VMCBs, and the GHCB milestones never come.
+        sev_es = mode is GuestMode.SEV_ES
         self.launched: LaunchedGuest = launch_guest(
             self.sp,
             image,
             config=self.config,
             varstore=_read(varstore),
             vcpu_type=vcpu_type,
+            policy=DEFAULT_POLICY if sev_es else GuestPolicy.make(PolicyFlag.NODBG),
         )
         self.tracer = tracer if tracer is not None else Tracer(keep=False)
         self.tracer.sinks.append(self._watch_trace)
@@ -222,7 +233,11 @@ class FirmwareBoot:
             handle=self.launched.handle,
             tracer=self.tracer,
         )
-        self.machine.adopt_vcpus(self.launched.vmsa_spas)
+        if sev_es:
+            self.machine.adopt_vcpus(self.launched.vmsa_spas)
+        else:
+            reset = reset_vmsa(BSP_RESET_ADDR, vcpu_signature(vcpu_type))
+            self.machine.adopt_vcpus(states=[bytes(reset)] * vcpus)
         self.hv = Hypervisor(self.machine.host_view(), console=console)
         self.pc = QemuPc(self.hv, clock=clock)
         self.milestones = {name: Milestone(name, text) for name, text in MILESTONES.items()}

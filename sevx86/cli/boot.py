@@ -32,7 +32,9 @@ runs from the reset vector with encrypted memory and encrypted registers.
 Its own #VC handlers talk to an untrusted KVM-like hypervisor through the
 GHCB; the hypervisor has the devices of QEMU's pc machine: fw_cfg (with DMA),
 CMOS/RTC, PCI configuration with the i440FX/PIIX chipset, the ACPI PM timer,
-the local APIC, the serial port and the debug console at 0x402.
+the local APIC, the serial port, the debug console at 0x402, and the
+varstore as a CFI flash (QEMU's pflash1): the variables the guest sets land
+in it, and --save-varstore keeps them for the next boot.
 
 The guest's console (serial and debug console) is shown as it is written.
 At the end the milestones reached are printed on stderr with the wall-clock
@@ -78,6 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("firmware", metavar="FIRMWARE", help="flash image with an OVMF footer table")
     p.add_argument("--varstore", metavar="FILE", help="variable store (QEMU's pflash1), unmeasured")
+    p.add_argument(
+        "--save-varstore",
+        metavar="FILE",
+        help="write the varstore flash to FILE when the run ends (QEMU writes its drive back)",
+    )
     p.add_argument(
         "--memory",
         metavar="SIZE",
@@ -202,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--vcpus {args.vcpus} must be at least 1")
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    if args.save_varstore and not args.varstore:
+        raise UsageError("--save-varstore needs --varstore (there is no flash to save)")
     tracer, close = _trace_writer(args)
     console = None if args.quiet else sys.stdout.buffer
     try:
@@ -225,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
         close()
     if console is not None:
         sys.stdout.flush()
+    if args.save_varstore:
+        _save_varstore(boot, args.save_varstore)
     if args.json:
         print(json.dumps(summary(result), indent=2))
     else:
@@ -232,3 +243,13 @@ def run(args: argparse.Namespace) -> int:
     if args.until is not None:
         return EXIT_REACHED if result.milestone(args.until).reached else EXIT_NOT_REACHED
     return EXIT_REACHED if "S5" in result.run.detail else EXIT_NOT_REACHED
+
+
+def _save_varstore(boot: FirmwareBoot, path: str) -> None:
+    """The pflash1 bytes as the host holds them: what the guest programmed and erased."""
+    flash = boot.pc.pflash1
+    assert flash is not None  # --varstore was given
+    try:
+        Path(path).write_bytes(boot.hv.host.memory.read(flash.base, flash.size))
+    except OSError as exc:
+        print(f"sevx86 boot: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)

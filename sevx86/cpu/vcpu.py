@@ -1160,18 +1160,26 @@ class VCpu:
 
     # -- nested page faults (MMIO) --------------------------------------------------------
     def _nested_fault(self, fault: NestedFault) -> None:
-        if self.mode is GuestMode.SEV_ES:
+        if self.mode is GuestMode.SEV_ES and not fault.readonly:
             self._inject_vc(SvmExit.NPF)
             return
-        # Decode assist: the host gets the instruction bytes (APM 15.33).
-        self.vmcb.set_insn_bytes(self.fetch_insn())
         code = PfErr.US if self.ctx.load().cpl == 3 else 0
         if fault.access is Access.WRITE:
             code |= PfErr.WR
         if fault.access is Access.FETCH:
             code |= PfErr.ID
+        if fault.readonly:
+            code |= PfErr.P  # the nested entry is present, only not writable
         # EXITINFO2 is the faulting GPA to the byte (APM vol 2, 15.25.6).
         gpa = fault.gpa | (self._exact_fault_address(fault) & (PAGE_SIZE - 1))
+        if self.mode is GuestMode.SEV_ES:
+            # Only an NPF on a reserved-bit entry becomes #VC (MMIO); this one
+            # is an automatic exit with the state sealed in the VMSA: the
+            # host learns the GPA and the error code, never the instruction.
+            self._automatic_exit(SvmExit.NPF, info1=int(code), info2=gpa)
+            return
+        # Decode assist: the host gets the instruction bytes (APM 15.33).
+        self.vmcb.set_insn_bytes(self.fetch_insn())
         self._exit_to_host(
             SvmExit.NPF,
             int(code),

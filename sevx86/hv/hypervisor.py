@@ -752,7 +752,16 @@ class Hypervisor:
         """A nested page fault outside RAM is MMIO: decode the MOV and emulate it."""
         regs = exit.regs
         if regs is None:
-            self._end(RunReason.HYPERVISOR_ERROR, "NPF without registers", vcpu=vcpu.index)
+            # SEV-ES: an NPF that is not MMIO's (a write to a read-only page)
+            # comes without registers or instruction bytes. KVM cannot emulate
+            # it and re-enters the guest, which faults again forever (OVMF's
+            # QemuFlashDetected says so); end the run and say why instead.
+            self._end(
+                RunReason.EMULATION_ERROR,
+                f"NPF at GPA {exit.info2:#x} (error code {exit.info1:#x}) of an SEV-ES guest: "
+                "its registers are encrypted, the access cannot be emulated",
+                vcpu=vcpu.index,
+            )
             return
         vmcb = vcpu.vmcb
         insn = vmcb.insn_bytes

@@ -15,6 +15,8 @@ PCI configuration         I/O 0xCF8 address, 0xCFC data (0xCF9 reset control)
   PIIX4 power management  00:01.3  8086:7113 -> ACPI PM block where PMBA says
 ACPI PM block + timer     I/O PMBA + 0..0x3F (OVMF puts it at 0x600: timer 0x608)
 local APIC (xAPIC)        MMIO 0xFEE0_0000
+pflash1 (CFI flash)       the varstore below the code flash, if the launch mapped
+                          one (RAM region ``pflash1``): ``PFlashCfi01``
 ========================  =====================================================
 
 Every one of them is reached only through exits -- the GHCB (IOIO, MMIO
@@ -52,6 +54,7 @@ from sevx86.hv.devices.i440fx import (
 )
 from sevx86.hv.devices.lapic import APIC_BASE, APIC_SIZE, LocalApic, describe_ipi
 from sevx86.hv.devices.pci import PCI_IO_BASE, PCI_IO_LENGTH, PciHost
+from sevx86.hv.devices.pflash import PFlashCfi01
 from sevx86.hv.hypervisor import EXIT_TABLE, Hypervisor
 from sevx86.hv.smp import send_ipi
 
@@ -129,8 +132,23 @@ class QemuPc:
         hv.mmio_bus.unregister(hv.lapic)
         hv.mmio_bus.register(APIC_BASE, APIC_SIZE, self.lapic)
 
+        # The varstore flash (QEMU's pflash1, hw/i386/pc_sysfw.c): a CFI device
+        # over the RAM the launch mapped for it, writable. pflash0 (the code)
+        # is not modelled: nothing writes it.
+        self.pflash1 = self._varstore_flash(hv)
+
         for code in EXIT_TABLE:
             hv.on_exit(code, self._tick)
+
+    @staticmethod
+    def _varstore_flash(hv: Hypervisor) -> PFlashCfi01 | None:
+        memory = hv.host.memory
+        region = next((r for r in memory.regions() if r.name == "pflash1"), None)
+        if region is None:
+            return None
+        flash = PFlashCfi01(memory, region.base, region.size, name="pflash1", log=hv.host.log)
+        hv.mmio_bus.register(region.base, region.size, flash)
+        return flash
 
     def _fill_fw_cfg(self, *, s3: bool, s4: bool, files: dict[str, bytes]) -> None:
         fw = self.fw_cfg

@@ -131,6 +131,14 @@ class PhysicalMemory:
         # invalidation, TLB flush) must happen with the others stopped:
         # sevx86.cpu.parallel.World.exclusive, installed by Machine.enable_parallel.
         self.exclusive: Callable[[Callable[[], None]], None] | None = None
+        # Page numbers of guest RAM the host has taken back for now (KVM: the
+        # memslot is gone, e.g. a flash device out of read-array mode): every
+        # guest access to them is a nested page fault, as for a GPA with no
+        # RAM, and the host emulates it. The bytes stay where they are.
+        self.trapping: set[int] = set()
+        # ... and pages it lets the guest read but not write (KVM_MEM_READONLY:
+        # a flash device in read-array mode): writes fault to the host.
+        self.readonly: set[int] = set()
         self.add_region("ram", 0, config.memory)
 
     # -- layout -----------------------------------------------------------
@@ -239,6 +247,50 @@ class PhysicalMemory:
             self.write_dram(base + offset, value.to_bytes(size, "little"))
 
         return write
+
+    # -- the host's memory map: RAM it emulates for a while ---------------------
+    def set_trapping(self, gpa: int, size: int, on: bool) -> bool:
+        """Make guest accesses to ``[gpa, gpa+size)`` trap to the host (or stop trapping).
+
+        The range must be whole pages of guest RAM. Returns whether anything
+        changed; a change flushes every vCPU's TLB, since Unicorn may hold
+        translations of these pages (and the next fill asks the MMU again).
+        Translated code needs nothing more: a flush also empties Unicorn's
+        jump cache, so running code from a trapping page refills (and faults).
+        """
+        return self._set_pages(self.trapping, gpa, size, on)
+
+    def set_readonly(self, gpa: int, size: int, on: bool) -> bool:
+        """Let guest writes to ``[gpa, gpa+size)`` fault to the host while reads stay RAM.
+
+        KVM's read-only memslots (``KVM_MEM_READONLY``), which back QEMU's
+        ROM devices: the nested page table maps the pages present but not
+        writable. Same rules as ``set_trapping``.
+        """
+        return self._set_pages(self.readonly, gpa, size, on)
+
+    def _set_pages(self, pages_set: set[int], gpa: int, size: int, on: bool) -> bool:
+        if gpa % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
+            raise ValueError(f"range {gpa:#x}+{size:#x} is not page aligned")
+        if self.guest_ram_at(gpa, size) is None:
+            raise UnmappedAddress(gpa, size)
+        pages = range(gpa >> 12, (gpa + size) >> 12)
+        if on:
+            if all(p in pages_set for p in pages):
+                return False
+            pages_set.update(pages)
+        else:
+            if not any(p in pages_set for p in pages):
+                return False
+            pages_set.difference_update(pages)
+        self.flush_tlbs()
+        return True
+
+    def is_trapping(self, gpa: int) -> bool:
+        return bool(self.trapping) and (gpa >> 12) in self.trapping
+
+    def is_readonly(self, gpa: int) -> bool:
+        return bool(self.readonly) and (gpa >> 12) in self.readonly
 
     # -- page forms -----------------------------------------------------------
     def is_shared(self, gpa: int) -> bool:

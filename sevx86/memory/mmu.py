@@ -166,7 +166,7 @@ class PageFault:
 
 @dataclass(frozen=True)
 class NestedFault:
-    """A guest-physical address with no RAM behind it: an NPF for the host.
+    """A guest-physical address with no RAM behind it (or RAM the host made trap): an NPF.
 
     Under SEV-ES the CPU turns this into #VC with error code 0x400 (NPF); in
     the other modes the host emulates the access (MMIO).
@@ -176,6 +176,10 @@ class NestedFault:
     gpa: int
     private: bool
     access: Access
+    # A write to RAM the host mapped read-only (set_readonly): the nested
+    # entry is present but not writable, which is not the reserved-bit fault
+    # SEV-ES turns into #VC, so the host gets the NPF itself.
+    readonly: bool = False
 
 
 @dataclass(frozen=True)
@@ -465,8 +469,14 @@ class MMU:
         """Unicorn physical address and permissions for a translation."""
         private = t.private
         memory = self.memory
-        if memory.guest_ram_at(t.gpa, PAGE_SIZE_4K) is None:
+        if memory.guest_ram_at(t.gpa, PAGE_SIZE_4K) is None or (
+            memory.trapping and (t.gpa >> 12) in memory.trapping
+        ):
+            # No RAM there, or RAM the host emulates for now (set_trapping).
             return NestedFault(t.vaddr, t.gpa, private, access)
+        rom = bool(memory.readonly) and (t.gpa >> 12) in memory.readonly
+        if rom and access is Access.WRITE:
+            return NestedFault(t.vaddr, t.gpa, private, access, readonly=True)
         shared_form = memory.shared and (t.gpa >> 12) in memory.shared
         if private and shared_form:
             return FormChange(t.gpa, to_shared=False)
@@ -479,9 +489,11 @@ class MMU:
                 perms |= UC_PROT_WRITE
             if not t.executable:
                 perms &= ~UC_PROT_EXEC
+            if rom:
+                perms &= ~UC_PROT_WRITE  # a later write refills, and faults
             return t.gpa, perms
         perms = UC_PROT_READ
-        if t.writable and (t.dirty or access is Access.WRITE):
+        if t.writable and (t.dirty or access is Access.WRITE) and not rom:
             perms |= UC_PROT_WRITE
         if private:
             # No execute right from a data fill: the first fetch from the page
@@ -521,8 +533,11 @@ class TlbFiller:
         result = self.mmu.walk(vaddr, access, self.state())
         if isinstance(result, PageFault):
             return result
-        if self.mmu.memory.guest_ram_at(result.gpa) is None:
+        memory = self.mmu.memory
+        if memory.guest_ram_at(result.gpa) is None or memory.is_trapping(result.gpa):
             return NestedFault(vaddr, result.gpa, result.private, access)
+        if access is Access.WRITE and memory.is_readonly(result.gpa):
+            return NestedFault(vaddr, result.gpa, result.private, access, readonly=True)
         return result
 
     def fill(self, uc: Uc, vaddr: int, uc_access: int, entry, _data: object) -> bool:

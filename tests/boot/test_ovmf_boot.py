@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from sevx86.arch.cfi import FlashCmd
+from sevx86.arch.exits import SwExit
 from sevx86.arch.fw_cfg import FwCfgKey
 from sevx86.boot.firmware_run import MILESTONES, FirmwareBoot
+from sevx86.boot.varstore import live_variables, parse_varstore
 from sevx86.hv import RunReason
 from sevx86.trace.events import TraceEvent, Tracer
 
@@ -26,7 +29,16 @@ pytestmark = [
         reason="Debian's ovmf package is not installed (/usr/share/OVMF/OVMF_CODE.fd)",
     ),
 ]
-KEEP = {"msr-protocol", "vmgexit", "ghcb-answer", "ghcb-error", "milestone", "vc", "inject"}
+KEEP = {
+    "msr-protocol",
+    "vmgexit",
+    "ghcb-answer",
+    "ghcb-error",
+    "milestone",
+    "vc",
+    "inject",
+    "pflash",
+}
 BOOT_TIMEOUT = 900  # seconds; the boot takes well under a minute on a laptop core
 
 
@@ -132,3 +144,66 @@ def test_exit_counts_are_reported(ovmf):
     assert counts["msr-protocol:CPUID_REQ"] == 8
     report = ovmf.result.report()
     assert "pei-core" in report and "VMGEXIT" in report
+
+
+# -- the varstore is a CFI flash (sevx86.hv.devices.pflash) ---------------------------
+
+
+def _varstore(boot: FirmwareBoot) -> bytes:
+    flash = boot.pc.pflash1
+    assert flash is not None
+    return boot.hv.host.memory.read(flash.base, flash.size)
+
+
+def test_the_variables_ovmf_sets_land_in_the_pflash_varstore(ovmf):
+    flash = ovmf.boot.pc.pflash1
+    assert flash is not None and flash.base == ovmf.boot.launched.varstore_base
+    assert parse_varstore(OVMF_VARS.read_bytes()).variables == ()  # Debian ships it empty
+    live = {v.name: v for v in live_variables(parse_varstore(_varstore(ovmf.boot)))}
+    assert {"MTC", "BootOrder", "Boot0000", "Lang", "PlatformLang", "ConOut"} <= live.keys()
+    assert live["MTC"].data == (1).to_bytes(4, "little")  # the first boot of this store
+    assert live["PlatformLang"].data == b"en\0"
+    # Every byte came as OVMF's QemuFlashWrite sends it: a one-byte GHCB
+    # MMIO_WRITE of the program command, one of the byte, and read-array at
+    # the end of each call, which puts the range back to plain memory.
+    writes = [
+        e
+        for e in ovmf.events
+        if e.kind == "vmgexit"
+        and e.data["name"] == "MMIO_WRITE"
+        and flash.base <= e.data["info1"] < flash.base + flash.size
+    ]
+    assert all(e.data["info2"] == 1 for e in writes)
+    assert flash.programmed > 1000 and flash.commands[FlashCmd.PROGRAM_ALT] == flash.programmed
+    assert len(writes) == 2 * flash.programmed + flash.commands[FlashCmd.READ_ARRAY]
+    assert flash.romd and not ovmf.boot.hv.host.memory.is_trapping(flash.base)
+    # The variable driver starts in DXE: the first command after PEI, before BDS.
+    first = next(e for e in ovmf.events if e.kind == "pflash")
+    assert ovmf.seq("platform-pei") < first.seq < ovmf.seq("bds")
+
+
+def test_a_second_boot_reads_the_variables_back_from_the_flash(ovmf):
+    """MonotonicCounterRuntimeDxe reads MTC and stores it plus one: 2 on the second boot."""
+    boot = FirmwareBoot(OVMF_CODE, varstore=_varstore(ovmf.boot))
+    flash = boot.pc.pflash1
+    assert flash is not None
+
+    def mtc() -> int | None:
+        found = [v for v in live_variables(parse_varstore(_varstore(boot))) if v.name == "MTC"]
+        return int.from_bytes(found[0].data, "little") if found else None
+
+    assert mtc() == 1
+    read_arrays = [0]
+
+    def after_write(req, proceed) -> None:  # type: ignore[no-untyped-def]
+        proceed()
+        done = flash.commands[FlashCmd.READ_ARRAY]
+        if done != read_arrays[0] and flash.romd:  # a QemuFlashWrite call finished
+            read_arrays[0] = done
+            if mtc() == 2:
+                boot.hv.stop("MTC stored as 2")
+
+    boot.hv.on_vmgexit(SwExit.MMIO_WRITE, after_write)
+    result = boot.run(timeout=BOOT_TIMEOUT)
+    assert result.run.reason is RunReason.STOPPED, result.report()
+    assert result.run.detail == "MTC stored as 2"

@@ -56,3 +56,32 @@ def test_a_milestone_not_reached_in_time_exits_1(capsys):
     status = main(["boot", str(OVMF_CODE), "--until", "shell", "--quiet", "--timeout", "0.5"])
     assert status == 1
     assert "timeout" in capsys.readouterr().err
+
+
+def test_save_varstore_needs_a_varstore(tmp_path, capsys):
+    image = tmp_path / "fw.fd"
+    image.write_bytes(bytes(0x1000))
+    assert main(["boot", str(image), "--save-varstore", str(tmp_path / "out.fd")]) == 2
+    assert "--save-varstore needs --varstore" in capsys.readouterr().err
+
+
+@needs_ovmf
+def test_save_varstore_writes_the_flash_back(tmp_path, capsys):
+    varstore = Path("/usr/share/OVMF/OVMF_VARS.fd")
+    out = tmp_path / "vars.fd"
+    status = main(
+        [
+            "boot",
+            str(OVMF_CODE),
+            "--varstore",
+            str(varstore),
+            "--save-varstore",
+            str(out),
+            "--until",
+            "ghcb",
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    # Stopped long before the variable driver: the flash is as it came.
+    assert out.read_bytes() == varstore.read_bytes()

@@ -4,7 +4,8 @@ Always on a ``Hypervisor``: ``serial`` (COM1), ``debugcon`` (0x402),
 ``debug_exit`` (0xF4), ``mmio_test``. QEMU's pc machine adds, through
 ``sevx86.hv.machines.QemuPc``: ``fw_cfg``, ``cmos`` (CMOS RAM + RTC),
 ``pci`` (configuration mechanism #1) with the ``i440fx`` chipset functions,
-``acpi_pm`` (PM1 registers and the PM timer) and ``lapic`` (xAPIC page).
+``acpi_pm`` (PM1 registers and the PM timer), ``lapic`` (xAPIC page) and
+``pflash`` (the CFI flash holding the UEFI varstore).
 """
 
 from sevx86.hv.devices.bus import IoBus, IoDevice, MmioBus, MmioDevice
