@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import lzma
 import uuid
-from pathlib import Path
 
 import pytest
 
 from sevx86.arch import pecoff as pe
 from sevx86.arch import uefi_fv as fv
 from sevx86.boot.fv import FlashLayout, FvError, parse_image, parse_volume
-
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
-needs_ovmf = pytest.mark.skipif(not OVMF_CODE.exists(), reason="Debian's ovmf package is absent")
+from tests.ovmf import OVMF_CODE, needs_ovmf
 
 PEI_CORE_GUID = uuid.UUID("52c05b14-0b98-496c-bc3b-04b50211d680")
 PEIM_GUID = uuid.UUID("222c386d-5abc-4fb4-b124-fbb82488acf4")

@@ -19,11 +19,11 @@ from sevx86.sp.owner import GuestOwner, MeasurementMismatch, PlatformVersion
 from sevx86.sp.policy import GuestPolicy, PolicyFlag
 from sevx86.sp.secure_processor import SecureProcessor
 from tests.boot import synthetic_firmware as fw
+from tests.ovmf import OVMF_DIR
 
 sevsnp_guest = pytest.importorskip("sevsnpmeasure.guest")
 from sevsnpmeasure.sev_mode import SevMode  # noqa: E402
 
-OVMF_DIR = Path("/usr/share/OVMF")
 REAL_FIRMWARE = [OVMF_DIR / "OVMF_CODE.fd", OVMF_DIR / "OVMF_CODE_4M.fd"]
 
 

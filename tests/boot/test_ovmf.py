@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -18,9 +17,8 @@ from sevx86.boot.ovmf import (
     parse_footer_table,
 )
 from tests.boot import synthetic_firmware as fw
+from tests.ovmf import OVMF_CODE, needs_ovmf
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
-needs_ovmf = pytest.mark.skipif(not OVMF_CODE.exists(), reason="Debian's ovmf package is absent")
 sevsnp_ovmf = pytest.importorskip("sevsnpmeasure.ovmf")
 
 

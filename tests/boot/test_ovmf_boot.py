@@ -7,8 +7,6 @@ trace it left and the hypervisor's state. Nothing asserts on timing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from sevx86.arch.cfi import FlashCmd
@@ -18,16 +16,12 @@ from sevx86.boot.firmware_run import MILESTONES, FirmwareBoot
 from sevx86.boot.varstore import live_variables, parse_varstore
 from sevx86.hv import RunReason
 from sevx86.trace.events import TraceEvent, Tracer
+from tests.ovmf import OVMF_CODE, OVMF_VARS, needs_ovmf
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 pytestmark = [
     pytest.mark.ovmf,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not OVMF_CODE.exists(),
-        reason="Debian's ovmf package is not installed (/usr/share/OVMF/OVMF_CODE.fd)",
-    ),
+    needs_ovmf,
 ]
 KEEP = {
     "msr-protocol",

@@ -16,24 +16,18 @@ detected flash gets a writable FVB.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from sevx86.arch.cfi import FlashCmd
 from sevx86.arch.exits import SwExit
 from sevx86.boot.firmware_run import FirmwareBoot
 from sevx86.hv import RunReason
+from tests.ovmf import OVMF_CODE, OVMF_VARS, needs_ovmf_vars
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 pytestmark = [
     pytest.mark.ovmf,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not (OVMF_CODE.exists() and OVMF_VARS.exists()),
-        reason="Debian's ovmf package is not installed (/usr/share/OVMF)",
-    ),
+    needs_ovmf_vars,
 ]
 BOOT_TIMEOUT = 600
 

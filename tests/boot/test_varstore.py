@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +20,8 @@ from sevx86.arch.uefi_var import (
     VarState,
 )
 from sevx86.boot.varstore import VarstoreError, live_variables, parse_varstore
+from tests.ovmf import OVMF_VARS, needs_ovmf_vars
 
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 GLOBAL = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")  # EFI_GLOBAL_VARIABLE
 
 
@@ -88,7 +87,7 @@ def test_not_a_varstore():
         parse_varstore(bytes(image))
 
 
-@pytest.mark.skipif(not OVMF_VARS.exists(), reason="Debian's ovmf package is not installed")
+@needs_ovmf_vars
 def test_debians_ovmf_vars_is_an_empty_authenticated_store():
     store = parse_varstore(OVMF_VARS.read_bytes())
     assert store.authenticated and store.variables == ()

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from sevx86.cli.main import main
 from sevx86.trace.events import read_jsonl
-
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
-needs_ovmf = pytest.mark.skipif(
-    not OVMF_CODE.exists(), reason="Debian's ovmf package is not installed"
-)
+from tests.ovmf import OVMF_CODE, OVMF_VARS, needs_ovmf
 
 
 def test_help_teaches_the_milestones(capsys):
@@ -67,7 +62,7 @@ def test_save_varstore_needs_a_varstore(tmp_path, capsys):
 
 @needs_ovmf
 def test_save_varstore_writes_the_flash_back(tmp_path, capsys):
-    varstore = Path("/usr/share/OVMF/OVMF_VARS.fd")
+    varstore = OVMF_VARS
     out = tmp_path / "vars.fd"
     status = main(
         [

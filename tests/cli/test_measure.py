@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.boot import synthetic_firmware as fw
+from tests.ovmf import OVMF_CODE, needs_ovmf
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
-needs_ovmf = pytest.mark.skipif(not OVMF_CODE.exists(), reason="Debian's ovmf package is absent")
 pytest.importorskip("sevsnpmeasure")
 
 
