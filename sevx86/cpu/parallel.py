@@ -38,9 +38,26 @@ guest code at the same time. Three things are then not safe by themselves:
    firing after a few iterations (counted by ``AtomicWatch.hits``), i.e. its
    later LOCK XADDs ran unserialized; the total still came out exact in 100
    runs of 4 x 1500 increments, but that is luck under low contention, not a
-   guarantee. Suspect: hooks added from inside the TLB-fill callback while
-   Unicorn is translating, or a translation made before the scan.
-   Until that is found, parallel mode does not guarantee atomicity.
+   guarantee. Narrowed down since (Unicorn 2.1.4, 40 processes x 2 runs:
+   2 bad; one process of 100 runs: 0 bad): per ``emu_start``, the loop count
+   (RCX) against ``hits`` shows the bad runs are single runs that restart
+   at the LOCK XADD right after one ``stop_for_world`` landed on that vCPU,
+   then execute every remaining iteration (1482 in one case) with no hook
+   call at all until the run ends. The hooks did fire earlier in the same
+   loop, so the translations do carry them (ruling out a translation made
+   before the scan, or hooks added mid-translation). What matches is
+   Unicorn's stop path: ``helper_uc_tracecode`` (uc.c) returns without
+   calling any code hook while ``uc->stop_request`` is set, and
+   ``uc_emu_stop`` from another thread sets that flag *before* its
+   ``cpu_exit`` and not atomically with it. If the exit request is lost
+   (e.g. it lands while ``uc_emu_start`` is starting, whose
+   ``resume_all_vcpus`` clears ``cpu->exit_request``), the engine runs on with
+   every code hook skipped until something else stops it (upstream
+   unicorn#1153, #1355 describe the same cross-thread race). A standalone
+   repro of that exact window (one thread restarting ``emu_start``, another
+   stopping it on each start) has not fired in ~300k tries, so this is the
+   leading explanation, not a proven one.
+   Until that is settled, parallel mode does not guarantee atomicity.
 
 2. **Cross-vCPU invalidation.** A host-side write into a page some vCPU
    executed must drop that vCPU's translated code (``Uc.mem_write`` on each
