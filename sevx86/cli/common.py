@@ -144,7 +144,8 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
         default="deterministic",
         metavar="NAME",
         help="deterministic (default: one vCPU at a time in seeded slices; the same "
-        "--seed gives the same run) or parallel (a host thread per vCPU)",
+        "--seed gives the same run) or parallel (a host thread per vCPU; LOCKed "
+        "instructions are not yet guaranteed atomic there: see the README's Limits)",
     )
     h.add_argument(
         "--seed",
