@@ -919,17 +919,18 @@ class VCpu:
         self.exits += 1
         self._pending_regs = regs
         self._exit = VmExit(self.index, code, info1, info2, rip=rip, regs=regs, data=data)
-        self._trace(
-            "cpu",
-            "exit",
-            f"#VMEXIT {exit_name(code)}",
-            target="hv",
-            code=code,
-            name=exit_name(code),
-            info1=info1,
-            info2=info2,
-            **data,
-        )
+        if self.tracer.enabled:  # once per exit: do not build the event for nobody
+            self._trace(
+                "cpu",
+                "exit",
+                f"#VMEXIT {exit_name(code)}",
+                target="hv",
+                code=code,
+                name=exit_name(code),
+                info1=info1,
+                info2=info2,
+                **data,
+            )
         raise _ExitNow
 
     def _automatic_exit(
