@@ -853,7 +853,9 @@ class VCpu:
         if rule is None:
             raise RuntimeError(f"unexpected intercept {exit_name(code)}")
         if rule.handling is Handling.AE:
-            self._automatic_exit(code, advance=rule.advances_rip)
+            # The bytes fetched for resolve() are the ones _ae_length needs
+            # (RIP has not moved): do not fetch them twice per VMGEXIT.
+            self._automatic_exit(code, advance=rule.advances_rip, insn=insn or None)
         else:
             self._non_automatic(code)
 
@@ -934,15 +936,24 @@ class VCpu:
         raise _ExitNow
 
     def _automatic_exit(
-        self, code: int, *, advance: bool = False, info1: int = 0, info2: int = 0
+        self,
+        code: int,
+        *,
+        advance: bool = False,
+        info1: int = 0,
+        info2: int = 0,
+        insn: bytes | None = None,
     ) -> None:
-        """AE: SEV-ES world switch; in other modes a plain exit."""
+        """AE: SEV-ES world switch; in other modes a plain exit.
+
+        ``insn``: the instruction bytes at RIP when the caller already fetched them.
+        """
         if code == SvmExit.HLT:
             self._end_shadow_at_hlt()
         if self.mode is not GuestMode.SEV_ES:
             self._exit_to_host(code, info1, info2)
         if advance:
-            self._set_rip(self.rip() + self._ae_length(code))
+            self._set_rip(self.rip() + self._ae_length(code, insn))
         self._save_vmsa()
         self._record_exit(code, info1, info2, rip=None, regs=None)
 
@@ -961,9 +972,10 @@ class VCpu:
             ctx.store()
             self.ctx.invalidate()
 
-    def _ae_length(self, code: int) -> int:
+    def _ae_length(self, code: int, insn: bytes | None = None) -> int:
         """Length of the AE instruction the CPU steps over (VMGEXIT, HLT)."""
-        insn = self.fetch_insn()
+        if insn is None:
+            insn = self.fetch_insn()
         if code == SvmExit.VMGEXIT and insn.startswith(VMGEXIT_BYTES):
             return len(VMGEXIT_BYTES)
         if code == SvmExit.HLT and insn[:1] == b"\xf4":
