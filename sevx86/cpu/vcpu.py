@@ -1211,24 +1211,26 @@ class VCpu:
     def interrupt_context(self, return_rip: int) -> InterruptContext:
         ctx = self.ctx.load()
         rflags = self.uc.reg_read(ux.UC_X86_REG_RFLAGS)
-        seg = ctx.segment
-        gdt, idt = ctx.table(C.GDT), ctx.table(C.IDT)
-        cs = seg(C.SEG_CS)
+        # Plain tuples straight into Segment: no SegmentState in between.
+        fields = ctx.table_fields
+        _, gdt_base, gdt_limit, _ = fields(C.GDT)
+        _, idt_base, idt_limit, _ = fields(C.IDT)
+        cs = ctx.segment_fields(C.SEG_CS)
         return InterruptContext(
             mode=self.cpu_mode(),
             cpl=ctx.cpl,
             rip=return_rip,
             rsp=ctx.gpr(4),
             rflags=rflags,
-            cs=Segment(cs.selector, cs.base, cs.limit, cs.attrib),
-            ss=Segment(*_seg_tuple(seg(C.SEG_SS))),
-            idtr_base=idt.base,
-            idtr_limit=idt.limit,
-            gdtr_base=gdt.base,
-            gdtr_limit=gdt.limit,
-            ldtr=Segment(*_seg_tuple(ctx.table(C.LDT))),
-            tr=Segment(*_seg_tuple(ctx.table(C.TR))),
-            code64=bool(cs.attrib & 0x200),
+            cs=Segment(*cs),
+            ss=Segment(*ctx.segment_fields(C.SEG_SS)),
+            idtr_base=idt_base,
+            idtr_limit=idt_limit,
+            gdtr_base=gdt_base,
+            gdtr_limit=gdt_limit,
+            ldtr=Segment(*fields(C.LDT)),
+            tr=Segment(*fields(C.TR)),
+            code64=bool(cs[3] & 0x200),
         )
 
     def deliver(
@@ -1392,10 +1394,6 @@ class _Watchdog:
 
 class _ExitNow(Exception):
     """Internal: an exit was recorded; stop Unicorn and return it."""
-
-
-def _seg_tuple(s: SegmentState) -> tuple[int, int, int, int]:
-    return s.selector, s.base, s.limit, s.attrib
 
 
 __all__ = ["GuestLinear", "StopReason", "VCpu", "VcpuState", "VmExit"]
