@@ -15,6 +15,7 @@ automatic exit.
 from __future__ import annotations
 
 from enum import IntEnum
+from functools import lru_cache
 
 from sevx86.arch.vectors import vector_name
 
@@ -223,6 +224,9 @@ def cr_write_trap(n: int) -> int:
     return 0x90 + n
 
 
+# Cached: the run loop names every exit (counters, traces), a handful of
+# codes over and over. Bounded, since a guest picks GHCB exit codes freely.
+@lru_cache(maxsize=1024)
 def exit_name(code: int) -> str:
     """A readable name for any SVM or software exit code.
 

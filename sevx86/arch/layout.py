@@ -36,21 +36,22 @@ class Field:
     doc: str = ""
     big_endian: bool = False
     byteorder: Literal["little", "big"] = field(init=False, repr=False, compare=False)
+    end: int = field(init=False, repr=False, compare=False)  # offset + size
+    mask: int = field(init=False, repr=False, compare=False)  # the largest value that fits
 
     def __post_init__(self) -> None:
-        # Precomputed: Field.read/write sit on the GHCB's hot path.
+        # Precomputed: Field.read/write sit on the GHCB's and VMCB's hot paths,
+        # several calls per #VC round trip.
         object.__setattr__(self, "byteorder", "big" if self.big_endian else "little")
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.size
+        object.__setattr__(self, "end", self.offset + self.size)
+        object.__setattr__(self, "mask", (1 << (8 * self.size)) - 1)
 
     def read(self, buf: bytes | bytearray | memoryview) -> int:
         return int.from_bytes(buf[self.offset : self.end], self.byteorder)
 
     def write(self, buf: bytearray | memoryview, value: int) -> None:
         if value < 0:
-            value &= (1 << (8 * self.size)) - 1
+            value &= self.mask
         buf[self.offset : self.end] = value.to_bytes(self.size, self.byteorder)
 
     def read_bytes(self, buf: bytes | bytearray | memoryview) -> bytes:

@@ -196,13 +196,21 @@ class CpuContext:
         return self.u64(DR + 8 * n)
 
     def segment(self, index: int) -> SegmentState:
-        sel, _pad, base, limit, flags = _SEG.unpack_from(self.view, SEGS + 24 * index)
-        return SegmentState(sel & 0xFFFF, base, limit, flags_to_attrib(flags))
+        return SegmentState(*self.table_fields(SEGS + 24 * index))
 
     def table(self, off: int) -> SegmentState:
         """LDT, TR, GDT or IDT (GDT/IDT have no selector or attributes)."""
+        return SegmentState(*self.table_fields(off))
+
+    def segment_fields(self, index: int) -> tuple[int, int, int, int]:
+        """``segment`` as a plain (selector, base, limit, attrib) tuple."""
+        return self.table_fields(SEGS + 24 * index)
+
+    def table_fields(self, off: int) -> tuple[int, int, int, int]:
+        """``table`` as a plain tuple: interrupt delivery copies these into its
+        own segment type on every #VC, and a frozen dataclass is slow to build."""
         sel, _pad, base, limit, flags = _SEG.unpack_from(self.view, off)
-        return SegmentState(sel & 0xFFFF, base, limit, flags_to_attrib(flags))
+        return sel & 0xFFFF, base, limit, flags_to_attrib(flags)
 
     def set_table(self, off: int, seg: SegmentState) -> None:
         _SEG.pack_into(

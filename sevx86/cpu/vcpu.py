@@ -853,7 +853,9 @@ class VCpu:
         if rule is None:
             raise RuntimeError(f"unexpected intercept {exit_name(code)}")
         if rule.handling is Handling.AE:
-            self._automatic_exit(code, advance=rule.advances_rip)
+            # The bytes fetched for resolve() are the ones _ae_length needs
+            # (RIP has not moved): do not fetch them twice per VMGEXIT.
+            self._automatic_exit(code, advance=rule.advances_rip, insn=insn or None)
         else:
             self._non_automatic(code)
 
@@ -919,29 +921,39 @@ class VCpu:
         self.exits += 1
         self._pending_regs = regs
         self._exit = VmExit(self.index, code, info1, info2, rip=rip, regs=regs, data=data)
-        self._trace(
-            "cpu",
-            "exit",
-            f"#VMEXIT {exit_name(code)}",
-            target="hv",
-            code=code,
-            name=exit_name(code),
-            info1=info1,
-            info2=info2,
-            **data,
-        )
+        if self.tracer.enabled:  # once per exit: do not build the event for nobody
+            self._trace(
+                "cpu",
+                "exit",
+                f"#VMEXIT {exit_name(code)}",
+                target="hv",
+                code=code,
+                name=exit_name(code),
+                info1=info1,
+                info2=info2,
+                **data,
+            )
         raise _ExitNow
 
     def _automatic_exit(
-        self, code: int, *, advance: bool = False, info1: int = 0, info2: int = 0
+        self,
+        code: int,
+        *,
+        advance: bool = False,
+        info1: int = 0,
+        info2: int = 0,
+        insn: bytes | None = None,
     ) -> None:
-        """AE: SEV-ES world switch; in other modes a plain exit."""
+        """AE: SEV-ES world switch; in other modes a plain exit.
+
+        ``insn``: the instruction bytes at RIP when the caller already fetched them.
+        """
         if code == SvmExit.HLT:
             self._end_shadow_at_hlt()
         if self.mode is not GuestMode.SEV_ES:
             self._exit_to_host(code, info1, info2)
         if advance:
-            self._set_rip(self.rip() + self._ae_length(code))
+            self._set_rip(self.rip() + self._ae_length(code, insn))
         self._save_vmsa()
         self._record_exit(code, info1, info2, rip=None, regs=None)
 
@@ -960,9 +972,10 @@ class VCpu:
             ctx.store()
             self.ctx.invalidate()
 
-    def _ae_length(self, code: int) -> int:
+    def _ae_length(self, code: int, insn: bytes | None = None) -> int:
         """Length of the AE instruction the CPU steps over (VMGEXIT, HLT)."""
-        insn = self.fetch_insn()
+        if insn is None:
+            insn = self.fetch_insn()
         if code == SvmExit.VMGEXIT and insn.startswith(VMGEXIT_BYTES):
             return len(VMGEXIT_BYTES)
         if code == SvmExit.HLT and insn[:1] == b"\xf4":
@@ -1198,24 +1211,26 @@ class VCpu:
     def interrupt_context(self, return_rip: int) -> InterruptContext:
         ctx = self.ctx.load()
         rflags = self.uc.reg_read(ux.UC_X86_REG_RFLAGS)
-        seg = ctx.segment
-        gdt, idt = ctx.table(C.GDT), ctx.table(C.IDT)
-        cs = seg(C.SEG_CS)
+        # Plain tuples straight into Segment: no SegmentState in between.
+        fields = ctx.table_fields
+        _, gdt_base, gdt_limit, _ = fields(C.GDT)
+        _, idt_base, idt_limit, _ = fields(C.IDT)
+        cs = ctx.segment_fields(C.SEG_CS)
         return InterruptContext(
             mode=self.cpu_mode(),
             cpl=ctx.cpl,
             rip=return_rip,
             rsp=ctx.gpr(4),
             rflags=rflags,
-            cs=Segment(cs.selector, cs.base, cs.limit, cs.attrib),
-            ss=Segment(*_seg_tuple(seg(C.SEG_SS))),
-            idtr_base=idt.base,
-            idtr_limit=idt.limit,
-            gdtr_base=gdt.base,
-            gdtr_limit=gdt.limit,
-            ldtr=Segment(*_seg_tuple(ctx.table(C.LDT))),
-            tr=Segment(*_seg_tuple(ctx.table(C.TR))),
-            code64=bool(cs.attrib & 0x200),
+            cs=Segment(*cs),
+            ss=Segment(*ctx.segment_fields(C.SEG_SS)),
+            idtr_base=idt_base,
+            idtr_limit=idt_limit,
+            gdtr_base=gdt_base,
+            gdtr_limit=gdt_limit,
+            ldtr=Segment(*fields(C.LDT)),
+            tr=Segment(*fields(C.TR)),
+            code64=bool(cs[3] & 0x200),
         )
 
     def deliver(
@@ -1379,10 +1394,6 @@ class _Watchdog:
 
 class _ExitNow(Exception):
     """Internal: an exit was recorded; stop Unicorn and return it."""
-
-
-def _seg_tuple(s: SegmentState) -> tuple[int, int, int, int]:
-    return s.selector, s.base, s.limit, s.attrib
 
 
 __all__ = ["GuestLinear", "StopReason", "VCpu", "VcpuState", "VmExit"]

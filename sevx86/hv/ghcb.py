@@ -37,6 +37,7 @@ SAVE_AREA_FIELDS: tuple[str, ...] = (
 _BITS: tuple[tuple[int, str], ...] = tuple(
     sorted((valid_bit(name), name) for name in SAVE_AREA_FIELDS)
 )
+_NAME_OF_BIT: dict[int, str] = dict(_BITS)
 SHARED_BUFFER_END = SHARED_BUFFER_OFFSET + SHARED_BUFFER_SIZE
 
 
@@ -97,7 +98,7 @@ class GhcbPage:
         """Write a field; a save-area field also gets its valid bit."""
         f = GHCB[name]
         self._need(f.offset, f.end)
-        f.write(self.buf, value & ((1 << (8 * f.size)) - 1))
+        f.write(self.buf, value & f.mask)
         if f.offset < _VALID.offset:
             bit = f.offset // 8
             self.buf[_VALID.offset + bit // 8] |= 1 << (bit % 8)
@@ -114,8 +115,17 @@ class GhcbPage:
         return bool(self.valid_bitmap >> valid_bit(name) & 1)
 
     def valid_names(self) -> list[str]:
+        """Names of the valid save-area fields, in bit (offset) order."""
+        # Visit only the set bits (a request marks a handful of ~40 fields).
         bitmap = self.valid_bitmap
-        return [name for bit, name in _BITS if bitmap >> bit & 1]
+        names = []
+        while bitmap:
+            low = bitmap & -bitmap
+            name = _NAME_OF_BIT.get(low.bit_length() - 1)
+            if name is not None:
+                names.append(name)
+            bitmap ^= low
+        return names
 
     def clear_valid(self) -> None:
         self.buf[_VALID.offset : _VALID.end] = bytes(_VALID_SIZE)

@@ -104,6 +104,7 @@ REQUIRED: dict[int, tuple[tuple[str, ...], Extra]] = {
     SwExit.UNSUPPORTED: ((), _none),
 }
 BASE_REQUIRED = ("sw_exit_code", "sw_exit_info_1", "sw_exit_info_2")
+_REGISTERS = frozenset(GHCB_REGISTER_NAMES)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,8 @@ def validate_vmgexit(
     rule = REQUIRED.get(code)
     if rule is None:
         return Invalid(GhcbError.INVALID_EVENT, f"exit code {code:#x} is not supported")
-    regs = {name: page.get(name) for name in GHCB_REGISTER_NAMES if name in have}
+    # In GHCB_REGISTER_NAMES order: valid is in bit order, which is the same.
+    regs = {name: page.get(name) for name in valid if name in _REGISTERS}
     always, extra = rule
     need = always + extra(info1, regs)
     missing = [name for name in need if name not in have]

@@ -25,7 +25,6 @@ parts keep this check inside the hardware; the tag is sevx86's stand-in.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from dataclasses import dataclass
@@ -434,12 +433,18 @@ class SecureProcessor:
     # -- runtime VMSA integrity (the CPU engine's API) -----------------------------
     @staticmethod
     def _vmsa_tag(guest: GuestContext, vcpu_id: int, spa: int, page: bytes) -> bytes:
-        mac = hmac.new(guest.vmsa_key, _VMSA_TAG_LABEL, hashlib.sha256)
-        mac.update(guest.handle.to_bytes(4, "little"))
-        mac.update(vcpu_id.to_bytes(4, "little"))
-        mac.update(spa.to_bytes(8, "little"))
-        mac.update(page)
-        return mac.digest()
+        # One-shot over the concatenation: the same tag as updating piece by
+        # piece, but one C call instead of five (this runs twice per #VC).
+        msg = b"".join(
+            (
+                _VMSA_TAG_LABEL,
+                guest.handle.to_bytes(4, "little"),
+                vcpu_id.to_bytes(4, "little"),
+                spa.to_bytes(8, "little"),
+                page,
+            )
+        )
+        return hmac.digest(guest.vmsa_key, msg, "sha256")
 
     def vmsa_seal(self, handle: int, vcpu_id: int, memory: Memory, vmsa_spa: int) -> None:
         """Record the tag of vCPU ``vcpu_id``'s VMSA as the CPU just wrote it (at an AE)."""
