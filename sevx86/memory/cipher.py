@@ -51,9 +51,6 @@ class MemoryCipher:
     __slots__ = (
         "_data_key",
         "_tweak_key",
-        "_ecb_enc",
-        "_ecb_dec",
-        "_tweak_ecb",
         "_local",
         "_tweaks",
     )
@@ -63,11 +60,11 @@ class MemoryCipher:
             raise ValueError(f"memory key must be {KEY_BYTES} bytes, got {len(key)}")
         self._data_key = algorithms.AES(key[:16])
         self._tweak_key = algorithms.AES(key[16:])
-        # ECB contexts carry no chaining state, so one of each is reused.
-        self._ecb_enc = Cipher(self._data_key, modes.ECB()).encryptor()
-        self._ecb_dec = Cipher(self._data_key, modes.ECB()).decryptor()
-        self._tweak_ecb = Cipher(self._tweak_key, modes.ECB()).encryptor()
-        self._local = threading.local()  # scratch buffers, one pair per thread
+        # ECB contexts carry no chaining state, so one of each is reused --
+        # per thread: a cryptography context is a Rust object that refuses a
+        # second concurrent user ("Already borrowed"), which parallel vCPUs
+        # reaching shared memory at once would be.
+        self._local = threading.local()  # ECB contexts and scratch buffers, per thread
         self._tweaks: dict[int, int] = {}  # block SPA -> T, for single-block accesses
 
     @property
@@ -77,10 +74,21 @@ class MemoryCipher:
     def __repr__(self) -> str:  # never show key material
         return "<MemoryCipher AES-128-XEX>"
 
+    def _ecb(self) -> tuple:
+        """This thread's (data encryptor, data decryptor, tweak encryptor)."""
+        ctx = getattr(self._local, "ecb", None)
+        if ctx is None:
+            ctx = self._local.ecb = (
+                Cipher(self._data_key, modes.ECB()).encryptor(),
+                Cipher(self._data_key, modes.ECB()).decryptor(),
+                Cipher(self._tweak_key, modes.ECB()).encryptor(),
+            )
+        return ctx
+
     def _whiten(self, spa: int, data: bytes | bytearray | memoryview) -> bytes:
         """data xor T for the blocks starting at ``spa`` (small ranges)."""
         if len(data) == BLOCK:
-            tweak = self._tweak_ecb.update((spa >> 4).to_bytes(BLOCK, "big"))
+            tweak = self._ecb()[2].update((spa >> 4).to_bytes(BLOCK, "big"))
             return (int.from_bytes(data, "little") ^ int.from_bytes(tweak, "little")).to_bytes(
                 BLOCK, "little"
             )
@@ -113,28 +121,28 @@ class MemoryCipher:
         if tweak is None:
             if len(self._tweaks) >= _TWEAK_CACHE:
                 self._tweaks.clear()
-            raw = self._tweak_ecb.update((spa >> 4).to_bytes(BLOCK, "big"))
+            raw = self._ecb()[2].update((spa >> 4).to_bytes(BLOCK, "big"))
             tweak = self._tweaks[spa] = int.from_bytes(raw, "little")
         return tweak
 
     def encrypt_block(self, spa: int, data: bytes | bytearray | memoryview) -> bytes:
         """One aligned 16-byte block (the hot path of C=0 guest accesses)."""
         t = self._tweak(spa)
-        x = self._ecb_enc.update((int.from_bytes(data, "little") ^ t).to_bytes(BLOCK, "little"))
+        x = self._ecb()[0].update((int.from_bytes(data, "little") ^ t).to_bytes(BLOCK, "little"))
         return (int.from_bytes(x, "little") ^ t).to_bytes(BLOCK, "little")
 
     def decrypt_block(self, spa: int, data: bytes | bytearray | memoryview) -> bytes:
         t = self._tweak(spa)
-        x = self._ecb_dec.update((int.from_bytes(data, "little") ^ t).to_bytes(BLOCK, "little"))
+        x = self._ecb()[1].update((int.from_bytes(data, "little") ^ t).to_bytes(BLOCK, "little"))
         return (int.from_bytes(x, "little") ^ t).to_bytes(BLOCK, "little")
 
     def encrypt(self, spa: int, data: bytes | bytearray | memoryview) -> bytes:
         """Ciphertext of ``data`` stored at system physical address ``spa``."""
-        return self._xex(spa, data, self._ecb_enc)
+        return self._xex(spa, data, self._ecb()[0])
 
     def decrypt(self, spa: int, data: bytes | bytearray | memoryview) -> bytes:
         """Plaintext of ciphertext ``data`` found at ``spa``."""
-        return self._xex(spa, data, self._ecb_dec)
+        return self._xex(spa, data, self._ecb()[1])
 
 
 class PlaintextMemory:

@@ -95,3 +95,34 @@ def test_round_trip_anywhere(block, data):
     c = MemoryCipher(KEY)
     spa = block * 16
     assert c.decrypt(spa, c.encrypt(spa, data)) == data
+
+
+def test_threads_share_one_cipher_safely():
+    # Parallel vCPUs reach the same guest's cipher at once. A cryptography
+    # context refuses a second concurrent user ("Already borrowed"), so each
+    # thread must get its own; results must equal the single-threaded ones.
+    import threading
+
+    c = MemoryCipher(KEY)
+    jobs = [(n * 0x10000, os.urandom(0x10000)) for n in range(4)]
+    expected = [MemoryCipher(KEY).encrypt(spa, data) for spa, data in jobs]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(jobs))
+
+    def work(i: int) -> None:
+        spa, data = jobs[i]
+        start.wait()
+        try:
+            for _ in range(200):
+                assert c.encrypt(spa, data) == expected[i]
+                assert c.decrypt(spa, expected[i]) == data
+                assert c.decrypt_block(spa, c.encrypt_block(spa, data[:16])) == data[:16]
+        except BaseException as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
