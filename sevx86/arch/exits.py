@@ -221,7 +221,30 @@ def excp(vector: int) -> int:
 def cr_write_trap(n: int) -> int:
     """Exit code of a SEV-ES CRn write trap (after the write)."""
     _check(n, NUM_CONTROL_REGISTERS, "CR")
-    return 0x90 + n
+    return SvmExit.CR0_WRITE_TRAP + n
+
+
+# Every CRn write trap exit (0x90-0x9F): automatic exits under SEV-ES.
+CR_WRITE_TRAPS: tuple[int, ...] = tuple(cr_write_trap(n) for n in range(NUM_CONTROL_REGISTERS))
+
+# The instruction intercepts that become non-automatic exits under SEV-ES:
+# the guest sees #VC and asks through the GHCB (GHCB spec 56421, "NAE
+# events"; APM vol 2, 15.35.4). Without SEV-ES the host serves them directly.
+NAE_INSTRUCTION_EXITS: tuple[SvmExit, ...] = (
+    SvmExit.CPUID,
+    SvmExit.IOIO,
+    SvmExit.MSR,
+    SvmExit.RDTSC,
+    SvmExit.RDTSCP,
+    SvmExit.RDPMC,
+    SvmExit.INVD,
+    SvmExit.WBINVD,
+    SvmExit.VMMCALL,
+    SvmExit.MONITOR,
+    SvmExit.MWAIT,
+    SvmExit.DR7_READ,
+    SvmExit.DR7_WRITE,
+)
 
 
 # Cached: the run loop names every exit (counters, traces), a handful of
@@ -248,8 +271,8 @@ def exit_name(code: int) -> str:
         return f"DR{code - 0x30}_WRITE"
     if SvmExit.EXCP_BASE <= code <= SvmExit.EXCP_LAST:
         return f"EXCP_{vector_name(code - SvmExit.EXCP_BASE)}"
-    if 0x90 <= code <= 0x9F:
-        return f"CR{code - 0x90}_WRITE_TRAP"
+    if code in CR_WRITE_TRAPS:
+        return f"CR{code - SvmExit.CR0_WRITE_TRAP}_WRITE_TRAP"
     for enum in (SvmExit, SwExit):
         try:
             return enum(code).name

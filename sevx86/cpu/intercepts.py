@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from sevx86.arch.exits import SvmExit, exit_name
+from sevx86.arch.exits import CR_WRITE_TRAPS, NAE_INSTRUCTION_EXITS, SvmExit, exit_name
 from sevx86.arch.msr import Msr
 
 
@@ -46,22 +46,8 @@ class Rule:
         return exit_name(self.code)
 
 
-_NAE = (
-    SvmExit.CPUID,
-    SvmExit.IOIO,
-    SvmExit.MSR,
-    SvmExit.RDTSC,
-    SvmExit.RDTSCP,
-    SvmExit.RDPMC,
-    SvmExit.INVD,
-    SvmExit.WBINVD,
-    SvmExit.VMMCALL,
-    SvmExit.MONITOR,
-    SvmExit.MWAIT,
-    SvmExit.DR7_READ,
-    SvmExit.DR7_WRITE,
-    SvmExit.NPF,
-)
+# NPF is an NAE too (MMIO: #VC), but not an instruction intercept.
+_NAE = (*NAE_INSTRUCTION_EXITS, SvmExit.NPF)
 
 RULES: dict[int, Rule] = {code: Rule(code, Handling.NAE) for code in _NAE}
 RULES.update(
@@ -72,7 +58,7 @@ RULES.update(
         SvmExit.INTR: Rule(SvmExit.INTR, Handling.AE),
         SvmExit.NMI: Rule(SvmExit.NMI, Handling.AE),
         SvmExit.SHUTDOWN: Rule(SvmExit.SHUTDOWN, Handling.AE),
-        **{0x90 + n: Rule(0x90 + n, Handling.AE) for n in range(16)},  # CRn write traps
+        **{code: Rule(code, Handling.AE) for code in CR_WRITE_TRAPS},
     }
 )
 

@@ -58,7 +58,7 @@ from unicorn import (
 from unicorn import x86_const as ux
 
 from sevx86.arch.cr import Cr0, Cr4, Rflags
-from sevx86.arch.exits import SvmExit, exit_name
+from sevx86.arch.exits import SvmExit, cr_write_trap, exit_name
 from sevx86.arch.msr import Efer, Msr, SevStatus
 from sevx86.arch.paging import PfErr
 from sevx86.arch.vectors import Vector, has_error_code, vector_name
@@ -1032,7 +1032,7 @@ class VCpu:
         if cr == 0 and value & Cr0.PG and not current & Cr0.PG and self.tracer.enabled:
             self._trace_paging_on()
         if self.mode is GuestMode.SEV_ES and self.vmcb.intercepts(Intercept.CR0_WRITE_TRAP + cr):
-            self._automatic_exit(0x90 + cr, info1=value)
+            self._automatic_exit(cr_write_trap(cr), info1=value)
 
     def _trace_paging_on(self) -> None:
         """The moment paging takes effect, and whether the tables carry the C-bit.

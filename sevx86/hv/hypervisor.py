@@ -44,7 +44,7 @@ from enum import StrEnum
 from typing import IO, Any
 
 from sevx86.arch.apic import XAPIC_BASE, XAPIC_PAGE_SIZE
-from sevx86.arch.exits import SvmExit, SwExit, exit_name
+from sevx86.arch.exits import CR_WRITE_TRAPS, NAE_INSTRUCTION_EXITS, SvmExit, SwExit, exit_name
 from sevx86.arch.ghcb import GHCB_PROTOCOL_MAX, GHCB_SIZE, GhcbError, msr_sev_info_response
 from sevx86.arch.msr import Msr
 from sevx86.arch.vectors import vector_name
@@ -192,25 +192,9 @@ EXIT_TABLE: dict[int, str] = {
     SvmExit.EFER_WRITE_TRAP: "_exit_cr_trap",
     SvmExit.INTR: "_exit_nothing",
     SvmExit.NMI: "_exit_nothing",
-    **{0x90 + n: "_exit_cr_trap" for n in range(16)},
-    **{
-        code: "_exit_direct"
-        for code in (
-            SvmExit.CPUID,
-            SvmExit.IOIO,
-            SvmExit.MSR,
-            SvmExit.RDTSC,
-            SvmExit.RDTSCP,
-            SvmExit.RDPMC,
-            SvmExit.INVD,
-            SvmExit.WBINVD,
-            SvmExit.MONITOR,
-            SvmExit.MWAIT,
-            SvmExit.VMMCALL,
-            SvmExit.DR7_READ,
-            SvmExit.DR7_WRITE,
-        )
-    },
+    **{code: "_exit_cr_trap" for code in CR_WRITE_TRAPS},
+    # Without SEV-ES the guest's NAE instructions reach the host directly.
+    **{code: "_exit_direct" for code in NAE_INSTRUCTION_EXITS},
 }
 
 # KVM-like intercepts (arch/x86/kvm/svm/svm.c init_vmcb, sev.c sev_es_init_vmcb).
