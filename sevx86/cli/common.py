@@ -27,7 +27,7 @@ from sevx86.asm.guest_abi import GUEST_ASM_REASON_SET, VcReason
 from sevx86.asm.preprocess import guest_asm_dir
 from sevx86.boot.firmware import BootedGuest, FirmwareError, boot_machine, check_machine
 from sevx86.boot.ovmf import OvmfError
-from sevx86.cli.main import UsageError
+from sevx86.cli.main import EXIT_INTERNAL, EXIT_USAGE, UsageError
 from sevx86.config import ConfigError, GuestConfig, GuestMode, parse_size
 from sevx86.hv import Hypervisor, RunReason, RunResult
 from sevx86.hv.scheduler import DEFAULT_QUANTUM, SCHEDULERS, Scheduler, make_scheduler
@@ -46,8 +46,10 @@ class ExitStatus(IntEnum):
     """Exit statuses of ``sevx86 run`` / ``trace`` besides the guest's own 0..115."""
 
     OK = 0
-    INTERNAL = 1  # a bug in sevx86 (one line on stderr; SEVX86_DEBUG=1 for the traceback)
-    USAGE = 2  # bad option, unreadable or bad PROGRAM, assembly error, too large
+    INTERNAL = (
+        EXIT_INTERNAL  # a bug in sevx86 (one line on stderr; SEVX86_DEBUG=1 for the traceback)
+    )
+    USAGE = EXIT_USAGE  # bad option, unreadable or bad PROGRAM, assembly error, too large
     HALTED = 116  # every vCPU halted without an exit status
     EMULATION_ERROR = 117  # the CPU engine could not go on
     HYPERVISOR_ERROR = 118  # a handler or hook of the hypervisor failed
@@ -534,15 +536,3 @@ class PipeSafe:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self.stream.fileno())
         os.close(devnull)
-
-
-def internal_error(command: str, exc: BaseException) -> int:
-    """A bug: one line, unless SEVX86_DEBUG asks for the traceback."""
-    if os.environ.get("SEVX86_DEBUG"):
-        raise exc
-    print(
-        f"sevx86 {command}: internal error: {type(exc).__name__}: {exc} "
-        "(SEVX86_DEBUG=1 shows the traceback)",
-        file=sys.stderr,
-    )
-    return ExitStatus.INTERNAL

@@ -4,7 +4,8 @@ Each subcommand lives in its own module of this package and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a
 function taking the parsed arguments and returning the exit status.
 
-Exit statuses: 0 success; 2 bad usage or unreadable input (argparse's
+Exit statuses: 0 success; 1 a bug in sevx86 (one line, never a traceback,
+whatever the subcommand); 2 bad usage or unreadable input (argparse's
 convention); other values are documented by each subcommand (the guest's own
 status for ``run``).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +22,7 @@ from sevx86 import __version__
 
 SUBCOMMANDS: tuple[str, ...] = ("run", "trace", "boot", "asm", "measure", "owner")
 
+EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 
 
@@ -55,6 +58,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sevx86 {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # never a traceback for the user
+        return internal_error(args.command, exc)
+
+
+def internal_error(command: str, exc: BaseException) -> int:
+    """A bug: one line, unless SEVX86_DEBUG asks for the traceback."""
+    if os.environ.get("SEVX86_DEBUG"):
+        raise exc
+    print(
+        f"sevx86 {command}: internal error: {type(exc).__name__}: {exc} "
+        "(SEVX86_DEBUG=1 shows the traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -90,15 +90,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except UsageError:
-        raise
-    except Exception as exc:  # never a traceback for the user
-        return common.internal_error("run", exc)
-
-
-def _run(args: argparse.Namespace) -> int:
     if args.list_examples:
         return common.print_examples()
     timeout, limit = common.run_limits(args)

@@ -132,15 +132,6 @@ class _LiveJsonLines:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except UsageError:
-        raise
-    except Exception as exc:  # never a traceback for the user
-        return common.internal_error("trace", exc)
-
-
-def _run(args: argparse.Namespace) -> int:
     if args.list_examples:
         return common.print_examples()
     timeout, max_instructions = common.run_limits(args)

@@ -101,3 +101,20 @@ def test_help_teaches_with_an_example(tmp_path):
     result = sevx86("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "pad_to 0xFFFFFFF0" in result.stdout and "sevx86 asm reset.S" in result.stdout
+
+
+def test_an_internal_error_is_one_line_status_1_here_too(monkeypatch, capsys, tmp_path):
+    # The guard is in the entry point, so every subcommand has it, not just run.
+    from sevx86.cli import asm, main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    src = tmp_path / "a.S"
+    src.write_text("start:\n    nop\n")
+    monkeypatch.delenv("SEVX86_DEBUG", raising=False)
+    monkeypatch.setattr(asm, "assemble", broken)
+    assert main.main(["asm", str(src)]) == main.EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("sevx86 asm: internal error: RuntimeError: boom")
