@@ -89,31 +89,26 @@ def ioio(hv: Hypervisor, req: Request) -> None:
 def msr(hv: Hypervisor, req: Request) -> None:
     index = req.reg("rcx") & _U32
     if hv.lapic.owns_msr(index):
-        _x2apic_msr(hv, req, index)
-        return
+        # x2APIC registers: the APIC ID, EOI and the ICR that sends IPIs.
+        _msr_access(req, index, hv.lapic.msr_read, hv.lapic.msr_write)
+    else:
+        _msr_access(req, index, hv.msrs.read, hv.msrs.write)
+
+
+def _msr_access(
+    req: Request,
+    index: int,
+    read: Callable[[int, int], int | None],
+    write: Callable[[int, int, int], bool],
+) -> None:
+    """RDMSR/WRMSR (SW_EXITINFO1 1 = write) against one register file; #GP if refused."""
     if req.info1:
         value = (req.reg("rax") & _U32) | ((req.reg("rdx") & _U32) << 32)
-        if not hv.msrs.write(req.vcpu.index, index, value):
+        if not write(req.vcpu.index, index, value):
             req.inject_exception(Vector.GP, 0)
             req.detail = f"WRMSR {index:#x} refused"
         return
-    result = hv.msrs.read(req.vcpu.index, index)
-    if result is None:
-        req.inject_exception(Vector.GP, 0)
-        req.detail = f"RDMSR {index:#x} refused"
-        return
-    _set_edx_eax(req, result)
-
-
-def _x2apic_msr(hv: Hypervisor, req: Request, index: int) -> None:
-    """x2APIC registers: the APIC ID, EOI and the ICR that sends IPIs."""
-    if req.info1:
-        value = (req.reg("rax") & _U32) | ((req.reg("rdx") & _U32) << 32)
-        if not hv.lapic.msr_write(req.vcpu.index, index, value):
-            req.inject_exception(Vector.GP, 0)
-            req.detail = f"WRMSR {index:#x} refused"
-        return
-    result = hv.lapic.msr_read(req.vcpu.index, index)
+    result = read(req.vcpu.index, index)
     if result is None:
         req.inject_exception(Vector.GP, 0)
         req.detail = f"RDMSR {index:#x} refused"
