@@ -179,9 +179,10 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_number(text: str, what: str) -> int:
+    """An option's integer: decimal, 0x.., 0o.., 0b.., with ``_`` between digits."""
     try:
-        return int(text.replace("_", ""), 0)
-    except (AttributeError, ValueError):
+        return int(text, 0)
+    except (TypeError, ValueError):
         raise UsageError(f"{what} {text!r} is not a number") from None
 
 

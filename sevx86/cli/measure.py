@@ -15,6 +15,7 @@ import textwrap
 from sevx86.boot.launch import launch_guest
 from sevx86.boot.ovmf import OvmfError, OvmfImage
 from sevx86.boot.vcpu_types import VCPU_TYPES, vcpu_signature
+from sevx86.cli.common import parse_number
 from sevx86.cli.main import UsageError
 from sevx86.sp.secure_processor import SecureProcessor
 
@@ -67,13 +68,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_int(text: str, what: str) -> int:
-    try:
-        return int(text, 0)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} {text!r} is not a number") from None
-
-
 def read_firmware(path: str | None) -> OvmfImage:
     if not path:
         raise UsageError("--firmware FILE is required")
@@ -90,7 +84,7 @@ def read_firmware(path: str | None) -> OvmfImage:
 
 def resolve_signature(vcpu_type: str | None, vcpu_sig: str | None) -> int:
     if vcpu_sig is not None:
-        sig = parse_int(vcpu_sig, "--vcpu-sig")
+        sig = parse_number(vcpu_sig, "--vcpu-sig")
         if not 0 <= sig <= 0xFFFF_FFFF:
             raise UsageError(f"--vcpu-sig {vcpu_sig} is not a 32-bit value")
         return sig
@@ -103,7 +97,7 @@ def resolve_signature(vcpu_type: str | None, vcpu_sig: str | None) -> int:
 
 
 def resolve_vcpus(text: str) -> int:
-    vcpus = parse_int(text, "--vcpus")
+    vcpus = parse_number(text, "--vcpus")
     if vcpus < 1:
         raise UsageError(f"--vcpus {vcpus} must be at least 1")
     return vcpus
@@ -113,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     image = read_firmware(args.firmware)
     vcpus = resolve_vcpus(args.vcpus)
     signature = resolve_signature(args.vcpu_type, args.vcpu_sig)
-    sev_features = parse_int(args.sev_features, "--sev-features")
+    sev_features = parse_number(args.sev_features, "--sev-features")
     try:
         ap_reset = image.sev_es_reset_addr()
         guest = launch_guest(

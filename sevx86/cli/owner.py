@@ -26,8 +26,9 @@ from pathlib import Path
 
 from sevx86.boot.digest import expected_launch_digest
 from sevx86.boot.ovmf import OvmfError
+from sevx86.cli.common import parse_number
 from sevx86.cli.main import UsageError
-from sevx86.cli.measure import parse_int, read_firmware, resolve_signature, resolve_vcpus
+from sevx86.cli.measure import read_firmware, resolve_signature, resolve_vcpus
 from sevx86.sp.certs import CertificateError
 from sevx86.sp.channel import Measurement, TransportKeys
 from sevx86.sp.formats import DIGEST_SIZE, MEASUREMENT, SEV_CERT
@@ -143,7 +144,7 @@ def _decode_blob(raw: bytes, size: int, what: str) -> bytes:
 
 
 def _policy(text: str) -> GuestPolicy:
-    value = parse_int(text, "--policy")
+    value = parse_number(text, "--policy")
     try:
         return GuestPolicy(value)
     except ValueError as exc:
@@ -200,9 +201,9 @@ def _verified_owner(args: argparse.Namespace) -> tuple[GuestOwner, bytes] | None
         except OvmfError as exc:
             raise UsageError(f"{args.firmware}: {exc}") from None
     platform = PlatformVersion(
-        parse_int(args.api_major, "--api-major"),
-        parse_int(args.api_minor, "--api-minor"),
-        parse_int(args.build, "--build"),
+        parse_number(args.api_major, "--api-major"),
+        parse_number(args.api_minor, "--api-minor"),
+        parse_number(args.build, "--build"),
     )
     owner = GuestOwner(_policy(args.policy), keys)
     try:
