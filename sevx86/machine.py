@@ -24,12 +24,13 @@ from dataclasses import dataclass
 
 from sevx86.arch.vmsa import VMSA_SIZE
 from sevx86.config import PAGE_SIZE, GuestConfig, GuestMode
-from sevx86.cpu.vcpu import VCpu, VmExit
+from sevx86.cpu.vcpu import VCpu
 from sevx86.cpu.vmcb import Vmcb
 from sevx86.memory.dram import PhysicalMemory, RamRegion
 from sevx86.sp.policy import GuestPolicy, PolicyFlag
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import NullTracer, Tracer
+from sevx86.vmexit import VmExit
 
 DEFAULT_ASID = 1
 

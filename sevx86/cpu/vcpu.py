@@ -35,7 +35,6 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -99,6 +98,7 @@ from sevx86.memory.mmu import (
     TlbFiller,
     Translation,
 )
+from sevx86.vmexit import StopReason, VmExit
 
 if TYPE_CHECKING:
     from sevx86.cpu.parallel import AtomicWatch, World
@@ -121,36 +121,6 @@ class VcpuState(Enum):
     NEW = "new"  # not yet entered
     RUNNING = "running"
     DEAD = "dead"  # shutdown or failed VMRUN: never runs again
-
-
-class StopReason(Enum):
-    """Why ``vmrun`` returned without an architectural exit."""
-
-    TIMEOUT = "timeout"
-    INSTRUCTION_LIMIT = "instruction-limit"
-    EMULATION_ERROR = "emulation-error"
-    KICKED = "kicked"  # the host asked for the CPU back (``VCpu.kick``)
-
-
-@dataclass
-class VmExit:
-    """What the host learns at a #VMEXIT (a copy of the VMCB exit fields)."""
-
-    vcpu: int
-    code: int
-    info1: int = 0
-    info2: int = 0
-    rip: int | None = None  # only where the host may know it (none/sev)
-    regs: state.RegisterFile | None = None  # none/sev only: the guest's registers
-    stop: StopReason | None = None  # the emulator stopped, not the guest
-    detail: str = ""
-    data: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        if self.stop is not None:
-            return self.stop.value
-        return exit_name(self.code)
 
 
 class _Stop(Exception):

@@ -50,7 +50,6 @@ from sevx86.arch.msr import Msr
 from sevx86.arch.vectors import vector_name
 from sevx86.arch.vmcb import EventType, Intercept, decode_ioio, encode_event
 from sevx86.config import GuestConfig, GuestMode
-from sevx86.cpu.vcpu import StopReason, VmExit
 from sevx86.hv import direct, msr_protocol, smp
 from sevx86.hv.cpuid import CpuidTable
 from sevx86.hv.devices import (
@@ -75,6 +74,7 @@ from sevx86.hv.scheduler import DeterministicScheduler, Scheduler
 from sevx86.hv.smp import HoldKind, Lapic, MpState
 from sevx86.hv.validate import Invalid, describe_request, validate_vmgexit
 from sevx86.machine import HostVcpu, HostView
+from sevx86.vmexit import StopReason, VmExit
 
 _U64 = (1 << 64) - 1
 PAGE = 0x1000

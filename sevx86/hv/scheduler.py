@@ -47,8 +47,8 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Protocol
 
-from sevx86.cpu.vcpu import StopReason
 from sevx86.hv import smp
+from sevx86.vmexit import StopReason
 
 if TYPE_CHECKING:
     from sevx86.hv.hypervisor import Hypervisor

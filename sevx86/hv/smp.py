@@ -70,9 +70,9 @@ from sevx86.boot.reset import reset_vmsa
 from sevx86.config import GuestMode
 
 if TYPE_CHECKING:
-    from sevx86.cpu.vcpu import VmExit
     from sevx86.hv.hypervisor import Hypervisor, VcpuHvState
     from sevx86.machine import HostVcpu
+    from sevx86.vmexit import VmExit
 
 _NMI_VECTOR = int(Vector.NMI)
 

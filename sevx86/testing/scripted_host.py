@@ -45,8 +45,8 @@ from sevx86.arch.ghcb import (
 )
 from sevx86.arch.vectors import Vector
 from sevx86.arch.vmcb import EventType, Intercept, decode_ioio, encode_event
-from sevx86.cpu.vcpu import VmExit
 from sevx86.machine import HostView
+from sevx86.vmexit import VmExit
 
 CpuidAnswer = tuple[int, int, int, int]
 # leaf -> answer, (leaf, subleaf) -> answer, or a function of (leaf, subleaf, xcr0)

@@ -6,10 +6,10 @@ import struct
 from dataclasses import dataclass, field
 
 from sevx86.config import GuestConfig, GuestMode
-from sevx86.cpu.vcpu import VmExit
 from sevx86.harness import GuestSpec, build_machine
 from sevx86.machine import HostView, Machine
 from sevx86.trace.events import Tracer
+from sevx86.vmexit import VmExit
 
 RESULTS = 0x70000  # where test guests store what they observed
 

@@ -6,7 +6,7 @@ import pytest
 
 from sevx86.arch.exits import SvmExit
 from sevx86.arch.vmcb import EventType, encode_event
-from sevx86.cpu.vcpu import StopReason
+from sevx86.vmexit import StopReason
 
 from .conftest import make_guest
 

@@ -15,7 +15,7 @@ import threading
 import time
 
 from sevx86.arch.vmcb import INT_STATE_GUEST_IF, INT_STATE_SHADOW
-from sevx86.cpu.vcpu import StopReason
+from sevx86.vmexit import StopReason
 
 from .conftest import make_guest
 
