@@ -35,6 +35,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -87,6 +88,7 @@ from sevx86.cpu.exceptions import (
 )
 from sevx86.cpu.intercepts import IN_PLACE_MSRS, VMGEXIT_BYTES, Handling, resolve, rule_for
 from sevx86.cpu.svm import STUB, SvmHardware
+from sevx86.cpu.syscall import FastSystemCalls
 from sevx86.cpu.vmcb import Vmcb
 from sevx86.memory.mmu import (
     MMU,
@@ -266,6 +268,8 @@ class VCpu:
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ux.UC_X86_INS_OUT)
+        self.fast_calls = FastSystemCalls(self)  # SYSCALL, SYSENTER: sevx86.cpu.syscall
+        self.fast_calls.install(uc)
         self._scratch_page = bytearray(VMSA_SIZE)
         self._saved_vmsa = b""
 
@@ -620,6 +624,26 @@ class VCpu:
             self._emulation_error(exc)
             uc.emu_stop()
         return True
+
+    def run_event(self, handler: Callable[[], None]) -> None:
+        """Run ``handler`` as an engine event from inside a Unicorn hook.
+
+        The guard every hook shares: nothing runs while an exit or an IN/OUT
+        rollback is pending, an exit stops Unicorn, and an internal error
+        ends the vCPU with an emulation-error exit instead of escaping.
+        """
+        self.ctx.invalidate()
+        if self._rollback is not None or self._exit is not None:
+            self.uc.emu_stop()
+            return
+        self.linear.begin_event()
+        try:
+            handler()
+        except _ExitNow:
+            self.uc.emu_stop()
+        except Exception as exc:
+            self._emulation_error(exc)
+            self.uc.emu_stop()
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
         return self._on_io(port, size, True, 0)
