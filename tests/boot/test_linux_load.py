@@ -15,7 +15,7 @@ from sevx86.arch.fw_cfg import FW_CFG_IO_DATA, FwCfgKey
 from sevx86.boot.linux import BzImage, LinuxBootError, add_to_fw_cfg, load_linux
 from sevx86.cli.main import main
 from sevx86.hv.devices.fw_cfg import FwCfg
-from tests.linux import find_vmlinuz
+from tests.linux import build_initramfs, default_init, find_busybox, find_vmlinuz, needs_linux
 
 MiB = 1 << 20
 
@@ -165,3 +165,15 @@ def test_debian_vmlinuz_parses_as_a_64_bit_efi_handover_kernel():
     assert image.version >= 0x020F  # 6.1 kernels speak 2.15
     assert image.xloadflags & 0x1 and image.xloadflags & 0x8  # KERNEL_64, EFI_HANDOVER_64
     assert image.relocatable
+
+
+@needs_linux
+def test_debian_kernel_and_busybox_initramfs_make_a_complete_fw_cfg_set():
+    vmlinuz = find_vmlinuz().read_bytes()
+    initrd = build_initramfs(default_init(), find_busybox())
+    image = BzImage.parse(vmlinuz)
+    load = load_linux(image, initrd=initrd, cmdline="console=ttyS0", ram_below_4g=512 * MiB)
+    assert load.setup[:0x1F1] == vmlinuz[:0x1F1]  # only the header is patched
+    assert load.kernel == vmlinuz[len(load.setup) :]  # the rest of the file, unchanged
+    assert len(load.setup) == (vmlinuz[0x1F1] + 1) * 512
+    assert load.initrd_addr % 4096 == 0 and load.initrd_addr + len(initrd) <= load.initrd_max
