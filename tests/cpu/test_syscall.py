@@ -113,7 +113,8 @@ start:
 {_wrmsr(0xC000_0084, SFMASK)}
 {_to_ring3(0x2B, 0x23, "user")}
 user:
-    mov eax, 39
+    mov eax, 38
+    add eax, 1            ; lazily evaluated flags in the same block: IF | PF remain
     syscall
 after_getpid:
     mov rbx, {RESULTS + 0x100:#x}
@@ -136,15 +137,16 @@ wrong_entry:
     guest = make_guest(source, mode, user_pages=True)
     assert _run_to_hlt(guest).code == SvmExit.HLT
     rcx, r11, rflags, cs, ss, rax, r9 = _qwords(guest, RESULTS, 7)
+    user_flags = 0x206  # IF | PF | bit 1 after 38 + 1
     assert rcx == guest.symbol("after_getpid")  # RCX = the next RIP
-    assert r11 == USER_RFLAGS  # R11 = RFLAGS (RF clear)
-    assert rflags == (USER_RFLAGS & ~SFMASK) | 2  # IF and CF masked by SFMASK
+    assert r11 == user_flags  # R11 = RFLAGS (RF clear)
+    assert rflags == (user_flags & ~SFMASK) | 2  # IF masked by SFMASK
     assert (cs & 0xFFFF, ss & 0xFFFF) == (KERNEL_CS, KERNEL_SS)  # STAR[47:32], +8
     assert rax == 39 and r9 == 0x1122334455667788
     # SYSRETQ: CS = STAR[63:48] + 16 | 3, SS = + 8 | 3, RIP = RCX, RFLAGS = R11.
     ret_rax, ret_rcx, ret_flags, ret_cs, ret_ss = _qwords(guest, RESULTS + 0x100, 5)
     assert ret_rax == PID and ret_rcx == guest.symbol("after_getpid")
-    assert ret_flags == USER_RFLAGS
+    assert ret_flags == user_flags
     assert (ret_cs & 0xFFFF, ret_ss & 0xFFFF) == (SYSRET_BASE + 16 | 3, SYSRET_BASE + 8 | 3)
     exit_rcx, _r11, _fl, exit_cs, _ss, exit_rax, _r9 = _qwords(guest, RESULTS + 0x80, 7)
     assert exit_rax == 60 and exit_rcx == guest.symbol("after_exit") and exit_cs & 0xFFFF == 8
@@ -233,9 +235,10 @@ after_syscall:
     mov [ebx + 24], dx
     mov dx, ss
     mov [ebx + 32], dx
-    mov eax, 5
     mov ecx, esp          ; SYSEXIT's ESP and EIP
     mov edx, after_sysenter
+    mov eax, 4
+    add eax, 1            ; flags of a lazily evaluated ADD in the same block: PF only
     sysenter
 after_sysenter:
     mov ebx, {RESULTS + 0x200:#x}
@@ -259,12 +262,12 @@ legacy_entry:
     mov eax, {PID}
     db 0x0F, 0x07         ; SYSRET (keystone has no 32-bit-code mnemonic for it)
 sysenter_entry:
+    pushfd
+    pop esi
     cmp eax, 60
     je .exit
     mov edi, {RESULTS + 0x80:#x}
     mov [edi], esp
-    pushfd
-    pop esi
     mov [edi + 8], esi
     mov si, cs
     mov [edi + 16], si
@@ -292,7 +295,8 @@ def test_legacy_mode_syscall_sysret_and_sysenter_sysexit(mode):
     assert ret[2] & 0x200 and (ret[3] & 0xFFFF, ret[4] & 0xFFFF) == (0x1B, 0x23)
     # SYSENTER: CS = SYSENTER_CS, SS = + 8, ESP = SYSENTER_ESP, IF cleared.
     esp, se_flags, se_cs, se_ss = (v & 0xFFFF_FFFF for v in _qwords(guest, RESULTS + 0x80, 4))
-    assert esp == 0x7F000 and not se_flags & 0x200
+    # SYSENTER clears VM, IF and RF only: the ADD's flags (PF) survive.
+    assert esp == 0x7F000 and se_flags == 0x6
     assert (se_cs & 0xFFFF, se_ss & 0xFFFF) == (KERNEL_CS, KERNEL_SS)
     # SYSEXIT: CS = SYSENTER_CS + 16 | 3, ESP = ECX, EIP = EDX.
     ex_eax, ex_esp, ex_cs = (v & 0xFFFF_FFFF for v in _qwords(guest, RESULTS + 0x200, 3))
