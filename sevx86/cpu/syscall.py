@@ -150,6 +150,10 @@ class FastCallCpu(Protocol):
 
     def run_event(self, handler: Callable[[], None]) -> None: ...
 
+    # Leave emu_start and carry on at the current RIP: the run loop's
+    # self-resuming stop (also what a vCPU that must make room for another uses).
+    def stop_for_world(self) -> None: ...
+
 
 class FastSystemCalls:
     """Performs SYSCALL and SYSENTER for one vCPU from Unicorn's instruction hooks."""
@@ -201,11 +205,11 @@ class FastSystemCalls:
                 self.count += 1
         finally:
             # Unicorn adds the length to RIP after the hook returns; the run
-            # loop restarts at the resulting RIP.
+            # loop restarts at the resulting RIP (no exit, no instruction-limit stop).
             ctx = cpu.ctx.load()
             ctx.set_u64(C.EIP, (ctx.rip - length) & _U64)
             ctx.store()
-            cpu.uc.emu_stop()
+            cpu.stop_for_world()
 
     def _load(self, t: Transition) -> None:
         uc = self.cpu.uc

@@ -60,8 +60,6 @@ MILAN_BRAND = "AMD EPYC-Milan Processor"
 # Supported XCR0 components: x87, SSE, AVX (what QEMU's EPYC-Milan model exposes
 # besides PKRU, which sevx86 leaves out).
 SUPPORTED_XCR0 = (1 << Xfeature.X87) | (1 << Xfeature.SSE) | (1 << Xfeature.AVX)
-# IA32_XSS components the model supports: none (no supervisor state such as CET).
-SUPPORTED_XSS = 0
 # Number of encrypted guests / minimum SEV-only ASID reported in 0x8000_001F ECX/EDX
 # (values of a Milan part as KVM passes them through).
 SEV_NUM_GUESTS = 509
@@ -148,8 +146,8 @@ class CpuidTable:
         elif q.leaf == Leaf.XSAVE and q.subleaf == 0:
             ebx = xsave_size(q.xcr0 & eax)
         elif q.leaf == Leaf.XSAVE and q.subleaf == 1:
-            supported = self.raw(Leaf.XSAVE, 0)[0]  # the XCR0 bits this table offers
-            ebx = xsaves_size((q.xcr0 | q.xss) & (supported | SUPPORTED_XSS))
+            # Only the components this table offers (leaf 0xD.0 EAX) count.
+            ebx = xsaves_size((q.xcr0 | q.xss) & self.raw(Leaf.XSAVE, 0)[0])
         elif q.leaf == 0x8000_001E:
             eax = q.vcpu
         return eax & _U32, ebx & _U32, ecx & _U32, edx & _U32

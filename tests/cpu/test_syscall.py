@@ -448,3 +448,28 @@ def test_sysenter_with_null_sysenter_cs_is_gp_and_real_mode_is_gp():
     with pytest.raises(GuestFault) as info:
         sysenter_transition(_state(mode=CpuMode.REAL, code64=False, sysenter_cs=8))
     assert info.value.vector == 13
+
+
+def test_a_fast_call_does_not_end_an_instruction_slice_early():
+    """The restart after SYSCALL is internal: with an instruction bound, the slice
+    still ends only at the bound (an INTR exit) or at the guest's HLT."""
+    source = f"""
+start:
+{_wrmsr(0xC000_0081, STAR)}
+{_wrmsr(0xC000_0082, "entry")}
+    xor ebx, ebx
+again:
+    syscall               ; ring 0 -> entry -> ring 3, 50 times
+    inc ebx
+    jmp again
+entry:
+    cmp ebx, 50
+    je .done
+    sysretq
+.done:
+    hlt
+"""
+    guest = make_guest(source, "none", user_pages=True)
+    exit = guest.machine.vcpus[0].vmrun(timeout=10, max_instructions=100_000)
+    assert exit.code == SvmExit.HLT  # 50 SYSCALLs, no INTR exit in between
+    assert guest.machine.vcpus[0].fast_calls.count == 51
