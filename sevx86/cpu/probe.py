@@ -107,6 +107,7 @@ PROBES: tuple[Probe, ...] = (
     # LZCNT without ABM decodes as BSR: only the result tells them apart.
     Probe("abm", "f30fbdc3", "lzcnt", {_RBX: 1}, expect=(_RAX, 31)),
     Probe("sse4a", "660f79c1", "extrq"),
+    Probe("misalignsse", "0f584301", "addps"),  # a 16-byte operand at _DATA + 1
     Probe("3dnowprefetch", "0f0d0b", "prefetchw"),
     # Fn8000_0001 EDX
     Probe("mmxext", "0fdac1", "pminub"),
@@ -127,7 +128,6 @@ ENGINE_PROVIDED: dict[str, str] = {
     "smep": "supervisor-mode execution prevention (sevx86.memory.mmu)",
     "lm": "long mode",
     "fxsr_opt": "EFER.FFXSR: QEMU's FXSAVE/FXRSTOR honour it",
-    "misalignsse": "TCG does not check SSE alignment at all",
     "fsrm": "fast short REP MOVSB: a performance hint",
     "msr": "RDMSR/WRMSR (intercepted: sevx86.hv.msr_policy)",
     "vme": "virtual-8086 mode extensions (QEMU's TCG)",
