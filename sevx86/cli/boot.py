@@ -61,7 +61,8 @@ examples:
       --until pei-core --timeout 120
   sevx86 boot OVMF_CODE.fd --until shell --trace boot.jsonl --json --quiet
   sevx86 boot OVMF_CODE.fd --until ghcb --trace early.md --mermaid
-  sevx86 boot OVMF_CODE.fd --kernel vmlinuz --initrd initrd.img --append "console=ttyS0"
+  sevx86 boot OVMF_CODE.fd --varstore VARS.fd --kernel vmlinuz --initrd initrd.img \\
+      --append "console=ttyS0"
 """
     + textwrap.fill(
         "vCPU types: " + ", ".join(VCPU_TYPES),
