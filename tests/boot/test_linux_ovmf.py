@@ -29,9 +29,7 @@ def test_ovmf_loads_the_fw_cfg_kernel_and_initrd_and_linux_starts(tmp_path):
             boot.hv.stop("the kernel is running")
 
     boot = FirmwareBoot(OVMF_CODE, varstore=OVMF_VARS, tracer=Tracer([watch], keep=False))
-    load = from_files(
-        find_vmlinuz(), initrd, "console=ttyS0 quiet", ram_below_4g=boot.config.memory
-    )
+    load = from_files(find_vmlinuz(), initrd, "console=ttyS0", ram_below_4g=boot.config.memory)
     add_to_fw_cfg(load, boot.pc.fw_cfg)
     result = boot.run(timeout=1200)  # about 2 minutes on a busy 2-core machine
     console = "\n".join(lines)
