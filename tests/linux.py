@@ -17,6 +17,7 @@ with Debian's ``cpio`` where it is installed.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -30,15 +31,19 @@ ROOT = LINUX_CACHE / "root"  # where dpkg-deb -x unpacked the packages
 FETCH = (
     f"mkdir -p {LINUX_CACHE} && cd {LINUX_CACHE} && "
     "apt-get download $(apt-cache depends linux-image-cloud-amd64 "
-    "| awk '/Depends: linux-image-[0-9]/ {print $2; exit}') busybox-static && "
+    "| awk '/Depends: linux-image-[0-9]/ && !n {print $2; n = 1}') busybox-static && "
     "for d in *.deb; do dpkg-deb -x $d root; done"
 )
 SHELL_MARKER = "SEVX86-INIT-SHELL"
 
 
 def find_vmlinuz() -> Path | None:
-    """The newest unpacked Debian cloud kernel, if any."""
-    found = sorted((ROOT / "boot").glob("vmlinuz-*-cloud-amd64"))
+    """The newest unpacked Debian cloud kernel (by ABI number: -57 after -9), if any."""
+
+    def version(path: Path) -> list[int | str]:
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+    found = sorted((ROOT / "boot").glob("vmlinuz-*-cloud-amd64"), key=version)
     return found[-1] if found else None
 
 
