@@ -38,6 +38,7 @@ from sevx86.cpu import context as C
 from sevx86.cpu import decode
 from sevx86.cpu.context import CpuContext, SegmentState
 from sevx86.cpu.exceptions import CpuMode, Event, GuestFault
+from sevx86.trace.events import Tracer
 
 _U64 = (1 << 64) - 1
 _U32 = 0xFFFF_FFFF
@@ -139,6 +140,8 @@ class FastCallCpu(Protocol):
 
     uc: Uc
     ctx: CpuContext
+    index: int
+    tracer: Tracer
 
     def code_bits(self) -> int: ...
 
@@ -167,10 +170,10 @@ class FastSystemCalls:
         uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, ux.UC_X86_INS_SYSENTER)
 
     def _on_syscall(self, _uc: Uc, _data: object) -> None:
-        self.cpu.run_event(lambda: self._execute(syscall_transition))
+        self.cpu.run_event(lambda: self._execute("SYSCALL", syscall_transition))
 
     def _on_sysenter(self, _uc: Uc, _data: object) -> None:
-        self.cpu.run_event(lambda: self._execute(sysenter_transition))
+        self.cpu.run_event(lambda: self._execute("SYSENTER", sysenter_transition))
 
     def state(self, next_rip: int) -> FastCallState:
         """The architectural inputs, read from the live CPU."""
@@ -191,9 +194,10 @@ class FastSystemCalls:
             next_rip=next_rip,
         )
 
-    def _execute(self, transition: Callable[[FastCallState], Transition]) -> None:
+    def _execute(self, name: str, transition: Callable[[FastCallState], Transition]) -> None:
         cpu = self.cpu
-        rip = cpu.ctx.load().rip
+        ctx = cpu.ctx.load()
+        rip, rax = ctx.rip, ctx.gpr(0)
         length = decode.length(cpu.fetch_insn(), cpu.code_bits())
         try:
             try:
@@ -203,6 +207,18 @@ class FastSystemCalls:
             else:
                 self._load(result)
                 self.count += 1
+                if cpu.tracer.enabled:  # per system call: only when someone listens
+                    cpu.tracer.emit(
+                        "guest",
+                        "fast-call",
+                        f"{name} at {rip:#x} -> {result.rip:#x} (RAX {rax:#x})",
+                        vcpu=cpu.index,
+                        target="cpu",
+                        instruction=name,
+                        rip=rip,
+                        entry=result.rip,
+                        rax=rax,
+                    )
         finally:
             # Unicorn adds the length to RIP after the hook returns; the run
             # loop restarts at the resulting RIP (no exit, no instruction-limit stop).

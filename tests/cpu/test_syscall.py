@@ -151,6 +151,13 @@ wrong_entry:
     exit_rcx, _r11, _fl, exit_cs, _ss, exit_rax, _r9 = _qwords(guest, RESULTS + 0x80, 7)
     assert exit_rax == 60 and exit_rcx == guest.symbol("after_exit") and exit_cs & 0xFFFF == 8
     assert guest.machine.vcpus[0].fast_calls.count == 2
+    calls = guest.tracer.of_kind("fast-call")
+    assert [(e.data["instruction"], e.data["rax"]) for e in calls] == [
+        ("SYSCALL", 39),
+        ("SYSCALL", 60),
+    ]
+    assert calls[0].data["entry"] == guest.symbol("kernel_entry")
+    assert calls[0].data["rip"] == guest.symbol("after_getpid") - 2
 
 
 @pytest.mark.parametrize("mode", MODES)
