@@ -278,3 +278,29 @@ gp_handler:
     result = hv.run(timeout=30)
     assert (result.reason, result.exit_status) == (RunReason.EXIT_STATUS, 13), result
     assert cap.reads == 0  # refused before the device was touched
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("insn", "index"), [("outsb", "rsi"), ("insw", "rdi")], ids=["rep_outsb", "rep_insw"]
+)
+def test_item4_a32_string_io_zero_extends_rsi_rdi_and_rcx(mode, insn, index):
+    """Issue 15 item 4: with a 32-bit address size in 64-bit mode the CPU
+    writes ESI/EDI/ECX, and a 32-bit result zero-extends into the 64-bit
+    register (APM vol 1 3.1.2.3; KVM's emulator ``assign_register`` does the
+    same). Bits 63:32 planted in RSI/RDI and RCX must be gone afterwards."""
+    cap = Capture()
+    body = f"""
+    mov {index}, 0xA5A5A5A500300000
+    mov rcx, 0x5A5A5A5A00000004
+    mov dx, 0x500
+    db 0x67
+    rep {insn}
+    mov r8, {index}
+""" + store(0, "r8") + store(1, "rcx") + exit_direct(0)
+    m, _, hv = build(body, mode)
+    hv.io_bus.register(0x500, 4, cap)
+    result = hv.run(timeout=30)
+    assert result.ok, result
+    width = 1 if insn == "outsb" else 2
+    assert results(m, 2) == [0x300000 + 4 * width, 0]
