@@ -290,14 +290,19 @@ def test_item4_a32_string_io_zero_extends_rsi_rdi_and_rcx(mode, insn, index):
     register (APM vol 1 3.1.2.3; KVM's emulator ``assign_register`` does the
     same). Bits 63:32 planted in RSI/RDI and RCX must be gone afterwards."""
     cap = Capture()
-    body = f"""
+    body = (
+        f"""
     mov {index}, 0xA5A5A5A500300000
     mov rcx, 0x5A5A5A5A00000004
     mov dx, 0x500
     db 0x67
     rep {insn}
     mov r8, {index}
-""" + store(0, "r8") + store(1, "rcx") + exit_direct(0)
+"""
+        + store(0, "r8")
+        + store(1, "rcx")
+        + exit_direct(0)
+    )
     m, _, hv = build(body, mode)
     hv.io_bus.register(0x500, 4, cap)
     result = hv.run(timeout=30)
