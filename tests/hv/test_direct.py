@@ -309,3 +309,29 @@ def test_item4_a32_string_io_zero_extends_rsi_rdi_and_rcx(mode, insn, index):
     assert result.ok, result
     width = 1 if insn == "outsb" else 2
     assert results(m, 2) == [0x300000 + 4 * width, 0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_item5_cpuid_0xd_sizes_follow_the_xcr0_set_by_xsetbv(mode):
+    """Issue 15 item 5: after XSETBV(XCR0 = x87|SSE|AVX) the host's CPUID
+    leaf 0xD answers the XSAVE sizes for that XCR0. APM vol 2 11.5.2 / the
+    standard layout: 512 bytes legacy area + 64 header + 256 AVX (YMM_Hi128)
+    = 0x340 for both sub-leaf 0 EBX (standard) and sub-leaf 1 EBX (compacted,
+    IA32_XSS = 0); it was 0x240, the size for XCR0 = 1."""
+    body = """
+    mov rax, cr4
+    bts rax, 18
+    mov cr4, rax
+    xor ecx, ecx
+    mov eax, 7
+    xor edx, edx
+    xsetbv
+    xor ecx, ecx
+    xgetbv
+""" + store(0)
+    for i, sub in enumerate((0, 1)):
+        body += f"    mov eax, 0xD\n    mov ecx, {sub}\n    cpuid\n" + store(1 + i, "rbx")
+    m, _, hv = build(body + exit_direct(0), mode)
+    result = hv.run(timeout=30)
+    assert result.ok, result
+    assert results(m, 3) == [7, 0x340, 0x340]
