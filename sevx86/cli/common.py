@@ -14,13 +14,16 @@ import os
 import re
 import runpy
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from types import TracebackType
 from typing import IO
 
-from sevx86.arch.ghcb import GeneralTermReason
+from sevx86.arch.exits import SvmExit, exit_name
+from sevx86.arch.ghcb import GeneralTermReason, GhcbMsr
 from sevx86.asm import AsmError, assemble
 from sevx86.asm import fw_abi as abi
 from sevx86.asm.guest_abi import GUEST_ASM_REASON_SET, VcReason
@@ -137,8 +140,8 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--hv",
         metavar="FILE.py",
-        help="play the hypervisor: FILE defines setup(hv) and/or a Hypervisor subclass "
-        "named Hypervisor (see sevx86.hv)",
+        help="play the hypervisor: FILE defines setup(hv) and/or a subclass of "
+        "sevx86.hv.Hypervisor, of any name (see sevx86.hv and the README)",
     )
     h = parser.add_argument_group("several vCPUs (the hypervisor)")
     h.add_argument(
@@ -442,7 +445,9 @@ def exit_status(result: RunResult, timeout: float | None, limit: int | None) -> 
         return ExitStatus.VMRUN_FAILED, f"VMRUN failed: {detail}"
     if reason is RunReason.EMULATION_ERROR:
         return ExitStatus.EMULATION_ERROR, f"emulation error: {detail}"
-    return ExitStatus.HYPERVISOR_ERROR, f"hypervisor error: {detail}"
+    # A hook of the user's (--hv) failed: say where, from the traceback the
+    # hypervisor keeps after the first line of its detail.
+    return ExitStatus.HYPERVISOR_ERROR, f"hypervisor error: {detail}{user_frame(result.detail)}"
 
 
 @dataclass
@@ -454,24 +459,83 @@ class HvPlugin:
 
 
 def load_hv_plugin(path: str | None) -> HvPlugin:
-    """Run FILE and take its ``Hypervisor`` subclass and ``setup(hv)``, if any."""
+    """Run FILE and take its ``Hypervisor`` subclass and ``setup(hv)``, if any.
+
+    The subclass may have any name (``class LyingCbit(Hypervisor)``, as in
+    the ``sevx86.hv`` docstring): the one class FILE defines that derives
+    from ``sevx86.hv.Hypervisor``. With several, the one named
+    ``Hypervisor`` wins; otherwise FILE must say which.
+    """
     if path is None:
         return HvPlugin()
-    if not Path(path).is_file():
+    file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"--hv {path}: is a directory; give a Python file (FILE.py)")
+    if not file.is_file():
         raise UsageError(f"--hv {path}: no such file")
     try:
-        namespace = runpy.run_path(path, run_name="sevx86_hv_plugin")
+        namespace = runpy.run_path(path, run_name=HV_PLUGIN_MODULE)
     except Exception as exc:  # the user's code: say where, in one line
-        raise UsageError(f"--hv {path}: {type(exc).__name__}: {exc}") from None
-    cls = namespace.get("Hypervisor", Hypervisor)
+        where = user_frame(exc.__traceback__, path)
+        raise UsageError(f"--hv {path}{where}: {type(exc).__name__}: {exc}") from None
     setup = namespace.get("setup")
-    if not (isinstance(cls, type) and issubclass(cls, Hypervisor)):
-        raise UsageError(f"--hv {path}: Hypervisor is not a subclass of sevx86.hv.Hypervisor")
     if setup is not None and not callable(setup):
         raise UsageError(f"--hv {path}: setup is not a function")
+    named = namespace.get("Hypervisor", Hypervisor)
+    if named is not Hypervisor and not (isinstance(named, type) and issubclass(named, Hypervisor)):
+        raise UsageError(f"--hv {path}: Hypervisor is not a subclass of sevx86.hv.Hypervisor")
+    defined = [
+        v
+        for v in namespace.values()
+        if isinstance(v, type)
+        and issubclass(v, Hypervisor)
+        and v is not Hypervisor
+        and v.__module__ == HV_PLUGIN_MODULE
+    ]
+    if named is not Hypervisor:
+        cls = named
+    elif len(defined) == 1:
+        cls = defined[0]
+    elif defined:
+        names = ", ".join(sorted(c.__name__ for c in defined))
+        raise UsageError(
+            f"--hv {path}: several Hypervisor subclasses ({names}); "
+            "name the one to use Hypervisor (Hypervisor = One)"
+        )
+    else:
+        cls = Hypervisor
     if cls is Hypervisor and setup is None:
-        raise UsageError(f"--hv {path}: defines neither setup(hv) nor a Hypervisor subclass")
+        raise UsageError(
+            f"--hv {path}: defines neither setup(hv) nor a subclass of sevx86.hv.Hypervisor"
+        )
     return HvPlugin(cls, setup)
+
+
+HV_PLUGIN_MODULE = "sevx86_hv_plugin"
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
+_PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
+
+
+def user_frame(tb: TracebackType | str | None, prefer: str | None = None) -> str:
+    """ " (at FILE:LINE in FUNC)" for the innermost frame of a traceback that is
+    the user's code (outside the sevx86 package), or "" if there is none.
+
+    ``tb`` is a traceback object or a formatted traceback (the text a
+    hypervisor error carries in ``RunResult.detail``).
+    """
+    if tb is None:
+        return ""
+    if isinstance(tb, str):
+        frames = [(m["file"], int(m["line"]), m["func"]) for m in _FRAME.finditer(tb)]
+    else:
+        frames = [(f.filename, f.lineno or 0, f.name) for f in traceback.extract_tb(tb)]
+    mine = [f for f in frames if not str(Path(f[0]).resolve()).startswith(_PACKAGE_DIR)]
+    if prefer is not None:
+        mine = [f for f in mine if Path(f[0]).resolve() == Path(prefer).resolve()] or mine
+    if not mine:
+        return ""
+    file, line, func = mine[-1]
+    return f" (at {file}:{line} in {func})" if func != "<module>" else f":{line}"
 
 
 def run_hypervisor(
@@ -502,8 +566,40 @@ def run_hypervisor(
         try:
             plugin.setup(hv)
         except Exception as exc:  # the user's code
-            raise UsageError(f"--hv: setup(hv) raised {type(exc).__name__}: {exc}") from None
+            where = user_frame(exc.__traceback__)
+            raise UsageError(f"--hv: setup(hv) raised {type(exc).__name__}: {exc}{where}") from None
+    mode = booted.machine.config.mode
+    for warning in sev_es_only_hooks(hv, mode):
+        print(f"sevx86: warning: {warning}", file=sys.stderr)
     return hv.run(timeout=timeout, max_instructions=limit)
+
+
+def sev_es_only_hooks(hv: Hypervisor, mode: GuestMode) -> list[str]:
+    """Hooks that cannot fire in ``mode``: the GHCB and its MSR protocol exist
+    only under SEV-ES (GHCB spec 56421); in modes none and sev the same events
+    are plain exits (hook them with on_request or on_exit)."""
+    if mode is GuestMode.SEV_ES:
+        return []
+    out = []
+    for kind, code in hv.hooked():
+        if kind == "msr":
+            try:
+                name = GhcbMsr(code).name
+            except ValueError:
+                name = f"{code:#x}"
+            out.append(
+                f"on_msr_protocol({name}) never fires under --mode {mode.value}: only an "
+                "SEV-ES guest uses the GHCB MSR protocol"
+            )
+        elif kind == "vmgexit" or (kind == "exit" and code == SvmExit.VMGEXIT):
+            hook = "on_vmgexit" if kind == "vmgexit" else "on_exit(SvmExit.VMGEXIT"
+            out.append(
+                f"{hook}({exit_name(code)}) never fires under --mode {mode.value}: no "
+                "GHCB without SEV-ES (use on_request for the same event on every path)"
+                if kind == "vmgexit"
+                else f"{hook}) never fires under --mode {mode.value}: no VMGEXIT without SEV-ES"
+            )
+    return out
 
 
 class PipeSafe:

@@ -292,6 +292,10 @@ class Hypervisor:
         """Hook a GHCB MSR-protocol request (``ctx`` is a ``MsrProtocolRequest``)."""
         return self._add_hook("msr", ghcb_info, hook)
 
+    def hooked(self) -> list[tuple[str, int]]:
+        """(kind, code) of every hook registered: "exit", "request", "vmgexit", "msr"."""
+        return [key for key, hooks in self._hooks.items() if hooks]
+
     def _add_hook(self, kind: str, code: int, hook: Hook | None) -> Any:
         def register(fn: Hook) -> Hook:
             self._hooks.setdefault((kind, int(code)), []).append(fn)
