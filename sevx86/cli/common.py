@@ -26,7 +26,7 @@ from sevx86.arch.exits import SvmExit, exit_name
 from sevx86.arch.ghcb import GeneralTermReason, GhcbMsr
 from sevx86.asm import AsmError, assemble
 from sevx86.asm import fw_abi as abi
-from sevx86.asm.guest_abi import GUEST_ASM_REASON_SET, VcReason
+from sevx86.asm.guest_abi import GUEST_ASM_REASON_SET, VC_REASON_TEXT, VcReason
 from sevx86.asm.preprocess import guest_asm_dir
 from sevx86.boot.firmware import BootedGuest, FirmwareError, boot_machine, check_machine
 from sevx86.boot.ovmf import OvmfError
@@ -36,7 +36,7 @@ from sevx86.hv import Hypervisor, RunReason, RunResult
 from sevx86.hv.scheduler import DEFAULT_QUANTUM, SCHEDULERS, Scheduler, make_scheduler
 from sevx86.machine import LaunchError
 from sevx86.sp.policy import GuestPolicy
-from sevx86.trace.events import Tracer
+from sevx86.trace.events import TraceEvent, Tracer
 
 ASSEMBLY_SUFFIXES = (".S", ".s", ".asm")
 EXAMPLE_PREFIX = "example:"
@@ -388,8 +388,8 @@ def describe_termination(reason_set: int | None, code: int | None) -> str:
             text = "GHCB spec: unknown code"
     elif reason_set == GUEST_ASM_REASON_SET:
         try:
-            text = f"#VC handler: {VcReason(code).name}"
-        except ValueError:
+            text = f"#VC handler: {VcReason(code).name}: {VC_REASON_TEXT[code]}"
+        except (ValueError, KeyError):
             text = "#VC handler: unknown code"
     elif reason_set == abi.FW_REASON_SET:
         text = f"sevx86 firmware: {abi.describe_reason(code)}"
@@ -409,7 +409,26 @@ def firmware_fatal(console: str) -> tuple[int, int] | None:
     return int(reason_set, 16), int(code, 16)
 
 
-def exit_status(result: RunResult, timeout: float | None, limit: int | None) -> tuple[int, str]:
+class LastVc:
+    """A tracer sink that remembers each vCPU's last #VC: the exit code and RIP
+    the #VC handler was serving when it terminated (the operator's view --
+    the emulator sees the guest's RIP; the hypervisor under SEV-ES does not)."""
+
+    def __init__(self) -> None:
+        self.by_vcpu: dict[int, tuple[str, int]] = {}
+
+    def __call__(self, event: TraceEvent) -> None:
+        if event.kind == "vc":
+            self.by_vcpu[event.vcpu or 0] = (event.data.get("name", "?"), event.data.get("rip", 0))
+
+    def describe(self, vcpu: int | None) -> str:
+        last = self.by_vcpu.get(vcpu or 0)
+        return "" if last is None else f"; while serving the {last[0]} #VC at RIP {last[1]:#x}"
+
+
+def exit_status(
+    result: RunResult, timeout: float | None, limit: int | None, last_vc: LastVc | None = None
+) -> tuple[int, str]:
     """(exit status, message for stderr or "") of a finished run."""
     reason = result.reason
     detail = result.detail.strip().splitlines()[0] if result.detail.strip() else ""
@@ -422,6 +441,8 @@ def exit_status(result: RunResult, timeout: float | None, limit: int | None) -> 
         term = result.termination
         if term is not None and term.by == "guest":
             why = describe_termination(term.reason_set, term.reason_code)
+            if term.reason_set == GUEST_ASM_REASON_SET:
+                why += last_vc.describe(result.vcpu) if last_vc else " (-v names the #VC)"
             return ExitStatus.TERMINATED, f"the guest terminated: {why}"
         return ExitStatus.HV_TERMINATED, f"the hypervisor terminated the guest: {detail}"
     if reason is RunReason.HALTED:
@@ -442,7 +463,9 @@ def exit_status(result: RunResult, timeout: float | None, limit: int | None) -> 
     if reason is RunReason.SHUTDOWN:
         return ExitStatus.SHUTDOWN, f"shutdown (triple fault): {detail}"
     if reason is RunReason.VMRUN_FAILED:
-        return ExitStatus.VMRUN_FAILED, f"VMRUN failed: {detail}"
+        # The failed VMRUN is itself counted as an exit (SVM_EXIT_INVALID).
+        where = f"vCPU {result.vcpu or 0}, at its entry after exit {max(result.exits - 1, 0)}"
+        return ExitStatus.VMRUN_FAILED, f"VMRUN failed ({where} of the run): {detail}"
     if reason is RunReason.EMULATION_ERROR:
         return ExitStatus.EMULATION_ERROR, f"emulation error: {detail}"
     # A hook of the user's (--hv) failed: say where, from the traceback the

@@ -99,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     plugin = common.load_hv_plugin(args.hv)
     payload = common.load_program(args)
     with ExitStack() as stack:
-        tracer = None
+        # With -v the last #VC per vCPU names the instruction a #VC handler
+        # refusal was about (tracing costs ~20% of the run, so only then).
+        last_vc = common.LastVc() if args.verbose or args.trace else None
+        sinks: list = [last_vc] if last_vc is not None else []
         if args.trace:
             try:
                 stream = stack.enter_context(open(args.trace, "w", encoding="utf-8"))
@@ -107,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--trace {args.trace}: {exc.strerror or exc}") from None
             # Each event is written and flushed as it happens: a run that
             # dies still leaves a valid JSON Lines file.
-            tracer = Tracer([JsonLinesSink(stream)], keep=False)
+            sinks.append(JsonLinesSink(stream))
+        tracer = Tracer(sinks, keep=False) if sinks else None
         booted, _ = common.boot(args, payload, tracer)
         if args.save_image:
             try:
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         pass
-    status, message = common.exit_status(result, timeout, limit)
+    status, message = common.exit_status(result, timeout, limit, last_vc)
     if message:
         print(f"sevx86 run: {message}", file=sys.stderr)
     if args.verbose:

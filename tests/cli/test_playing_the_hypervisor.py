@@ -91,3 +91,59 @@ def test_i17_hv_on_a_directory_says_it_is_a_directory(sevx86, tmp_path):
     done = sevx86("run", "example:hello", "--hv", "hooks")
     assert done.returncode == 2
     assert "--hv hooks: is a directory" in one_line_error(done, "run")
+
+
+REFUSE_CPUID = """\
+from sevx86.arch.exits import SvmExit
+from sevx86.arch.ghcb import GhcbError
+
+
+def setup(hv):
+    def refuse(req, proceed):
+        req.error(GhcbError.INVALID_INPUT, "no CPUID today")
+
+    hv.on_vmgexit(SvmExit.CPUID, refuse)
+"""
+
+# CPUID is the payload's first instruction: the firmware enters it at 0x100000.
+CPUID_FIRST = "start:\n    cpuid\n    hlt\n"
+
+FLIP_VMSA = """\
+from sevx86.hv import EXIT_TABLE
+
+
+def setup(hv):
+    seen = [0]
+
+    def count(ctx, proceed):
+        seen[0] += 1
+        if seen[0] == 10:  # after the tenth exit, change a byte of the VMSA
+            gpa = ctx.vcpu.vmsa_gpa + 0x10
+            byte = ctx.hv.host.memory.read(gpa, 1)[0]
+            ctx.hv.host.memory.write(gpa, bytes([byte ^ 1]))
+        proceed()
+
+    for code in EXIT_TABLE:
+        hv.on_exit(code, count)
+"""
+
+
+def test_i17_a_handler_refusal_is_explained_with_the_exit_and_rip(sevx86, tmp_path):
+    (tmp_path / "refuse.py").write_text(REFUSE_CPUID)
+    (tmp_path / "guest.S").write_text(CPUID_FIRST)
+    done = sevx86("run", "guest.S", "--hv", "refuse.py")
+    assert done.returncode == 120
+    line = one_line_error(done, "run")
+    assert "reason set 2 code 0x2 (#VC handler: HV_ERROR: the hypervisor answered" in line
+    assert "(-v names the #VC)" in line
+    verbose = sevx86("run", "guest.S", "--hv", "refuse.py", "-v")
+    assert "while serving the CPUID #VC at RIP 0x100000" in verbose.stderr
+
+
+def test_i17_a_vmsa_integrity_failure_names_the_vcpu_and_the_exit(sevx86, tmp_path):
+    (tmp_path / "flip.py").write_text(FLIP_VMSA)
+    done = sevx86("run", "example:hello", "--hv", "flip.py")
+    assert done.returncode == 122
+    line = one_line_error(done, "run")
+    assert "VMRUN failed (vCPU 0, at its entry after exit 10 of the run)" in line
+    assert "VMSA integrity" in line
