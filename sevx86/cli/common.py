@@ -16,7 +16,7 @@ import runpy
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from types import TracebackType
@@ -38,7 +38,8 @@ from sevx86.machine import LaunchError
 from sevx86.sp.policy import GuestPolicy
 from sevx86.trace.events import TraceEvent, Tracer
 
-ASSEMBLY_SUFFIXES = (".S", ".s", ".asm")
+# Assembly sources, compared case-insensitively (MINE.ASM, guest.nasm, boot.S).
+ASSEMBLY_SUFFIXES = (".s", ".asm", ".nasm")
 EXAMPLE_PREFIX = "example:"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MEMORY = "64M"
@@ -307,6 +308,18 @@ def print_examples(stream: IO[str] | None = None) -> int:
 class Payload:
     name: str  # how messages refer to it
     code: bytes
+    symbols: dict[str, int] = field(default_factory=dict)  # labels, for fault messages
+
+    def where(self, address: int) -> str:
+        """``label+0x12`` for an address inside the program ("" outside it)."""
+        start = abi.PAYLOAD_GPA
+        if not self.symbols or not start <= address < start + len(self.code):
+            return ""
+        before = [(a, n) for n, a in self.symbols.items() if start <= a <= address]
+        if not before:
+            return ""
+        at, label = max(before)
+        return label if at == address else f"{label}+{address - at:#x}"
 
 
 def program_path(args: argparse.Namespace) -> Path:
@@ -326,6 +339,16 @@ def program_path(args: argparse.Namespace) -> Path:
     return Path(spec)
 
 
+def is_assembly(path: Path) -> bool:
+    return path.suffix.lower() in ASSEMBLY_SUFFIXES
+
+
+def looks_like_text(data: bytes) -> bool:
+    """Printable ASCII with line breaks: a source file, not x86 machine code."""
+    sample = data[:4096]
+    return b"\n" in sample and all(b in b"\t\r\n" or 0x20 <= b < 0x7F for b in sample)
+
+
 def load_program(args: argparse.Namespace) -> Payload:
     """Assemble or read PROGRAM; every failure is a one-line UsageError."""
     path = program_path(args)
@@ -335,31 +358,58 @@ def load_program(args: argparse.Namespace) -> Payload:
         raise UsageError(f"{path}: no such file")
     if path.is_dir():
         raise UsageError(f"{path}: is a folder, not a program")
-    if path.suffix in ASSEMBLY_SUFFIXES:
-        try:
-            program = assemble(
-                path=path,
-                base=abi.PAYLOAD_GPA,
-                bits=64,
-                include_paths=args.include,
-                defines=defines,
-            )
-        except AsmError as exc:
-            raise UsageError(str(exc).splitlines()[0]) from None
-        if program.base != abi.PAYLOAD_GPA:
-            raise UsageError(
-                f"{path}: starts at {program.base:#x} (org); the firmware enters "
-                f"payloads at {abi.PAYLOAD_GPA:#x}"
-            )
-        code = program.code
-    else:
+    if not is_assembly(path):
         try:
             code = path.read_bytes()
         except OSError as exc:
             raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if not code:
+        if not code:
+            raise UsageError(f"{path}: empty program")
+        if looks_like_text(code):
+            raise UsageError(
+                f"{path}: looks like text, not a flat binary; to assemble it, name it "
+                f"with one of {', '.join(ASSEMBLY_SUFFIXES)} (any case)"
+            )
+        return Payload(name, code)
+    program = _assemble_payload(path, args.include, defines)
+    if not program.code:
         raise UsageError(f"{path}: empty program")
-    return Payload(name, code)
+    return Payload(name, program.code, dict(program.symbols))
+
+
+# The firmware enters a payload at its first byte (firmware/README.md, "Payload
+# ABI"); a program whose `start` is elsewhere gets a jump there in front.
+ENTRY_LABEL = "start"
+_JMP_REL32 = 5
+
+
+def _assemble_payload(path: Path, include: list[Path], defines: dict[str, int | str]):
+    def build(base: int):
+        try:
+            return assemble(path=path, base=base, bits=64, include_paths=include, defines=defines)
+        except AsmError as exc:
+            raise UsageError(str(exc).splitlines()[0]) from None
+
+    program = build(abi.PAYLOAD_GPA)
+    if program.base != abi.PAYLOAD_GPA:
+        raise UsageError(
+            f"{path}: starts at {program.base:#x} (org); the firmware enters "
+            f"payloads at {abi.PAYLOAD_GPA:#x}"
+        )
+    entry = program.symbols.get(ENTRY_LABEL)
+    if entry is None:
+        raise UsageError(
+            f"{path}: no '{ENTRY_LABEL}:' label; the program is entered there "
+            f"(at {abi.PAYLOAD_GPA:#x} with RDI = the boot info, firmware/README.md)"
+        )
+    if entry == abi.PAYLOAD_GPA:
+        return program
+    # `start` is not the first byte (an %include at the top, data first):
+    # assemble again 5 bytes up, behind a JMP rel32 to `start`.
+    moved = build(abi.PAYLOAD_GPA + _JMP_REL32)
+    target = moved.symbols[ENTRY_LABEL] - (abi.PAYLOAD_GPA + _JMP_REL32)
+    jump = b"\xe9" + target.to_bytes(4, "little", signed=True)
+    return replace(moved, code=jump + moved.code, base=abi.PAYLOAD_GPA)
 
 
 def boot(
@@ -407,6 +457,30 @@ def firmware_fatal(console: str) -> tuple[int, int] | None:
         return None
     reason_set, code = found[-1]
     return int(reason_set, 16), int(code, 16)
+
+
+_FAULT_LINE = re.compile(r"sevx86-fw: unhandled exception (#\w+).*? at RIP (0x[0-9a-f]+)")
+_RIP = re.compile(r"RIP (0x[0-9a-f]+)")
+
+
+def locate_rips(message: str, console: str, payload: Payload) -> str:
+    """Name the program's label at every RIP a failure message mentions.
+
+    The firmware reports an unhandled exception with its RIP on the console
+    (firmware/README.md, "Refusals"); the stderr line gets that RIP too, as
+    ``label+offset`` of the user's program when it lies inside it.
+    """
+    if not message:
+        return message
+    fault = _FAULT_LINE.findall(console)
+    if fault and "unhandled exception" in message and "RIP" not in message:
+        message += f" at RIP {fault[-1][1]}"
+
+    def name(m: re.Match[str]) -> str:
+        where = payload.where(int(m.group(1), 16))
+        return f"{m.group(0)} ({where} in {payload.name})" if where else m.group(0)
+
+    return _RIP.sub(name, message)
 
 
 class LastVc:

@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         pass
     status, message = common.exit_status(result, timeout, limit, last_vc)
+    message = common.locate_rips(message, result.console, payload)
     if message:
         print(f"sevx86 run: {message}", file=sys.stderr)
     if args.verbose:
