@@ -58,6 +58,11 @@ CBIT_CHECK_NONCE = CBIT_CHECK_GPA + 0x5000  # written private with paging off
 CBIT_CHECK_SHARED = CBIT_CHECK_GPA + 0x6000  # GDT, IDT and stack, C=0 throughout
 CBIT_CHECK_SIZE = 0x7000
 CBIT_CHECK_VA = 1 * GiB  # GiB 1 of the check tables: RAM from GPA 0 with the C-bit
+# Where `sevx86 run --secret-command` has the Secure Processor inject the guest
+# owner's secret (LAUNCH_SECRET, encrypted with the guest's key): one page the
+# payload reads; zero when no secret was injected.
+SECRET_GPA = 0x0008_F000
+SECRET_SIZE = 0x1000
 PAYLOAD_GPA = 0x0010_0000  # the payload is copied here and entered here
 PAYLOAD_MAX = 8 * MiB  # keeps the flash clear of the MMIO window below it
 RAM_MIN = 2 * MiB

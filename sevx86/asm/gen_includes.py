@@ -275,6 +275,8 @@ def _fw_abi() -> list[Define]:
                 "CBIT_CHECK_SHARED",
                 "CBIT_CHECK_SIZE",
                 "CBIT_CHECK_VA",
+                "SECRET_GPA",
+                "SECRET_SIZE",
                 "PAYLOAD_GPA",
                 "PAYLOAD_MAX",
                 "RAM_MIN",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from sevx86.arch.exits import SvmExit, exit_name
 from sevx86.arch.ghcb import GeneralTermReason, GhcbMsr
@@ -36,12 +36,15 @@ from sevx86.hv import Hypervisor, RunReason, RunResult
 from sevx86.hv.scheduler import DEFAULT_QUANTUM, SCHEDULERS, Scheduler, make_scheduler
 from sevx86.machine import LaunchError
 from sevx86.sp.policy import GuestPolicy
+from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import TraceEvent, Tracer
 
 # Assembly sources, compared case-insensitively (MINE.ASM, guest.nasm, boot.S).
 ASSEMBLY_SUFFIXES = (".s", ".asm", ".nasm")
 EXAMPLE_PREFIX = "example:"
-DEFAULT_TIMEOUT = 30.0
+# Wall-clock limit of a run: long enough for any ordinary program (serial
+# output runs at a few KB/s under SEV-ES: thousands of lines take minutes).
+DEFAULT_TIMEOUT = 600.0
 DEFAULT_MEMORY = "64M"
 AP_START = ("sipi", "run")  # sevx86.hv.smp.initial_state
 
@@ -413,12 +416,27 @@ def _assemble_payload(path: Path, include: list[Path], defines: dict[str, int | 
 
 
 def boot(
-    args: argparse.Namespace, payload: Payload, tracer: Tracer | None
+    args: argparse.Namespace,
+    payload: Payload,
+    tracer: Tracer | None,
+    *,
+    sp: SecureProcessor | None = None,
+    launch_options: dict[str, Any] | None = None,
 ) -> tuple[BootedGuest, GuestConfig]:
     config = guest_config(args)
     policy = guest_policy(args, config.mode)
+    if (sp is not None or launch_options) and config.mode is GuestMode.NONE:
+        raise UsageError("the guest owner's options need an encrypted guest (--mode sev or sev-es)")
     try:
-        return boot_machine(payload.code, config, policy=policy, tracer=tracer), config
+        booted = boot_machine(
+            payload.code,
+            config,
+            policy=policy,
+            tracer=tracer,
+            sp=sp,
+            launch_options=launch_options,
+        )
+        return booted, config
     except FirmwareError as exc:
         raise UsageError(f"{payload.name}: {exc}") from None
     except (LaunchError, OvmfError, ValueError) as exc:
