@@ -519,7 +519,12 @@ class LastVc:
 
 
 def exit_status(
-    result: RunResult, timeout: float | None, limit: int | None, last_vc: LastVc | None = None
+    result: RunResult,
+    timeout: float | None,
+    limit: int | None,
+    last_vc: LastVc | None = None,
+    *,
+    vc_hint: str = "",
 ) -> tuple[int, str]:
     """(exit status, message for stderr or "") of a finished run."""
     reason = result.reason
@@ -534,7 +539,7 @@ def exit_status(
         if term is not None and term.by == "guest":
             why = describe_termination(term.reason_set, term.reason_code)
             if term.reason_set == GUEST_ASM_REASON_SET:
-                why += last_vc.describe(result.vcpu) if last_vc else " (-v names the #VC)"
+                why += last_vc.describe(result.vcpu) if last_vc else vc_hint
             return ExitStatus.TERMINATED, f"the guest terminated: {why}"
         return ExitStatus.HV_TERMINATED, f"the hypervisor terminated the guest: {detail}"
     if reason is RunReason.HALTED:

@@ -134,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         pass
-    status, message = common.exit_status(result, timeout, limit, last_vc)
+    status, message = common.exit_status(
+        result, timeout, limit, last_vc, vc_hint=" (-v names the #VC)"
+    )
     message = common.locate_rips(message, result.console, payload)
     if message:
         print(f"sevx86 run: {message}", file=sys.stderr)
