@@ -24,8 +24,10 @@ import functools
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sevx86.asm as asm_package
 from sevx86 import __version__
@@ -213,6 +215,7 @@ def boot_machine(
     tracer: Tracer | None = None,
     sp: SecureProcessor | None = None,
     vcpu_type: str = DEFAULT_VCPU_TYPE,
+    launch_options: Mapping[str, Any] | None = None,
 ) -> BootedGuest:
     """Launch the firmware with ``payload`` as QEMU launches a guest from pflash.
 
@@ -244,7 +247,11 @@ def boot_machine(
             f"(0x4) but the mode is {config.mode.value}"
         )
     sp = sp if sp is not None else SecureProcessor()
-    launched = launch_guest(sp, image, config=config, policy=policy, vcpu_type=vcpu_type)
+    # launch_options: the guest owner's dh_cert/session and a secret provider
+    # (sevx86.boot.launch.launch_guest), as QEMU's sev-guest object takes them.
+    launched = launch_guest(
+        sp, image, config=config, policy=policy, vcpu_type=vcpu_type, **(launch_options or {})
+    )
     machine = Machine(config, sp=sp, memory=launched.memory, handle=launched.handle, tracer=tracer)
     if config.mode is GuestMode.SEV_ES:
         machine.adopt_vcpus(launched.vmsa_spas)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from sevx86.cli import common
 from sevx86.cli.main import UsageError
+from sevx86.trace import render
 from sevx86.trace.events import TraceEvent, Tracer
 from sevx86.trace.render import mermaid, table
 
@@ -84,6 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--all", action="store_true", help="also world switches and VMSA checks (noisy)"
     )
     out.add_argument("--limit", metavar="N", help="at most N events")
+    out.add_argument(
+        "--focus",
+        metavar="EXIT[:N]",
+        help="only the round trip of the Nth (default 1st) #VC or exit named EXIT, "
+        "e.g. CPUID: the seed talk's slide 11 with --mermaid",
+    )
     out.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     parser.set_defaults(func=run)
 
@@ -131,6 +138,14 @@ class _LiveJsonLines:
             common.PipeSafe(sys.stdout.buffer).close_quietly()
 
 
+def _focus(text: str) -> tuple[str, int]:
+    name, _, nth = text.partition(":")
+    n = common.parse_number(nth, "--focus") if nth else 1
+    if not name or n < 1:
+        raise UsageError(f"--focus {text!r}: expected EXIT or EXIT:N (N from 1), e.g. CPUID:2")
+    return name, n
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_examples:
         return common.print_examples()
@@ -167,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if not args.json:
             events = [e for e in tracer.events if keep(e)]
+            if args.focus:
+                events = render.focus_window(events, *_focus(args.focus))
             if limit is not None:
                 events = events[:limit]
             if args.mermaid:

@@ -44,6 +44,7 @@ MXCSR = _HDR + 816
 XMM = _HDR + 824  # ZMMReg[], 64 bytes each
 XMM_STRIDE = 64
 SYSENTER_CS = _HDR + 4800
+XCR0 = _HDR + 4904  # env->xcr0, set by the guest's XSETBV (no Unicorn register for it)
 SYSENTER_ESP = _HDR + 4808
 SYSENTER_EIP = _HDR + 4816
 STAR = _HDR + 4824

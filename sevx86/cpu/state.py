@@ -52,6 +52,7 @@ _SCALARS: list[tuple[str, int, str]] = [
     ("g_pat", C.PAT, "Q"),
     ("tsc_aux", C.TSC_AUX, "I"),
     ("mxcsr", C.MXCSR, "I"),
+    ("xcr0", C.XCR0, "Q"),  # VMSA 0x3E8: how a non-SEV-ES host learns the XSETBV value
 ]
 # Segment registers: VMSA name -> blob offset of QEMU's SegmentCache
 # (u32 selector, pad, u64 base, u32 limit, u32 flags).
@@ -153,7 +154,7 @@ _PICKERS = [
 def capture(uc: Uc, ctx: CpuContext, out: bytearray | None = None) -> bytearray:
     """The vCPU's current state as a VMSA page (plaintext).
 
-    Fields sevx86 does not model (SEV_FEATURES, VMPL, XCR0, ...) keep
+    Fields sevx86 does not model (SEV_FEATURES, VMPL, ...) keep
     whatever ``out`` held: pass the previous VMSA to preserve them.
     """
     page = out if out is not None else bytearray(VMSA_SIZE)

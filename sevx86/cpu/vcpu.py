@@ -371,7 +371,7 @@ class VCpu:
             self.ghcb_msr = self.vmcb["ghcb_gpa"]
         self.svm.program(self.vmcb, self.mode)
         self.vmcb.intercept_words_changed()
-        # Fields the engine does not model (SEV_FEATURES, XCR0, ...) carry
+        # Fields the engine does not model (SEV_FEATURES, VMPL, ...) carry
         # over from the launch VMSA into every VMSA the CPU writes.
         self._scratch_page[:] = initial
         self.svm.prepare_entry(initial)

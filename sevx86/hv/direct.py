@@ -59,6 +59,20 @@ class StringIo:
     done: Callable[[], bool]  # update RSI/RDI/RCX; True if the instruction is complete
 
 
+def _assign(old: int, value: int, addr_size: int) -> int:
+    """A register after the CPU writes ``value`` as an ``addr_size``-bit result.
+
+    A 16-bit write keeps bits 63:16; a 32-bit write zero-extends into the
+    whole register (AMD APM vol 1 3.1.2.3, "zero-extension of 32-bit
+    results"), which is also how KVM's emulator assigns RSI/RDI/RCX after
+    string I/O with a 32-bit address size.
+    """
+    mask = _ADDR_MASK[addr_size]
+    if addr_size == 16:
+        return (old & ~mask & _U64) | (value & mask)
+    return value & mask
+
+
 def string_io(io: IoioInfo, regs, memory) -> StringIo:
     """Plan a string I/O against guest memory (``memory``: the host's view)."""
     mask = _ADDR_MASK[io.addr_size]
@@ -90,11 +104,11 @@ def string_io(io: IoioInfo, regs, memory) -> StringIo:
 
     def done() -> bool:
         step = -nbytes if down else nbytes
-        regs[reg] = (regs[reg] & ~mask) | ((start + step) & mask)
+        regs[reg] = _assign(regs[reg], start + step, io.addr_size)
         if not io.rep:
             return True
         left = total - count
-        regs["rcx"] = (regs["rcx"] & ~mask) | left
+        regs["rcx"] = _assign(regs["rcx"], left, io.addr_size)
         return left == 0
 
     reachable = count == 0 or memory.contains(base, nbytes)

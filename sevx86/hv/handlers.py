@@ -47,7 +47,13 @@ def _set_edx_eax(req: Request, value: int) -> None:
 
 def cpuid(hv: Hypervisor, req: Request) -> None:
     st = hv.vcpu_state(req.vcpu.index)
-    xcr0 = req.reg("xcr0") if req.via_ghcb and req.has_reg("xcr0") else st.xcr0
+    # Under SEV-ES the guest reports XCR0 in the GHCB (GHCB spec 56421, CPUID
+    # NAE); without it the host reads the vCPU's own XCR0, which KVM tracks
+    # by intercepting XSETBV (arch/x86/kvm/svm/svm.c, xsetbv_interception).
+    if req.via_ghcb:
+        xcr0 = req.reg("xcr0") if req.has_reg("xcr0") else st.xcr0
+    else:
+        xcr0 = st.xcr0 = req.reg("xcr0")
     xss = req.reg("xss") if req.via_ghcb and req.has_reg("xss") else st.xss
     cr4 = st.cr4 if req.via_ghcb else req.reg("cr4")
     query = CpuidQuery(

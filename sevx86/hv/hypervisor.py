@@ -292,6 +292,10 @@ class Hypervisor:
         """Hook a GHCB MSR-protocol request (``ctx`` is a ``MsrProtocolRequest``)."""
         return self._add_hook("msr", ghcb_info, hook)
 
+    def hooked(self) -> list[tuple[str, int]]:
+        """(kind, code) of every hook registered: "exit", "request", "vmgexit", "msr"."""
+        return [key for key, hooks in self._hooks.items() if hooks]
+
     def _add_hook(self, kind: str, code: int, hook: Hook | None) -> Any:
         def register(fn: Hook) -> Hook:
             self._hooks.setdefault((kind, int(code)), []).append(fn)
@@ -606,17 +610,20 @@ class Hypervisor:
             self.terminate(by="hypervisor", detail=f"GHCB at {gpa:#x} is not guest RAM", vcpu=index)
             return
         st = self._states[index]
-        page = GhcbPage.read(memory, gpa)
         if st.ghcb_registered is not None and gpa != st.ghcb_registered:
-            self._ghcb_error(
-                vcpu,
-                page,
-                Invalid(
-                    GhcbError.NOT_REGISTERED,
-                    f"GHCB {gpa:#x} is not the registered {st.ghcb_registered:#x}",
-                ),
+            # GHCB spec 56421, 2.3.2 "GHCB GPA Registration": once a GHCB is
+            # registered the guest must use it, and the hypervisor terminates
+            # a guest that does not (KVM's sev_handle_vmgexit returned -EINVAL,
+            # ending the VM, from 2021; since 2026 it answers NOT_REGISTERED in
+            # that page instead). sevx86 follows the spec: no answer is written
+            # into a page the guest never registered.
+            self.terminate(
+                by="hypervisor",
+                detail=f"VMGEXIT with GHCB {gpa:#x}, not the registered {st.ghcb_registered:#x}",
+                vcpu=index,
             )
             return
+        page = GhcbPage.read(memory, gpa)
         valid = validate_vmgexit(page, max_version=self.ghcb_max_version, contains=memory.contains)
         if isinstance(valid, Invalid):
             self._ghcb_error(vcpu, page, valid)

@@ -12,7 +12,7 @@ Answered here (KVM ``sev_handle_vmgexit_msr_protocol`` for behaviour):
 * SEV information: protocol versions 1..max and the C-bit position;
 * CPUID: one register of one leaf, the register index echoed in 31:30;
 * preferred GHCB GPA ("no preference") and GHCB GPA registration (recorded;
-  a later VMGEXIT with another GHCB GPA is refused with NOT_REGISTERED);
+  a later VMGEXIT with another GHCB GPA terminates the guest, GHCB spec 2.3.2);
 * hypervisor features (none of the SNP ones);
 * termination: the run ends with the guest's reason set and code;
 * AP reset hold: the AP parks until INIT + SIPI (``sevx86.hv.smp``);

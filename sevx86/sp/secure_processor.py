@@ -115,13 +115,16 @@ class SecureProcessor:
         api_minor: int = DEFAULT_API_MINOR,
         build: int = DEFAULT_BUILD,
         es_enabled: bool = True,
+        pdh: ec.EllipticCurvePrivateKey | None = None,
     ):
+        """``pdh``: the platform's PDH key, for a platform that outlives one
+        process (``sevx86 platform pdh``); a fresh one otherwise (PDH_GEN)."""
         self._api = (api_major, api_minor)
         self._build = build
         # INIT with the SEV-ES option: what the host kernel's driver does at boot.
         self._state = PlatformState.INIT
         self._es_enabled = es_enabled
-        self._pdh = ec.generate_private_key(ec.SECP384R1())
+        self._pdh = pdh if pdh is not None else ec.generate_private_key(ec.SECP384R1())
         self._guests: dict[int, GuestContext] = {}
 
     def __repr__(self) -> str:

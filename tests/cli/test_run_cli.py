@@ -38,7 +38,7 @@ def test_list_examples(sevx86):
     done = sevx86("run", "--list-examples")
     assert done.returncode == 0
     names = [line.split()[0] for line in done.stdout.splitlines()]
-    assert names == ["cpuid", "fault", "hello", "mmio", "portio", "smp"]
+    assert names == ["cpuid", "fault", "hello", "mmio", "portio", "secret", "smp"]
 
 
 def test_assembly_program_and_flat_binary_give_their_status(sevx86, tmp_path):

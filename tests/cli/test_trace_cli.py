@@ -37,7 +37,7 @@ def test_mermaid_sequence_diagram_of_guest_cpu_sp_hypervisor(sevx86, tmp_path):
     assert text.startswith("sequenceDiagram\n")
     for participant in ("Guest", "CPU", "SP", "HV"):
         assert f"participant {participant} as" in text
-    assert "CPU->>Guest: VC CPUID" in text and "HV->>SP: LAUNCH_START" in text
+    assert "CPU->>Guest: #35;VC CPUID" in text and "HV->>SP: LAUNCH_START" in text
 
 
 def test_mode_none_has_no_sev_es_steps(sevx86):
