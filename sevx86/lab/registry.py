@@ -1,0 +1,21 @@
+"""The lab's scenarios by name, in the order of the issue that lists them."""
+
+from __future__ import annotations
+
+from sevx86.lab import regs_exfil
+from sevx86.lab.scenario import Scenario
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        regs_exfil.SCENARIO,
+    )
+}
+
+
+def scenario(name: str) -> Scenario:
+    """The scenario called ``name``; ``KeyError`` names the known ones."""
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise KeyError(f"no lab scenario {name!r} (known: {', '.join(SCENARIOS)})") from None
