@@ -68,12 +68,17 @@ def launch(
     *,
     defines: Mapping[str, int | str] | None = None,
     hv_class: type[Hypervisor] = Hypervisor,
+    vc_handler: bool = True,
 ) -> LabGuest:
-    """Assemble ``lab/NAME.S``, launch it in ``mode``, attach a ``hv_class`` hypervisor."""
+    """Assemble ``lab/NAME.S``, launch it in ``mode``, attach a ``hv_class`` hypervisor.
+
+    ``vc_handler=False`` for programs that include no #VC handler (they talk
+    to the host only through the GHCB MSR protocol).
+    """
     config = GuestConfig(mode=GuestMode(mode), memory=LAB_MEMORY)
     spec = GuestSpec(
         lab_source(name),
-        handlers={int(Vector.VC): "vc_handler"},
+        handlers={int(Vector.VC): "vc_handler"} if vc_handler else {},
         shared_pages=[LAB_GHCB_GPA],
         name=f"lab/{name}.S",
         defines={"VC_GHCB_GPA": LAB_GHCB_GPA, "VC_CBIT_MASK": config.c_bit, **(defines or {})},

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from sevx86.lab import regs_exfil
+from sevx86.lab import regs_exfil, vmsa_tamper
 from sevx86.lab.scenario import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         regs_exfil.SCENARIO,
+        vmsa_tamper.SCENARIO,
     )
 }
 
