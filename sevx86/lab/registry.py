@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sevx86.lab import regs_exfil, vmsa_tamper
+from sevx86.lab import cipherleaks, regs_exfil, vmsa_tamper
 from sevx86.lab.scenario import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
@@ -10,6 +10,7 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         regs_exfil.SCENARIO,
         vmsa_tamper.SCENARIO,
+        cipherleaks.SCENARIO,
     )
 }
 
