@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sevx86.lab import cipherleaks, regs_exfil, vmsa_tamper
+from sevx86.lab import cipherleaks, regs_exfil, relocation, vmsa_tamper
 from sevx86.lab.scenario import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
@@ -11,6 +11,7 @@ SCENARIOS: dict[str, Scenario] = {
         regs_exfil.SCENARIO,
         vmsa_tamper.SCENARIO,
         cipherleaks.SCENARIO,
+        relocation.SCENARIO,
     )
 }
 
