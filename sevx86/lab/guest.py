@@ -69,17 +69,20 @@ def launch(
     defines: Mapping[str, int | str] | None = None,
     hv_class: type[Hypervisor] = Hypervisor,
     vc_handler: bool = True,
+    mmio: tuple[int, ...] = (),
 ) -> LabGuest:
     """Assemble ``lab/NAME.S``, launch it in ``mode``, attach a ``hv_class`` hypervisor.
 
     ``vc_handler=False`` for programs that include no #VC handler (they talk
-    to the host only through the GHCB MSR protocol).
+    to the host only through the GHCB MSR protocol); ``mmio`` GPAs get a 2 MiB
+    device window mapped with C=0 (the harness maps RAM only).
     """
     config = GuestConfig(mode=GuestMode(mode), memory=LAB_MEMORY)
     spec = GuestSpec(
         lab_source(name),
         handlers={int(Vector.VC): "vc_handler"} if vc_handler else {},
         shared_pages=[LAB_GHCB_GPA],
+        mmio=mmio,
         name=f"lab/{name}.S",
         defines={"VC_GHCB_GPA": LAB_GHCB_GPA, "VC_CBIT_MASK": config.c_bit, **(defines or {})},
     )

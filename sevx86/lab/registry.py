@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sevx86.lab import cipherleaks, regs_exfil, relocation, vmsa_tamper
+from sevx86.lab import cipherleaks, interface, regs_exfil, relocation, vmsa_tamper
 from sevx86.lab.scenario import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
@@ -12,6 +12,7 @@ SCENARIOS: dict[str, Scenario] = {
         vmsa_tamper.SCENARIO,
         cipherleaks.SCENARIO,
         relocation.SCENARIO,
+        interface.SCENARIO,
     )
 }
 

@@ -62,9 +62,8 @@ def run_mode(mode: str, secret: int) -> ModeOutcome:
         "host learned the secret": leaked,
     }
     if mode == "sev-es":
-        verdict = (
-            "the host saw only the GHCB fields the #VC handler filled"
-            + (" -- and still found the secret" if leaked else "; the secret stayed private")
+        verdict = "the host saw only the GHCB fields the #VC handler filled" + (
+            " -- and still found the secret" if leaked else "; the secret stayed private"
         )
     else:
         verdict = f"every intercepted exit hands the host the registers ({', '.join(in_regs)})"

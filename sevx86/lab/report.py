@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Figure = int | float | str | bool | None | list[Any] | dict[str, Any]
+WIDE_CELL = 40  # longer cells make the table a list
 
 
 @dataclass
@@ -58,20 +59,31 @@ class Report:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     def render(self) -> str:
-        """A text table: one row per figure, one column per mode, then the verdicts."""
+        """A text table, one row per figure and one column per mode, then the verdicts.
+
+        Figures too long for a column are listed instead, one line per mode.
+        """
         lines = [f"{self.scenario}: {self.title}", "", _wrap(self.attempted), ""]
         names: list[str] = []
         for outcome in self.outcomes:
             names += [n for n in outcome.figures if n not in names]
-        header = ["figure"] + [o.mode for o in self.outcomes]
-        rows = [header]
-        for name in names:
-            rows.append([name] + [_cell(o.figures.get(name, "-")) for o in self.outcomes])
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        for index, row in enumerate(rows):
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-            if index == 0:
-                lines.append("  ".join("-" * w for w in widths))
+        cells = {n: [_cell(o.figures.get(n, "-")) for o in self.outcomes] for n in names}
+        if max((len(c) for row in cells.values() for c in row), default=0) > WIDE_CELL:
+            width = max(len(o.mode) for o in self.outcomes) + 1
+            for name in names:
+                lines.append(name)
+                for outcome, cell in zip(self.outcomes, cells[name], strict=True):
+                    lines.append(f"  {(outcome.mode + ':').ljust(width)} {cell}")
+        else:
+            rows = [["figure"] + [o.mode for o in self.outcomes]]
+            rows += [[name] + cells[name] for name in names]
+            widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+            for index, row in enumerate(rows):
+                lines.append(
+                    "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                )
+                if index == 0:
+                    lines.append("  ".join("-" * w for w in widths))
         lines.append("")
         lines += [f"{o.mode}: {o.verdict}" for o in self.outcomes if o.verdict]
         lines += self.notes
