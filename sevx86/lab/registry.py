@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from sevx86.lab import cipherleaks, interface, regs_exfil, relocation, vmsa_tamper
+from sevx86.lab import (
+    cipherleaks,
+    host_fuzz,
+    interface,
+    regs_exfil,
+    relocation,
+    vmsa_tamper,
+)
 from sevx86.lab.scenario import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
@@ -13,6 +20,7 @@ SCENARIOS: dict[str, Scenario] = {
         cipherleaks.SCENARIO,
         relocation.SCENARIO,
         interface.SCENARIO,
+        host_fuzz.SCENARIO,
     )
 }
 

@@ -68,7 +68,10 @@ class Report:
         for outcome in self.outcomes:
             names += [n for n in outcome.figures if n not in names]
         cells = {n: [_cell(o.figures.get(n, "-")) for o in self.outcomes] for n in names}
-        if max((len(c) for row in cells.values() for c in row), default=0) > WIDE_CELL:
+        if len(self.outcomes) == 1:
+            lines.append(f"mode {self.outcomes[0].mode}:")
+            lines += [f"  {name}: {cells[name][0]}" for name in names]
+        elif max((len(c) for row in cells.values() for c in row), default=0) > WIDE_CELL:
             width = max(len(o.mode) for o in self.outcomes) + 1
             for name in names:
                 lines.append(name)
