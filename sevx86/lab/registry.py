@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sevx86.lab import (
     cipherleaks,
+    guest_fuzz,
     host_fuzz,
     interface,
     regs_exfil,
@@ -21,6 +22,7 @@ SCENARIOS: dict[str, Scenario] = {
         relocation.SCENARIO,
         interface.SCENARIO,
         host_fuzz.SCENARIO,
+        guest_fuzz.SCENARIO,
     )
 }
 
