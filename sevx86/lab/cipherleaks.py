@@ -23,8 +23,7 @@ from collections.abc import Sequence
 from sevx86.arch.exits import SvmExit
 from sevx86.arch.vmcb import decode_ioio
 from sevx86.arch.vmsa import VMSA
-from sevx86.hv import Hypervisor
-from sevx86.hv.requests import GhcbRequest
+from sevx86.hv import GhcbRequest, Hypervisor
 from sevx86.lab.guest import launch
 from sevx86.lab.report import ModeOutcome, Report
 from sevx86.lab.scenario import Scenario

@@ -34,9 +34,8 @@ from sevx86.asm import fw_abi as abi
 from sevx86.asm.guest_abi import GUEST_ASM_REASON_SET, VcReason
 from sevx86.boot.firmware import boot_machine
 from sevx86.config import GuestConfig, GuestMode, MiB
-from sevx86.hv import Hypervisor, RunReason, RunResult
+from sevx86.hv import Hypervisor, Request, RunReason, RunResult
 from sevx86.hv.devices.mmio_test import MMIO_TEST_BASE, REG_SCRATCH
-from sevx86.hv.requests import Request
 from sevx86.lab.guest import MODES, lab_source, launch
 from sevx86.lab.report import ModeOutcome, Report
 from sevx86.lab.scenario import Scenario
