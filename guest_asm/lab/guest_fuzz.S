@@ -13,7 +13,8 @@
 ;     GHCBInfo from `msr_codes` or random 12 bits.
 ; Requests that end a run by design are steered away, so one run holds many
 ; cases: an OUT to the debug-exit port, HLT/MWAIT, AP reset hold, the
-; termination requests. The guest keeps a histogram of the answers
+; termination requests, the unsupported-event report (SW_EXIT_UNSUPPORTED,
+; after which the host stops the guest). The guest keeps a histogram of the answers
 ; (SW_EXITINFO1[31:0] 0/1/2/other; MSR protocol answered or left alone) and
 ; ends with a termination request of reason set 0xF code 0x42.
 ;
@@ -227,6 +228,9 @@ steer_exit_code:
     mov rax, SW_EXIT_TERMINATE
     cmp rbx, rax
     je .to_cpuid
+    mov rax, SW_EXIT_UNSUPPORTED    ; "the guest met an event it cannot handle": the end
+    cmp rbx, rax
+    je .to_cpuid
     cmp rbx, SVM_EXIT_IOIO
     jne .done
     mov rax, [r13 + GHCB_SW_EXITINFO1]
@@ -248,7 +252,7 @@ exit_codes:
     dq SVM_EXIT_DR7_READ, SVM_EXIT_DR7_WRITE, SVM_EXIT_XSETBV, SVM_EXIT_NPF, SVM_EXIT_PAUSE
     dq SW_EXIT_MMIO_READ, SW_EXIT_MMIO_WRITE, SW_EXIT_NMI_COMPLETE, SW_EXIT_AP_JUMP_TABLE
     dq SW_EXIT_SNP_PAGE_STATE_CHANGE, SW_EXIT_GUEST_REQUEST, SW_EXIT_HV_FEATURES
-    dq SW_EXIT_UNSUPPORTED, 0, 0x8000_00FF, 0x403, 0xFFFF_FFFF_FFFF_FFFF
+    dq 0, 0x8000_00FF, 0x8000_FFFC, 0x403, 0xFFFF_FFFF_FFFF_FFFF
 EXIT_CODES_COUNT equ ($ - exit_codes) / 8
 msr_codes:
     dq GHCB_MSR_SEV_INFO_REQ, GHCB_MSR_CPUID_REQ, GHCB_MSR_PREF_GPA_REQ, GHCB_MSR_REG_GPA_REQ
