@@ -89,7 +89,7 @@ class LyingHost:
         elif kind == "valid-bits":
             bitmap = GHCB["valid_bitmap"].read(page)
             for _ in range(rng.randint(1, 4)):
-                bitmap ^= 1 << rng.randrange(128)
+                bitmap ^= 1 << rng.randrange(8 * GHCB["valid_bitmap"].size)
             GHCB["valid_bitmap"].write(page, bitmap)
         elif kind == "scratch":
             GHCB["sw_scratch"].write(page, _u64(rng))

@@ -27,6 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sevx86.arch.cpuid import CBIT_POS_MASK, Leaf, MemEncryptEax
 from sevx86.arch.exits import SwExit
 from sevx86.arch.ghcb import GhcbMsr, decode_sev_info, msr_sev_info_response
 from sevx86.asm import assemble
@@ -40,10 +41,8 @@ from sevx86.lab.guest import MODES, lab_source, launch
 from sevx86.lab.report import ModeOutcome, Report
 from sevx86.lab.scenario import Scenario
 
-MEMORY_ENCRYPTION_LEAF = 0x8000_001F  # AMD APM vol 3, E.4.17
-LEAF_EAX_SEV = 1 << 1
-LEAF_EAX_SEV_ES = 1 << 3
-CBIT_MASK = 0x3F  # EBX[5:0]
+LEAF_EAX_SEV = int(MemEncryptEax.SEV)  # CPUID 0x8000001F EAX bits (AMD APM vol 3, E.4.17)
+LEAF_EAX_SEV_ES = int(MemEncryptEax.SEV_ES)
 PAYLOAD_MARK = "payload reached"  # what guest_asm/lab/iface_payload.S prints
 FIRMWARE_MEMORY = 16 * MiB
 
@@ -103,12 +102,11 @@ def verdict_of(result: RunResult, went_on: bool) -> Verdict:
 # -- lies to the firmware during early boot -----------------------------------------------
 def lying_cpuid(hv: Hypervisor, *, cbit: int | None = None, clear_eax: int = 0) -> None:
     """Replace ``hv.cpuid`` with a table whose 0x8000001F lies (every CPUID path reads it)."""
-    eax, ebx, ecx, edx = hv.cpuid.raw(MEMORY_ENCRYPTION_LEAF)
+    eax, ebx, ecx, edx = hv.cpuid.raw(Leaf.MEM_ENCRYPT)
     if cbit is not None:
-        ebx = (ebx & ~CBIT_MASK) | cbit
-    hv.cpuid = hv.cpuid.with_entries(
-        {(MEMORY_ENCRYPTION_LEAF, None): (eax & ~clear_eax, ebx, ecx, edx)}
-    )
+        ebx = (ebx & ~CBIT_POS_MASK) | cbit
+    lie = (eax & ~clear_eax, ebx, ecx, edx)
+    hv.cpuid = hv.cpuid.with_entries({(int(Leaf.MEM_ENCRYPT), None): lie})
 
 
 def lying_sev_info(hv: Hypervisor, cbit: int) -> None:
