@@ -26,6 +26,8 @@ examples:
   sevx86 lab regs-exfil                     none vs sev vs sev-es, as a table
   sevx86 lab cipherleaks --seed 7           another secret, the same attack
   sevx86 lab vmsa-tamper --mode sev-es --json
+  sevx86 lab vmsa-tamper --mode sev-es --cases 4096   every byte of the VMSA page
+  sevx86 lab host-fuzz --cases 10000 --seed 3         a longer campaign
 
 exit status: 0 the scenario ran (whatever the host achieved: read the
 figures); 2 an unknown scenario, a mode it does not apply to, or a bad
@@ -55,6 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="chooses the secrets and random choices (default 1): same seed, same figures",
     )
+    parser.add_argument(
+        "--cases",
+        type=_cases,
+        metavar="N",
+        help="how many cases a sampling scenario runs (vmsa-tamper: byte flips, 4096 for "
+        "the whole page; host-fuzz: lies; guest-fuzz: requests); default in --list",
+    )
     parser.set_defaults(func=main)
 
 
@@ -65,6 +74,13 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: '{text}'") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"a seed is >= 0, not {value}")
+    return value
+
+
+def _cases(text: str) -> int:
+    value = _seed(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 case, not {value}")
     return value
 
 
@@ -84,7 +100,9 @@ def main(args: argparse.Namespace) -> int:
                 f"not {args.mode} (docs: {scenario.doc})"
             )
         modes = (args.mode,)
-    report = scenario.run(modes, args.seed)
+    if args.cases is not None and scenario.cases is None:
+        raise UsageError(f"{scenario.name} takes no --cases: it runs one attack per mode")
+    report = scenario.report(modes, args.seed, args.cases)
     print(report.to_json() if args.json else report.render())
     return 0
 
@@ -92,12 +110,19 @@ def main(args: argparse.Namespace) -> int:
 def _list(as_json: bool) -> int:
     if as_json:
         rows = [
-            {"name": s.name, "title": s.title, "modes": list(s.modes), "doc": s.doc}
+            {
+                "name": s.name,
+                "title": s.title,
+                "modes": list(s.modes),
+                "doc": s.doc,
+                "cases": s.cases,
+            }
             for s in SCENARIOS.values()
         ]
         print(json.dumps(rows, indent=2))
         return 0
     width = max(len(name) for name in SCENARIOS)
     for s in SCENARIOS.values():
-        print(f"{s.name.ljust(width)}  {s.title} [{', '.join(s.modes)}]  {s.doc}")
+        cases = "" if s.cases is None else f", {s.cases} cases"
+        print(f"{s.name.ljust(width)}  {s.title} [{', '.join(s.modes)}{cases}]  {s.doc}")
     return 0

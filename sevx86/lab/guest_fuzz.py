@@ -89,8 +89,8 @@ def fuzz(
     return tally
 
 
-def run(modes: Sequence[str], seed: int) -> Report:
-    tally = fuzz(DEFAULT_CASES, seed)
+def run(modes: Sequence[str], seed: int, cases: int = DEFAULT_CASES) -> Report:
+    tally = fuzz(cases, seed)
     figures = {
         "requests sent (cases)": tally.cases,
         "runs": tally.runs,
@@ -121,11 +121,16 @@ def run(modes: Sequence[str], seed: int) -> Report:
     )
     report.outcomes = [ModeOutcome("sev-es", figures, verdict)]
     report.notes.append(
-        f"{DEFAULT_CASES} requests here; tests/lab/test_guest_fuzz.py sends 10,000 (slow)."
+        f"{cases} requests here (--cases N for more); tests/lab/test_guest_fuzz.py sends 10,000."
     )
     return report
 
 
 SCENARIO = Scenario(
-    "guest-fuzz", "a hostile guest, fuzzed", ("sev-es",), run, "docs/lab/guest-fuzz.md"
+    "guest-fuzz",
+    "a hostile guest, fuzzed",
+    ("sev-es",),
+    run,
+    "docs/lab/guest-fuzz.md",
+    cases=DEFAULT_CASES,
 )

@@ -157,8 +157,8 @@ def fuzz(cases: int, seed: int, p: float = DEFAULT_PROBABILITY) -> FuzzTally:
     return tally
 
 
-def run(modes: Sequence[str], seed: int) -> Report:
-    tally = fuzz(DEFAULT_CASES, seed)
+def run(modes: Sequence[str], seed: int, cases: int = DEFAULT_CASES) -> Report:
+    tally = fuzz(cases, seed)
     figures = {
         "lies told (cases)": tally.cases,
         "lie probability per GHCB answer": DEFAULT_PROBABILITY,
@@ -187,11 +187,16 @@ def run(modes: Sequence[str], seed: int) -> Report:
     )
     report.outcomes = [ModeOutcome("sev-es", figures, verdict)]
     report.notes.append(
-        f"{DEFAULT_CASES} lies here; tests/lab/test_host_fuzz.py tells 10,000 (slow)."
+        f"{cases} lies here (--cases N for more); tests/lab/test_host_fuzz.py tells 10,000 (slow)."
     )
     return report
 
 
 SCENARIO = Scenario(
-    "host-fuzz", "a hostile host, fuzzed", ("sev-es",), run, "docs/lab/host-fuzz.md"
+    "host-fuzz",
+    "a hostile host, fuzzed",
+    ("sev-es",),
+    run,
+    "docs/lab/host-fuzz.md",
+    cases=DEFAULT_CASES,
 )

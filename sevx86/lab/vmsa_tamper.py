@@ -35,6 +35,7 @@ from sevx86.lab.scenario import Scenario
 
 ROUNDS = 4
 ROLLBACK_DEPTH = 8
+DEFAULT_FLIPS = 256  # one per 16-byte block of the page
 BLOCK = 16  # the memory encryption's block (sevx86.memory.cipher)
 
 # The exit statuses of guest_asm/lab/vmsa_tamper.S.
@@ -144,10 +145,20 @@ def flip_sweep(offsets: Iterable[int], seed: int) -> tuple[int, int]:
     return refused, accepted
 
 
-def sampled_offsets(seed: int) -> list[int]:
-    """One seeded byte in each 16-byte block of the VMSA page."""
+def sampled_offsets(seed: int, count: int = DEFAULT_FLIPS) -> list[int]:
+    """``count`` offsets of the VMSA page to flip, seeded.
+
+    Up to one per 16-byte block, the blocks evenly spread over the page and a
+    random byte in each; more than that, a random sample; the page size or
+    more, every byte.
+    """
     rng = random.Random(seed)
-    return [block + rng.randrange(BLOCK) for block in range(0, VMSA_SIZE, BLOCK)]
+    blocks = VMSA_SIZE // BLOCK
+    if count >= VMSA_SIZE:
+        return list(range(VMSA_SIZE))
+    if count > blocks:
+        return sorted(rng.sample(range(VMSA_SIZE), count))
+    return [(i * blocks // count) * BLOCK + rng.randrange(BLOCK) for i in range(count)]
 
 
 def rollback(depth: int) -> TamperResult:
@@ -155,7 +166,7 @@ def rollback(depth: int) -> TamperResult:
     return _rewrite_vmsa(ROLLBACK_DEPTH, lambda pages: pages[-1 - depth])
 
 
-def run_mode(mode: str, seed: int) -> ModeOutcome:
+def run_mode(mode: str, seed: int, flips: int = DEFAULT_FLIPS) -> ModeOutcome:
     hijack = tamper(mode, "rip", lambda target: target)
     change = tamper(mode, "r15", lambda _: 1)
     figures: dict = {
@@ -169,7 +180,7 @@ def run_mode(mode: str, seed: int) -> ModeOutcome:
             "control flow and data are the host's"
         )
         return ModeOutcome(mode, figures, verdict)
-    offsets = sampled_offsets(seed)
+    offsets = sampled_offsets(seed, flips)
     refused, accepted = flip_sweep(offsets, seed)
     rollbacks = [rollback(depth) for depth in range(1, ROLLBACK_DEPTH + 1)]
     control = rollback(0)
@@ -190,20 +201,26 @@ def run_mode(mode: str, seed: int) -> ModeOutcome:
     return ModeOutcome(mode, figures, verdict)
 
 
-def run(modes: Sequence[str], seed: int) -> Report:
+def run(modes: Sequence[str], seed: int, cases: int = DEFAULT_FLIPS) -> Report:
     report = Report(
         "vmsa-tamper",
         "VMSA tampering and rollback",
         "At an exit the host redirects RIP to a label nothing jumps to and sets a register the "
-        "guest never writes; under SEV-ES it also flips one byte in each 16-byte block of the "
-        f"VMSA page (one run per flip) and puts back the VMSA of 1..{ROLLBACK_DEPTH} exits "
+        f"guest never writes; under SEV-ES it also flips one byte at each of "
+        f"{min(cases, VMSA_SIZE)} offsets of the VMSA page (one run per flip; --cases "
+        f"{VMSA_SIZE} flips every byte) and puts back the VMSA of 1..{ROLLBACK_DEPTH} exits "
         "earlier, with the unchanged page written back as the control.",
         seed,
     )
-    report.outcomes = [run_mode(mode, seed) for mode in modes]
+    report.outcomes = [run_mode(mode, seed, cases) for mode in modes]
     return report
 
 
 SCENARIO = Scenario(
-    "vmsa-tamper", "VMSA tampering and rollback", MODES, run, "docs/lab/vmsa-tamper.md"
+    "vmsa-tamper",
+    "VMSA tampering and rollback",
+    MODES,
+    run,
+    "docs/lab/vmsa-tamper.md",
+    cases=DEFAULT_FLIPS,
 )

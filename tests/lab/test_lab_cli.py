@@ -32,6 +32,13 @@ def test_one_mode_gives_one_column(capsys):
     assert list(json.loads(capsys.readouterr().out)["modes"]) == ["sev"]
 
 
+def test_cases_sets_the_size_of_a_sampling_scenario(capsys):
+    assert main(["lab", "vmsa-tamper", "--mode", "sev-es", "--cases", "4", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)["modes"]["sev-es"]["figures"]
+    assert figures["VMSA byte flips tried"] == 4
+    assert figures["VMSA byte flips refused"] == 4
+
+
 def test_table_output_has_a_column_per_mode(capsys):
     assert main(["lab", "regs-exfil"]) == 0
     out = capsys.readouterr().out
@@ -45,6 +52,7 @@ def test_table_output_has_a_column_per_mode(capsys):
         (["lab", "bogus"], ["no scenario 'bogus'", "cipherleaks"]),
         (["lab"], ["--list"]),
         (["lab", "cipherleaks", "--mode", "none"], ["sev-es only", "not none"]),
+        (["lab", "regs-exfil", "--cases", "3"], ["regs-exfil takes no --cases"]),
     ],
 )
 def test_bad_usage_is_one_line_and_status_2(capsys, argv, words):
@@ -55,7 +63,8 @@ def test_bad_usage_is_one_line_and_status_2(capsys, argv, words):
         assert word in err
 
 
-def test_a_bad_seed_is_refused_by_argparse(capsys):
+@pytest.mark.parametrize("argv", [["--seed", "x"], ["--seed", "-1"], ["--cases", "0"]])
+def test_bad_numbers_are_refused_by_argparse(capsys, argv):
     with pytest.raises(SystemExit) as exc:
-        main(["lab", "relocation", "--seed", "x"])
+        main(["lab", "host-fuzz", *argv])
     assert exc.value.code == 2
