@@ -20,7 +20,9 @@ from collections.abc import Sequence
 
 from sevx86 import __version__
 
-SUBCOMMANDS: tuple[str, ...] = ("run", "trace", "boot", "asm", "measure", "owner", "platform")
+SUBCOMMANDS: tuple[str, ...] = (
+    "run", "trace", "boot", "asm", "measure", "owner", "platform", "lab",
+)
 
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
