@@ -2,7 +2,7 @@
 
 ``Machine`` is the trusted side -- guest memory with its AES engine, the
 vCPUs (Unicorn), the Secure Processor context. ``HostView`` is everything an
-untrusted hypervisor may touch (DESIGN.md, "Trust boundary"):
+untrusted hypervisor may touch (docs/design.md, "Trust boundary"):
 
 * DRAM as the host sees it (ciphertext for every private page),
 * each vCPU's VMCB control area and permission maps,
@@ -127,9 +127,16 @@ class Machine:
             self.tracer.emit(
                 "sp", "launch", f"LAUNCH_UPDATE_VMSA vCPU {index}", vcpu=index, target="hv"
             )
-        vcpu = VCpu(self, index, initial_state, spa)
+        vcpu = self._new_vcpu(index, bytes(initial_state), spa)
         self.vcpus.append(vcpu)
         return vcpu
+
+    def _new_vcpu(self, index: int, initial_state: bytes, vmsa_spa: int | None) -> VCpu:
+        guard = None
+        if vmsa_spa is not None:
+            assert self._sp is not None
+            guard = _SpVmsaGuard(self._sp, self._handle, self.memory, index, vmsa_spa)
+        return VCpu(self.config, self.memory, self.tracer, index, initial_state, vmsa_spa, guard)
 
     def adopt_vcpus(self, vmsa_spas: tuple[int, ...] = (), *, states: Sequence[bytes] = ()) -> None:
         """vCPUs for a guest launched by sevx86.boot.
@@ -141,9 +148,9 @@ class Machine:
         if states and (vmsa_spas or self.mode is GuestMode.SEV_ES):
             raise LaunchError("an SEV-ES vCPU starts from its measured VMSA, not a host state")
         for index, spa in enumerate(vmsa_spas):
-            self.vcpus.append(VCpu(self, index, self.memory.read_private(spa, VMSA_SIZE), spa))
+            self.vcpus.append(self._new_vcpu(index, self.memory.read_private(spa, VMSA_SIZE), spa))
         for index, state in enumerate(states, start=len(self.vcpus)):
-            self.vcpus.append(VCpu(self, index, bytes(state)))
+            self.vcpus.append(self._new_vcpu(index, bytes(state), None))
         self._finished = True
 
     def finish(self) -> None:
@@ -185,25 +192,34 @@ class Machine:
         self.memory.exclusive = world.exclusive
         for vcpu in self.vcpus:
             vcpu.world = world
-            vcpu.atomics = AtomicWatch(vcpu, world)
+            vcpu.atomics = AtomicWatch(vcpu.memory, vcpu.uc, world)
         # Translations made while shadowing was on may point at shadow pages,
         # and pages already scanned for atomics must be seen by the watch.
         self.memory.flush_tlbs()
-
-    # -- the CPU's calls into the Secure Processor ---------------------------------------
-    def vmsa_seal(self, vcpu: VCpu) -> None:
-        assert self._sp is not None and vcpu.vmsa_spa is not None
-        self._sp.vmsa_seal(self._handle, vcpu.index, self.memory, vcpu.vmsa_spa)
-
-    def vmsa_check(self, vcpu: VCpu) -> bool:
-        assert self._sp is not None and vcpu.vmsa_spa is not None
-        return self._sp.vmsa_check(self._handle, vcpu.index, self.memory, vcpu.vmsa_spa)
 
     # -- the host's side ------------------------------------------------------------------
     def host_view(self) -> HostView:
         if not self._finished:
             self.finish()
         return HostView(self)
+
+
+class _SpVmsaGuard:
+    """The CPU's calls into the Secure Processor for one vCPU's VMSA (``VmsaGuard``)."""
+
+    __slots__ = ("_sp", "_handle", "_memory", "_index", "_spa")
+
+    def __init__(
+        self, sp: SecureProcessor, handle: int, memory: PhysicalMemory, index: int, spa: int
+    ):
+        self._sp, self._handle, self._memory = sp, handle, memory
+        self._index, self._spa = index, spa
+
+    def seal(self, page: bytes) -> None:
+        self._sp.vmsa_seal(self._handle, self._index, self._memory, self._spa, page=page)
+
+    def check(self) -> bytes | None:
+        return self._sp.vmsa_verified(self._handle, self._index, self._memory, self._spa)
 
 
 @dataclass(frozen=True)

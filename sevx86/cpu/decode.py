@@ -134,6 +134,28 @@ def mnemonic(insn: bytes, bits: int) -> str:
     return "(bad)"
 
 
+def control_flow(insn: bytes, bits: int, addr: int) -> tuple[int | None, int | None] | None:
+    """Where execution can go after the instruction at ``addr``: (next, branch target).
+
+    ``next`` is None when the instruction never falls through (JMP, RET,
+    IRET, an indirect jump); ``target`` is None unless it is a direct
+    relative branch (JMP/Jcc/LOOP/JRCXZ/CALL rel). None: undecodable.
+    """
+    from capstone import CS_GRP_CALL, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_RET, CS_OP_IMM
+
+    for d in _capstone_detail(bits).disasm(insn[:MAX_INSN], addr, 1):
+        after = addr + d.size
+        if d.group(CS_GRP_RET) or d.group(CS_GRP_IRET):
+            return None, None
+        if d.group(CS_GRP_JUMP) or d.group(CS_GRP_CALL):
+            ops = d.operands
+            target = ops[0].imm if len(ops) == 1 and ops[0].type == CS_OP_IMM else None
+            unconditional = d.mnemonic in ("jmp", "ljmp")
+            return (None if unconditional else after), target
+        return after, None
+    return None
+
+
 @dataclass(frozen=True)
 class Prefixes:
     length: int
