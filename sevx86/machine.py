@@ -19,6 +19,8 @@ SEV-ES vCPU, then LAUNCH_MEASURE and LAUNCH_FINISH in ``finish()``.
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +35,36 @@ from sevx86.trace.events import NullTracer, Tracer
 from sevx86.vmexit import VmExit
 
 DEFAULT_ASID = 1
+
+# The host-side objects below hold only a token; the trusted object behind it
+# lives here. So no attribute of a boundary object -- private or not, nor a
+# bound method's ``__self__`` -- leads to the memory, its key, a vCPU or the
+# Machine (tests/cpu/test_boundary.py walks them all). This is not a wall
+# inside one Python process: a hostile ``--hv`` file can import this module
+# or walk ``gc`` (README, Limits); it keeps honest host code from stumbling
+# onto trusted state, and makes every such reach an explicit import.
+_TRUSTED: dict[int, object] = {}
+_TOKENS = itertools.count(1)
+
+
+def _memory(token: int) -> PhysicalMemory:
+    return _TRUSTED[token]  # type: ignore[return-value]
+
+
+def _vcpu(token: int) -> VCpu:
+    return _TRUSTED[token]  # type: ignore[return-value]
+
+
+def _machine(token: int) -> Machine:
+    return _TRUSTED[token]  # type: ignore[return-value]
+
+
+def _bind(owner: object, trusted: object) -> int:
+    """A token for ``trusted``, released when ``owner`` goes away."""
+    token = next(_TOKENS)
+    _TRUSTED[token] = trusted
+    weakref.finalize(owner, _TRUSTED.pop, token, None)
+    return token
 
 
 class LaunchError(RuntimeError):
@@ -235,23 +267,23 @@ class RegionInfo:
 class HostMemory:
     """Guest DRAM through the host's eyes: ciphertext for private pages."""
 
-    __slots__ = ("_memory",)
+    __slots__ = ("_token", "__weakref__")
 
     def __init__(self, memory: PhysicalMemory):
-        self._memory = memory
+        self._token = _bind(self, memory)
 
     def read(self, gpa: int, size: int) -> bytes:
-        return self._memory.read_dram(gpa, size)
+        return _memory(self._token).read_dram(gpa, size)
 
     def write(self, gpa: int, data: bytes) -> None:
-        self._memory.write_dram(gpa, bytes(data))
+        _memory(self._token).write_dram(gpa, bytes(data))
 
     def regions(self) -> list[RegionInfo]:
-        return [_info(r) for r in self._memory.regions]
+        return [_info(r) for r in _memory(self._token).regions]
 
     def contains(self, gpa: int, size: int = 1) -> bool:
         """Is ``[gpa, gpa+size)`` guest RAM (a host must check before touching it)?"""
-        return self._memory.guest_ram_at(gpa, size) is not None
+        return _memory(self._token).guest_ram_at(gpa, size) is not None
 
     def set_trapping(self, gpa: int, size: int, on: bool = True) -> bool:
         """Take whole pages of guest RAM back for emulation, or give them back.
@@ -263,7 +295,7 @@ class HostMemory:
         them. A flash device in command mode works this way (QEMU's ROMD
         regions). Returns whether anything changed.
         """
-        return self._memory.set_trapping(gpa, size, on)
+        return _memory(self._token).set_trapping(gpa, size, on)
 
     def set_readonly(self, gpa: int, size: int, on: bool = True) -> bool:
         """Map whole pages of guest RAM read-only for the guest (KVM_MEM_READONLY).
@@ -276,16 +308,16 @@ class HostMemory:
         are encrypted), which is why OVMF writes its flash with explicit GHCB
         MMIO requests. Returns whether anything changed.
         """
-        return self._memory.set_readonly(gpa, size, on)
+        return _memory(self._token).set_readonly(gpa, size, on)
 
     def is_trapping(self, gpa: int) -> bool:
-        return self._memory.is_trapping(gpa)
+        return _memory(self._token).is_trapping(gpa)
 
     def is_readonly(self, gpa: int) -> bool:
-        return self._memory.is_readonly(gpa)
+        return _memory(self._token).is_readonly(gpa)
 
     def image(self) -> Iterator[tuple[RegionInfo, bytes]]:
-        for region, data in self._memory.dram_image():
+        for region, data in _memory(self._token).dram_image():
             yield _info(region), data
 
 
@@ -296,60 +328,59 @@ def _info(r: RamRegion) -> RegionInfo:
 class HostVcpu:
     """One vCPU as the host drives it: its VMCB, and VMRUN."""
 
-    __slots__ = ("index", "vmcb", "_vcpu")
+    __slots__ = ("index", "vmcb", "_token", "__weakref__")
 
     def __init__(self, vcpu: VCpu):
         self.index = vcpu.index
         self.vmcb: Vmcb = vcpu.vmcb
-        self._vcpu = vcpu
+        self._token = _bind(self, vcpu)
 
     def vmrun(self, *, timeout: float | None = None, max_instructions: int | None = None) -> VmExit:
-        return self._vcpu.vmrun(timeout=timeout, max_instructions=max_instructions)
+        return _vcpu(self._token).vmrun(timeout=timeout, max_instructions=max_instructions)
 
     def kick(self) -> None:
         """Take the physical CPU back: a running VMRUN returns soon (INTR exit)."""
-        self._vcpu.kick()
+        _vcpu(self._token).kick()
 
     def load_state(self, page: bytes) -> None:
         """Write the state this vCPU first runs from (not under SEV-ES: ``VCpu.load_state``)."""
-        self._vcpu.load_state(page)
+        _vcpu(self._token).load_state(page)
 
     @property
     def vmsa_gpa(self) -> int | None:
         """Where the VMSA is (the host allocated it; it sees only ciphertext there)."""
-        return self._vcpu.vmsa_spa
+        return _vcpu(self._token).vmsa_spa
 
     @property
     def entered(self) -> bool:
         """Has this vCPU run yet (VMRUN entered it once)?"""
-        return self._vcpu.status.value != "new"
+        return _vcpu(self._token).status.value != "new"
 
     @property
     def alive(self) -> bool:
-        return self._vcpu.status.value != "dead"
+        return _vcpu(self._token).status.value != "dead"
 
 
 class HostView:
     """What the untrusted hypervisor gets. No keys, no Unicorn, no SP."""
 
-    __slots__ = ("mode", "config", "memory", "vcpus", "_tracer", "_parallel")
+    __slots__ = ("mode", "config", "memory", "vcpus", "_token", "__weakref__")
 
     def __init__(self, machine: Machine):
         self.mode: GuestMode = machine.mode
         self.config: GuestConfig = machine.config
         self.memory = HostMemory(machine.memory)
         self.vcpus: tuple[HostVcpu, ...] = tuple(HostVcpu(v) for v in machine.vcpus)
-        self._tracer = machine.tracer
-        self._parallel = machine.enable_parallel
+        self._token = _bind(self, machine)
 
     def enable_parallel(self) -> None:
         """Run the vCPUs on several host threads from now on (the host's choice)."""
-        self._parallel()
+        _machine(self._token).enable_parallel()
 
     @property
     def tracing(self) -> bool:
         """Is anyone recording? (Lets the host skip building messages.)"""
-        return self._tracer.enabled
+        return _machine(self._token).tracer.enabled
 
     def log(
         self,
@@ -361,4 +392,4 @@ class HostView:
         **data: object,
     ) -> None:
         """Add a host event to the trace (write-only: the host cannot read the trace)."""
-        self._tracer.emit("hv", kind, summary, vcpu=vcpu, target=target, **data)
+        _machine(self._token).tracer.emit("hv", kind, summary, vcpu=vcpu, target=target, **data)

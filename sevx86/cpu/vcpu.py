@@ -147,6 +147,8 @@ class VCpu:
         self.exits = 0
         self.vc_count = 0
         self.exit: VmExit | None = None  # the exit being recorded for the host
+        # Why the vCPU died, in full: for the operator (trusted side), not the host.
+        self.failure: str | None = None
         self.stop = StopLatch()
         # Parallel mode (sevx86.cpu.parallel): the stop-the-world gate and the
         # watch on atomic instructions; None when vCPUs take turns.
@@ -625,6 +627,7 @@ class VCpu:
         full = f"{type(exc).__name__}: {exc}{where}"
         self.trace("cpu", "emulation-error", full, target="hv", rip=rip)
         self.status = VcpuState.DEAD
+        self.failure = full
         detail = full if self.mode is not GuestMode.SEV_ES else f"{type(exc).__name__} in the CPU"
         self.exit = VmExit(
             self.index, SvmExit.SHUTDOWN, stop=StopReason.EMULATION_ERROR, detail=detail
@@ -907,10 +910,17 @@ class VCpu:
         return decode.length(insn, self.code_bits())
 
     def shutdown(self, why: str) -> None:
+        """Shutdown (triple fault): the vCPU ends; under SEV-ES the host learns only that.
+
+        ``why`` may name guest addresses ("linear 0x... is not RAM"): the
+        trace keeps it whole, the host's exit only the kind before the colon.
+        """
         self.status = VcpuState.DEAD
         self.trace("cpu", "shutdown", f"shutdown: {why}", target="hv", reason=why)
         self.vmcb["exit_code"] = SvmExit.SHUTDOWN
-        self.exit = VmExit(self.index, SvmExit.SHUTDOWN, detail=why)
+        self.failure = why
+        detail = why if self.mode is not GuestMode.SEV_ES else why.split(":", 1)[0]
+        self.exit = VmExit(self.index, SvmExit.SHUTDOWN, detail=detail)
         self.stop.request(StopRequest.EXIT)
         raise ExitRecorded
 
