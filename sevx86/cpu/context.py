@@ -6,7 +6,7 @@ attributes or CPL). ``context_update`` copies QEMU's whole ``CPUX86State``
 into a preallocated buffer in about 0.4 us, and ``context_restore`` copies it
 back; in between, every register -- including the hidden segment state, the
 CPL in ``hflags`` and the pending ``error_code`` of an exception -- is a plain
-field at a fixed offset (measured on unicorn 2.1.4, see DESIGN.md notes).
+field at a fixed offset (measured on unicorn 2.1.4, docs/unicorn-notes.md).
 
 The offsets are verified when a ``CpuContext`` is created: distinctive values
 are written through Unicorn's public API and must appear at the expected

@@ -1,6 +1,6 @@
 """Exception and interrupt delivery through the guest's IVT or IDT.
 
-Unicorn reports exceptions but never delivers them (DESIGN.md, "CPU"), so the
+Unicorn reports exceptions but never delivers them (docs/engine.md, "Unicorn facts"), so the
 engine does what the processor does, following AMD APM vol 2 (24593):
 
 * 8.7 "Real-Mode Interrupt Control Transfers": IVT entry, push FLAGS, CS, IP;

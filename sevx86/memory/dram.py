@@ -1,6 +1,6 @@
 """Guest DRAM: one authoritative copy per page, three views.
 
-DESIGN.md ("Memory") gives the representation. Each page of a RAM region is
+docs/design.md ("Memory model") gives the representation. Each page of a RAM region is
 held in exactly one of two forms:
 
 * **private form** (the default): the plaintext the CPU sees when it reads
