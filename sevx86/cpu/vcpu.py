@@ -519,7 +519,8 @@ class VCpu:
         """The IN/OUT rollback's second half: restore, then the IOIO intercept."""
         self.linear.begin_event()
         access = self.io.finish()
-        self.flush_tlb()
+        # No second flush: while the rollback was active every fill was
+        # refused, so the TLB holds nothing made after the one in _on_io.
         self._entry = self.rip()
         try:
             insn = self.fetch_insn()
