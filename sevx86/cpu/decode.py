@@ -17,6 +17,7 @@ from functools import cache
 
 from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, CS_MODE_64, Cs
 
+from sevx86.arch.paging import PAGE_SIZE
 from sevx86.arch.vmcb import SegReg, encode_ioio
 
 MAX_INSN = 15
@@ -78,7 +79,7 @@ def fault_address(
     gprs: tuple[int, ...],
     segment_base: Callable[[int], int],
     page: int,
-    page_size: int = 0x1000,
+    page_size: int = PAGE_SIZE,
 ) -> int:
     """The exact linear address an instruction faulted at, given the faulting page.
 
