@@ -37,8 +37,14 @@ _UCREG_CR = {
 }
 # LMSW writes only CR0[3:0] (PE, MP, EM, TS) and cannot clear PE (APM vol 3, LMSW).
 _LMSW_BITS = int(Cr0.PE | Cr0.MP | Cr0.EM | Cr0.TS)
-# The CR writes that change how QEMU translates: it flushes its own TLB on them.
-_TLB_CRS = (0, 3, 4)
+# Control bits a cached translation depends on (APM vol 2, 5.5.3 and 3.1):
+# changing one invalidates every translation. MOV CR3 always does here,
+# PCID or not, because Unicorn's TLB is not tagged by PCID.
+TRANSLATION_BITS: dict[int, int] = {
+    0: int(Cr0.PG | Cr0.WP | Cr0.PE),
+    4: int(Cr4.PGE | Cr4.PAE | Cr4.PSE | Cr4.LA57 | Cr4.PCIDE | Cr4.SMEP | Cr4.SMAP),
+}
+EFER_TRANSLATION_BITS = int(Efer.NXE | Efer.LMA | Efer.LME)
 
 
 # -- control registers ----------------------------------------------------------------
@@ -68,8 +74,8 @@ def write_cr(vcpu: VCpu, cr: int) -> None:
     vcpu.uc.reg_write(_UCREG_CR[cr], value)
     vcpu.ctx.invalidate()
     vcpu.set_rip(ctx.rip + w.length)
-    if cr in _TLB_CRS:
-        vcpu.linear.flush()
+    if cr == 3 or (current ^ value) & TRANSLATION_BITS.get(cr, 0):
+        vcpu.invalidate_tlbs()
     if vcpu.tracer.enabled:
         vcpu.trace("guest", "cr-write", f"CR{cr} <- {value:#x}", target="cpu", cr=cr, value=value)
         if cr == 0 and value & Cr0.PG and not current & Cr0.PG:
@@ -139,11 +145,15 @@ def _native_rdmsr(vcpu: VCpu, msr: int) -> int:
 def _native_wrmsr(vcpu: VCpu, msr: int, value: int) -> None:
     if not msrpm_covers(msr):
         raise GuestFault(Vector.GP, 0, reason=f"WRMSR {msr:#x}")
+    old = 0
     if msr == Msr.EFER:
         # LMA is read-only: hardware keeps it (APM vol 2, 3.1.7).
-        value = (value & ~Efer.LMA) | (vcpu.ctx.load().efer & Efer.LMA)
+        old = vcpu.ctx.load().efer
+        value = (value & ~Efer.LMA) | (old & Efer.LMA)
     vcpu.svm.write_msr(msr, value)
     vcpu.ctx.invalidate()
+    if msr == Msr.EFER and (old ^ value) & EFER_TRANSLATION_BITS:
+        vcpu.invalidate_tlbs()
 
 
 def _in_place(vcpu: VCpu, msr: int, write: bool, value: int) -> bool:

@@ -133,3 +133,35 @@ def test_clearing_the_c_bit_and_invlpg_reads_the_frame_as_shared():
     # (its ciphertext), not the 0x2222 the guest wrote through C=1.
     dram = int.from_bytes(guest.host.memory.read(PAGE_B, 8), "little")
     assert through_c0 == dram and through_c0 != 0x2222
+
+
+FLUSH_RULES = f"""
+start:
+    mov r11, {VIRT:#x}
+    mov rax, [r11]                  ; cached
+    mov rax, cr4
+    xor rax, 0x40                   ; CR4.MCE: no translation depends on it
+    mov cr4, rax
+    mov rax, [r11]
+    hlt                             ; exit 1
+    mov ecx, 0xC0000080
+    rdmsr
+    xor eax, 0x800                  ; EFER.NXE: every translation's NX meaning
+    wrmsr
+    mov rax, [r11]
+    hlt                             ; exit 2
+"""
+
+
+@pytest.mark.parametrize("mode", ["sev-es", "none"])
+def test_only_control_bits_translations_depend_on_flush_them(mode):
+    guest = make_guest(FLUSH_RULES, mode)
+    fills = _count_fills(guest, VIRT)
+    exit = guest.run()
+    assert exit.code == SvmExit.HLT
+    assert len(fills) == 1  # the CR4.MCE write kept the translation
+    if exit.regs is not None:
+        exit.regs.rip = guest.vcpu.vmcb["next_rip"]
+    fills.clear()
+    assert guest.run().code == SvmExit.HLT
+    assert len(fills) == 1  # the EFER.NXE write flushed it: filled again
