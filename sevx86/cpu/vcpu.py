@@ -50,7 +50,7 @@ from unicorn import (
 from unicorn import x86_const as ux
 
 from sevx86.arch.cr import Cr0, Rflags
-from sevx86.arch.descriptors import ATTR_DB, ATTR_L
+from sevx86.arch.descriptors import ATTR_L
 from sevx86.arch.exits import SvmExit, exit_name
 from sevx86.arch.layout import U32_MASK, U64_MASK
 from sevx86.arch.msr import Efer
@@ -224,13 +224,18 @@ class VCpu:
         )
 
     def code_bits(self) -> int:
-        ctx = self.ctx
-        if not ctx.cr(0) & Cr0.PE:
+        """The default operand size of the code running now: 16, 32 or 64.
+
+        QEMU keeps it in hflags, derived from CS.L/CS.D at every CS load
+        (HF_CS64, HF_CS32): one field instead of CR0, EFER and the CS
+        descriptor. Real mode is 16-bit whatever CS's cached D bit says.
+        """
+        hflags = self.ctx.load().hflags
+        if not hflags & C.HF_PE:
             return 16
-        cs = ctx.segment(C.SEG_CS)
-        if ctx.hflags & C.HF_LMA and cs.attrib & ATTR_L:
+        if hflags & C.HF_CS64:
             return 64
-        return 32 if cs.attrib & ATTR_DB else 16
+        return 32 if hflags & C.HF_CS32 else 16
 
     def cpu_mode(self) -> CpuMode:
         if not self.ctx.cr(0) & Cr0.PE:
@@ -767,14 +772,15 @@ class VCpu:
             EventType.NMI: EventKind.EXTERNAL,
             EventType.SOFT_INT: EventKind.SOFTWARE,
         }.get(ev.event_type, EventKind.EXCEPTION)
-        self.trace(
-            "hv",
-            "inject",
-            f"inject vector {ev.vector:#x}",
-            target="cpu",
-            vector=ev.vector,
-            type=ev.event_type,
-        )
+        if self.tracer.enabled:
+            self.trace(
+                "hv",
+                "inject",
+                f"inject vector {ev.vector:#x}",
+                target="cpu",
+                vector=ev.vector,
+                type=ev.event_type,
+            )
         try:
             self.deliver(Event(ev.vector, kind, ev.error_code), self.rip())
         except ExitRecorded:
