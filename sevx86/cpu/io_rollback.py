@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from sevx86.arch.layout import U32_MASK, U64_MASK
 from sevx86.cpu import context as C
 from sevx86.cpu import decode
 from sevx86.cpu.context import CpuContext
@@ -93,7 +94,8 @@ class IoRollback:
         """
         bits = self._code.code_bits()
         base = 0 if bits == 64 else self._ctx.segment(C.SEG_CS).base
-        mask = (1 << bits) - 1 if bits != 64 else (1 << 64) - 1
+        ip_mask = (1 << bits) - 1  # RIP/EIP/IP wrap at the code size
+        linear_mask = U64_MASK if bits == 64 else U32_MASK  # CS.base + IP, outside 64-bit
         dx = self._ctx.gpr(2) & 0xFFFF
         frontier = [rip]
         seen: set[int] = set()
@@ -105,7 +107,7 @@ class IoRollback:
             seen.add(addr)
             steps += 1
             try:
-                insn = self._code.fetch((base + addr) & mask, decode.MAX_INSN)
+                insn = self._code.fetch((base + addr) & linear_mask, decode.MAX_INSN)
             except GuestFault:
                 continue
             try:
@@ -121,7 +123,7 @@ class IoRollback:
                 continue
             fall_through, target = flow
             if fall_through is not None:
-                frontier.append(fall_through & mask)
+                frontier.append(fall_through & ip_mask)
             if target is not None:
-                frontier.append(target & mask)
+                frontier.append(target & ip_mask)
         return rip

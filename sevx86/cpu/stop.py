@@ -21,11 +21,10 @@ class StopRequest(IntEnum):
 
     NONE = 0
     WORLD = 1  # another vCPU needs to be alone (sevx86.cpu.parallel): resume by itself
-    RESTART = 2  # the engine changed what runs next (a page changed form): resume at RIP
-    KICK = 3  # the host takes the CPU back (any thread)
-    TIMEOUT = 4  # the wall-clock watchdog fired (its thread)
-    IO_ROLLBACK = 5  # an intercepted IN/OUT: restore the state before it
-    EXIT = 6  # an exit for the host is recorded
+    KICK = 2  # the host takes the CPU back (any thread)
+    TIMEOUT = 3  # the wall-clock watchdog fired (its thread)
+    IO_ROLLBACK = 4  # an intercepted IN/OUT: restore the state before it
+    EXIT = 5  # an exit for the host is recorded
 
 
 class StopLatch:

@@ -381,7 +381,7 @@ class VCpu:
             if request is StopRequest.NONE and error is None and count:
                 # Nobody asked Unicorn to stop: its instruction count ran out.
                 return self._interrupted(StopReason.INSTRUCTION_LIMIT, f"{count} instructions ran")
-            # WORLD, RESTART, or a fault handled in place: carry on.
+            # WORLD, or a fault or page form change handled in place: carry on.
             self._entry = self.rip()
 
     def _not_entered(self, request: StopRequest) -> VmExit:

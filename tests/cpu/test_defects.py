@@ -137,3 +137,24 @@ def test_item8_a_triple_fault_tells_the_sev_es_host_only_that_it_happened():
     assert guest.machine.vcpus[0].failure.startswith("triple fault: ")
     (event,) = guest.tracer.of_kind("shutdown")
     assert len(event.summary) > len("shutdown: triple fault")
+
+
+def test_item2_the_same_loop_in_32_bit_protected_mode():
+    # The instruction search adds CS.base and wraps EIP at 32 bits here.
+    source = """
+start:
+    mov esi, 10
+again:
+    out 0x80, eax
+    mov ecx, 0xC0000101
+    rdmsr
+    dec esi
+    jnz again
+    hlt
+"""
+    guest = make_guest(source, "none", bits=32)
+    guest.vcpu.vmcb.intercept_all_io()
+    exits = _serve_io(guest, timeout=10)
+    assert exits[-1].code == SvmExit.HLT, exits[-1].detail
+    ios = [e for e in exits if e.code == SvmExit.IOIO]
+    assert len(ios) == ROUNDS and {e.rip for e in ios} == {guest.symbol("again")}
