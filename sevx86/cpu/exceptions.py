@@ -1,7 +1,7 @@
 """Exception and interrupt delivery through the guest's IVT or IDT.
 
-Unicorn reports exceptions but never delivers them (docs/engine.md, "Unicorn facts"), so the
-engine does what the processor does, following AMD APM vol 2 (24593):
+Unicorn reports exceptions but never delivers them (docs/unicorn-notes.md,
+"Exceptions"), so the engine does what the processor does, following AMD APM vol 2 (24593):
 
 * 8.7 "Real-Mode Interrupt Control Transfers": IVT entry, push FLAGS, CS, IP;
 * 8.8 "Legacy Protected-Mode Interrupt Control Transfers": IDT gate checks,

@@ -9,12 +9,12 @@ Unicorn reads, the host save area and the permission maps -- in a Unicorn
 region no guest translation can reach, and programs the intercepts from the
 host's VMCB plus what the engine itself needs.
 
-Verified behaviour it relies on (unicorn 2.1.4, docs/engine.md "Unicorn
-facts"): VMRUN loads ES/CS/SS/DS with their hidden state, GDTR,
-IDTR, CR0/2/3/4, EFER, RFLAGS, RIP, RSP, RAX, DR6/7 and the CPL; QEMU loads
-CR0 before CR4, so the host needs CR4.PAE set or a paged long-mode guest
-loses CR0.PG; the MSRPM is re-read on every check, so the engine can clear a
-bit to reach an MSR itself and put it back.
+Verified behaviour it relies on (unicorn 2.1.4, docs/unicorn-notes.md):
+VMRUN loads ES/CS/SS/DS with their hidden state, GDTR, IDTR, CR0/2/3/4,
+EFER, RFLAGS, RIP, RSP, RAX, DR6/7 and the CPL; QEMU loads CR0 before CR4,
+so the host needs CR4.PAE set or a paged long-mode guest loses CR0.PG; the
+MSRPM is re-read on every check, so the engine can clear a bit to reach an
+MSR itself and put it back.
 """
 
 from __future__ import annotations

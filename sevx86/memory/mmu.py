@@ -1,9 +1,9 @@
 """The guest MMU: page walks with the C-bit, on Unicorn's virtual-TLB hook.
 
 Unicorn 2.1 lets us replace QEMU's page walker (``UC_TLB_VIRTUAL`` plus a
-``UC_HOOK_TLB_FILL`` hook, docs/engine.md "Translations"). The hook runs on TLB misses only;
-it walks the guest's tables here and answers with a *Unicorn* physical
-address:
+``UC_HOOK_TLB_FILL`` hook; docs/engine.md, "Translations: what is cached and
+when it is flushed"). The hook runs on TLB misses only; it walks the guest's
+tables here and answers with a *Unicorn* physical address:
 
 * the private view (the guest physical address itself) for C=1 accesses,
 * the C=0 alias (``SHARED_ALIAS_BASE + gpa``) for shared data accesses,
