@@ -49,11 +49,10 @@ from unicorn import (
 )
 from unicorn import x86_const as ux
 
-from sevx86.arch.cr import Cr0, Rflags
+from sevx86.arch.cr import Rflags
 from sevx86.arch.descriptors import ATTR_L
 from sevx86.arch.exits import SvmExit, exit_name
 from sevx86.arch.layout import U32_MASK, U64_MASK
-from sevx86.arch.msr import Efer
 from sevx86.arch.paging import PAGE_OFFSET_MASK, PfErr
 from sevx86.arch.vectors import Vector, has_error_code, vector_name
 from sevx86.arch.vmcb import (
@@ -238,9 +237,11 @@ class VCpu:
         return 32 if hflags & C.HF_CS32 else 16
 
     def cpu_mode(self) -> CpuMode:
-        if not self.ctx.cr(0) & Cr0.PE:
+        # CR0.PE and EFER.LMA as QEMU mirrors them in hflags (HF_PE, HF_LMA).
+        hflags = self.ctx.load().hflags
+        if not hflags & C.HF_PE:
             return CpuMode.REAL
-        return CpuMode.LONG if self.ctx.efer & Efer.LMA else CpuMode.PROTECTED
+        return CpuMode.LONG if hflags & C.HF_LMA else CpuMode.PROTECTED
 
     def rip(self) -> int:
         return self.ctx.load().rip

@@ -56,11 +56,12 @@ def _serve_io(guest, limit: int = 4 * ROUNDS, **run):
     return seen
 
 
-@pytest.mark.parametrize("variant", MSR_VARIANTS)
-@pytest.mark.parametrize("mode", ["none", "sev-es"])
+@pytest.mark.parametrize(
+    "mode,variant",
+    [("none", "rdmsr GS_BASE"), ("sev-es", "rdmsr GS_BASE"), ("sev-es", "GHCB MSR rewritten")],
+)
 def test_item2_out_after_an_in_place_msr_keeps_running(mode, variant):
-    if mode == "none" and "GHCB" in variant:
-        pytest.skip("the GHCB MSR exists only under SEV-ES")
+    # (The GHCB MSR exists only under SEV-ES.)
     guest = make_guest(_out_msr_loop(MSR_VARIANTS[variant]), mode, handlers={29: "vc_handler"})
     guest.vcpu.vmcb.intercept_all_io()
     exits = _serve_io(guest, timeout=10)
