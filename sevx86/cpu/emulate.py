@@ -24,6 +24,7 @@ from sevx86.config import GuestMode
 from sevx86.cpu import decode
 from sevx86.cpu.exceptions import Event, EventKind, GuestFault
 from sevx86.cpu.intercepts import IN_PLACE_MSRS
+from sevx86.memory.mmu import Access, Translation
 
 if TYPE_CHECKING:
     from sevx86.cpu.vcpu import VCpu
@@ -79,7 +80,7 @@ def write_cr(vcpu: VCpu, cr: int) -> None:
     if vcpu.tracer.enabled:
         vcpu.trace("guest", "cr-write", f"CR{cr} <- {value:#x}", target="cpu", cr=cr, value=value)
         if cr == 0 and value & Cr0.PG and not current & Cr0.PG:
-            vcpu.trace_paging_on()
+            trace_paging_on(vcpu)
     if vcpu.mode is GuestMode.SEV_ES and vcpu.vmcb.intercepts(intercept_cr_write_trap(cr)):
         vcpu.automatic_exit(cr_write_trap(cr), info1=value)
 
@@ -95,6 +96,39 @@ def check_cr(vcpu: VCpu, cr: int, value: int) -> str | None:
     if cr == 4 and vcpu.ctx.efer & Efer.LMA and not value & Cr4.PAE:
         return "clearing PAE in long mode"
     return None
+
+
+# -- paging on -------------------------------------------------------------------------
+def trace_paging_on(vcpu: VCpu) -> None:
+    """The moment paging takes effect, and whether the tables carry the C-bit.
+
+    Until now every access was private (APM vol 2, 15.34.5: with paging
+    off the C-bit cannot be expressed); from here the leaf entries
+    decide. One read walk of the code page tells which case the guest
+    built: with the C-bit, its memory stays private and a page can be
+    shared by clearing it (the GHCB).
+    """
+    st = vcpu.paging_state(cpl=0)
+    rip = vcpu.linear_rip()
+    res = vcpu.mmu.walk(rip, Access.READ, st)
+    c_bit = bool(vcpu.config.c_bit) and isinstance(res, Translation) and res.private
+    form = "long mode, 4-level" if st.long_mode else "PAE" if st.pae else "32-bit"
+    if c_bit:
+        what = f"C-bit {vcpu.config.cbitpos} set at RIP {rip:#x}: memory stays private"
+    elif not isinstance(res, Translation):
+        what = f"RIP {rip:#x} is not mapped"
+    else:
+        what = "no C-bit in the tables"
+    vcpu.trace(
+        "cpu",
+        "paging",
+        f"paging on ({form}, CR3 {st.cr3:#x}): {what}",
+        target="guest",
+        cr3=st.cr3,
+        long_mode=st.long_mode,
+        c_bit=c_bit,
+        rip=rip,
+    )
 
 
 # -- INVLPG -----------------------------------------------------------------------------

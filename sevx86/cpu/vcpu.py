@@ -15,9 +15,11 @@ live in modules named after them (docs/engine.md maps the whole path):
 * ``sevx86.cpu.world_switch``: VMRUN and the VMSA save, through
   ``sevx86.cpu.state.capture/apply`` and the ``VmsaGuard``;
 * ``sevx86.cpu.io_rollback``: IN/OUT turned into the IOIO intercept;
-* ``sevx86.cpu.exceptions`` plans an event's delivery, ``deliver`` here
-  applies it; ``sevx86.cpu.linear`` reads and writes guest-linear memory
-  for it.
+* ``sevx86.cpu.exceptions`` plans an event's delivery,
+  ``sevx86.cpu.delivery`` applies it (and VMRUN's EVENTINJ);
+  ``sevx86.cpu.linear`` reads and writes guest-linear memory for it;
+* ``sevx86.cpu.faults``: what a refused TLB fill means (#PF, NPF, a page
+  form change).
 
 Hooks for other engine users (a debugger's breakpoints and single-step,
 SYSCALL emulation) go through ``add_code_hook`` and ``add_intercept_handler``
@@ -34,7 +36,6 @@ from unicorn import (
     UC_ARCH_X86,
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
-    UC_ERR_EXCEPTION,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
@@ -50,32 +51,23 @@ from unicorn import (
 from unicorn import x86_const as ux
 
 from sevx86.arch.cr import Rflags
-from sevx86.arch.descriptors import ATTR_L
 from sevx86.arch.exits import SvmExit, exit_name
 from sevx86.arch.layout import U32_MASK, U64_MASK
-from sevx86.arch.paging import PAGE_OFFSET_MASK, PfErr
-from sevx86.arch.vectors import Vector, has_error_code, vector_name
+from sevx86.arch.paging import PAGE_OFFSET_MASK
+from sevx86.arch.vectors import Vector, has_error_code
 from sevx86.arch.vmcb import (
-    EVENTINJ_V,
     INT_STATE_GUEST_IF,
     INT_STATE_SHADOW,
-    EventType,
-    decode_event,
 )
 from sevx86.config import GuestConfig, GuestMode
 from sevx86.cpu import context as C
-from sevx86.cpu import decode, dispatch, state
-from sevx86.cpu.context import CpuContext, SegmentState
+from sevx86.cpu import decode, delivery, dispatch, faults, state
+from sevx86.cpu.context import CpuContext
 from sevx86.cpu.exceptions import (
     CpuMode,
-    DeliveryPlan,
     Event,
     EventKind,
     GuestFault,
-    InterruptContext,
-    Segment,
-    TripleFault,
-    deliver_with_escalation,
 )
 from sevx86.cpu.intercepts import UNICORN_INTERCEPT_BASE, VMGEXIT_BYTES
 from sevx86.cpu.io_rollback import IoRollback
@@ -88,13 +80,8 @@ from sevx86.cpu.world_switch import WorldSwitch
 from sevx86.memory.dram import PhysicalMemory
 from sevx86.memory.mmu import (
     MMU,
-    Access,
-    FormChange,
-    NestedFault,
-    PageFault,
     PagingState,
     TlbFiller,
-    Translation,
 )
 from sevx86.vmexit import StopReason, VmExit
 
@@ -306,13 +293,13 @@ class VCpu:
             else:
                 failure = self.switch.resume()
                 if failure is None:
-                    self._inject_pending_event()
+                    delivery.inject_pending_event(self)
                     self._entry = self.rip()
             if failure is not None:
                 return failure
             return self._execute(timeout, max_instructions)
         except Exception as exc:  # a bug here must not take the host down
-            self._emulation_error(exc)
+            self.fail(exc)
             assert self.exit is not None
             return self.exit
 
@@ -368,7 +355,7 @@ class VCpu:
                 # an intercept later in the block): undo and intercept.
                 self._finish_io()
             elif error is not None:
-                self._after_error(error)
+                faults.after_error(self, error)
             if self.exit is not None:
                 return self.exit
             if self.status is VcpuState.DEAD:
@@ -468,7 +455,7 @@ class VCpu:
         except ExitRecorded:
             uc.emu_stop()
         except Exception as exc:  # never let a Python error escape into Unicorn
-            self._emulation_error(exc)
+            self.fail(exc)
             uc.emu_stop()
 
     def _on_invalid(self, uc: Uc, _data: object) -> bool:
@@ -482,7 +469,7 @@ class VCpu:
         except ExitRecorded:
             uc.emu_stop()
         except Exception as exc:
-            self._emulation_error(exc)
+            self.fail(exc)
             uc.emu_stop()
         return True
 
@@ -502,7 +489,7 @@ class VCpu:
         try:
             self.io.begin(port, size, is_in)
         except Exception as exc:
-            self._emulation_error(exc)
+            self.fail(exc)
             self.uc.emu_stop()
             return 0
         self.flush_tlb()
@@ -548,77 +535,7 @@ class VCpu:
         except ExitRecorded:
             pass
 
-    def _after_error(self, error: UcError) -> None:
-        self.linear.begin_event()
-        pending = self.filler.pending
-        if error.errno == UC_ERR_EXCEPTION and pending.__class__ is FormChange:
-            self.filler.pending = None
-            # Not a fault: the page changes form and the access is replayed.
-            if pending.to_shared:
-                self.memory.make_shared(pending.gpa)
-            else:
-                self.memory.make_private(pending.gpa)
-            self.memory.flush_tlbs()
-            return
-        if error.errno == UC_ERR_EXCEPTION and pending is not None:
-            self.filler.pending = None
-            try:
-                if isinstance(pending, PageFault):
-                    cr2 = (
-                        self._exact_fault_address(pending) if pending.vector == Vector.PF else None
-                    )
-                    self.deliver(
-                        Event(pending.vector, EventKind.EXCEPTION, pending.error_code),
-                        self.rip(),
-                        cr2=cr2,
-                    )
-                else:
-                    self._nested_fault(pending)
-            except ExitRecorded:
-                pass
-            return
-        if self.exit is not None:
-            return
-        self._emulation_error(error)
-
-    def _exact_fault_address(self, fault: PageFault | NestedFault) -> int:
-        """The faulting linear address of a refused fill.
-
-        The hook saw only the page; the faulting instruction's operands say
-        which byte (CR2 for #PF, and with it EXITINFO2 of an NPF).
-        """
-        page = fault.vaddr & ~PAGE_OFFSET_MASK
-        linear_rip = self.linear_rip()
-        fetch = (
-            fault.access is Access.FETCH
-            if isinstance(fault, NestedFault)
-            else bool(fault.error_code & PfErr.ID)
-        )
-        if fetch:
-            # A fetch: the instruction's first byte, or the start of the next
-            # page when the instruction straddles into it.
-            return linear_rip if linear_rip >= page else page
-        insn = self.fetch_insn()
-        if not insn:
-            return page
-        ctx = self.ctx
-        return decode.fault_address(
-            insn, self.code_bits(), ctx.rip, ctx.gprs(), self._segment_base_by_capstone_id, page
-        )
-
-    def _segment_base_by_capstone_id(self, reg: int) -> int:
-        from capstone import x86_const as cx
-
-        index = {
-            cx.X86_REG_ES: C.SEG_ES,
-            cx.X86_REG_CS: C.SEG_CS,
-            cx.X86_REG_SS: C.SEG_SS,
-            cx.X86_REG_FS: C.SEG_FS,
-            cx.X86_REG_GS: C.SEG_GS,
-        }.get(reg, C.SEG_DS)
-        return self.ctx.segment(index).base
-
-    def _emulation_error(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
         """The engine itself failed: the vCPU ends; the operator's trace says where.
 
         The host-side exit names only the failure's type: under SEV-ES the
@@ -642,150 +559,14 @@ class VCpu:
         self.stop.request(StopRequest.EXIT)
 
     # -- nested page faults (MMIO) --------------------------------------------------------
-    def _nested_fault(self, fault: NestedFault) -> None:
-        if self.mode is GuestMode.SEV_ES and not fault.readonly:
-            self.inject_vc(SvmExit.NPF)
-            return
-        code = PfErr.US if self.ctx.load().cpl == 3 else 0
-        if fault.access is Access.WRITE:
-            code |= PfErr.WR
-        if fault.access is Access.FETCH:
-            code |= PfErr.ID
-        if fault.readonly:
-            code |= PfErr.P  # the nested entry is present, only not writable
-        # EXITINFO2 is the faulting GPA to the byte (APM vol 2, 15.25.6).
-        gpa = fault.gpa | (self._exact_fault_address(fault) & PAGE_OFFSET_MASK)
-        if self.mode is GuestMode.SEV_ES:
-            # Only an NPF on a reserved-bit entry becomes #VC (MMIO); this one
-            # is an automatic exit with the state sealed in the VMSA: the
-            # host learns the GPA and the error code, never the instruction.
-            self.automatic_exit(SvmExit.NPF, info1=int(code), info2=gpa)
-            return
-        # Decode assist: the host gets the instruction bytes (APM 15.33).
-        self.vmcb.set_insn_bytes(self.fetch_insn())
-        self.exit_to_host(
-            SvmExit.NPF,
-            int(code),
-            gpa,
-            gpa=gpa,
-            access=fault.access.name.lower(),
-            private=fault.private,
-        )
 
     # -- exceptions and interrupts ------------------------------------------------------------
-    def interrupt_context(self, return_rip: int) -> InterruptContext:
-        ctx = self.ctx.load()
-        rflags = self.uc.reg_read(ux.UC_X86_REG_RFLAGS)
-        # Plain tuples straight into Segment: no SegmentState in between.
-        fields = ctx.table_fields
-        _, gdt_base, gdt_limit, _ = fields(C.GDT)
-        _, idt_base, idt_limit, _ = fields(C.IDT)
-        cs = ctx.segment_fields(C.SEG_CS)
-        return InterruptContext(
-            mode=self.cpu_mode(),
-            cpl=ctx.cpl,
-            rip=return_rip,
-            rsp=ctx.gpr(4),
-            rflags=rflags,
-            cs=Segment(*cs),
-            ss=Segment(*ctx.segment_fields(C.SEG_SS)),
-            idtr_base=idt_base,
-            idtr_limit=idt_limit,
-            gdtr_base=gdt_base,
-            gdtr_limit=gdt_limit,
-            ldtr=Segment(*fields(C.LDT)),
-            tr=Segment(*fields(C.TR)),
-            code64=bool(cs[3] & ATTR_L),
-        )
 
     def deliver(
         self, event: Event, return_rip: int, *, cr2: int | None = None, fault_rip: int | None = None
     ) -> None:
-        """Deliver ``event`` through the guest's IVT/IDT, as the processor does."""
-        ictx = self.interrupt_context(return_rip)
-        try:
-            plan, chain = deliver_with_escalation(ictx, event, self.linear, fault_rip=fault_rip)
-        except TripleFault as exc:
-            self.trace(
-                "cpu",
-                "exception",
-                f"{event} -> triple fault",
-                target="guest",
-                vector=event.vector,
-                error_code=event.error_code,
-                rip=return_rip,
-            )
-            self.shutdown(f"triple fault: {exc}")
-            return
-        final = chain[-1]
-        if plan.cr2 is not None:
-            cr2 = plan.cr2
-        elif final.vector != Vector.PF or len(chain) > 1 and chain[0].vector != Vector.PF:
-            cr2 = cr2 if final is event else None
-        self._apply(plan, cr2 if final.vector == Vector.PF else None)
-        if (event.vector != Vector.VC or len(chain) > 1) and self.tracer.enabled:
-            names = " -> ".join(str(e) for e in chain)
-            self.trace(
-                "cpu",
-                "exception",
-                f"{names} delivered to {plan.rip:#x}",
-                target="guest",
-                vector=final.vector,
-                name=vector_name(final.vector),
-                error_code=final.error_code,
-                rip=return_rip,
-                handler=plan.rip,
-                cr2=cr2,
-            )
-
-    def _apply(self, plan: DeliveryPlan, cr2: int | None) -> None:
-        user_stack = plan.cpl == 3
-        for addr, data in plan.stack:
-            self.linear.write(addr, data, user=user_stack)
-        ctx = self.ctx.load()
-        ctx.set_segment(
-            C.SEG_CS, SegmentState(plan.cs.selector, plan.cs.base, plan.cs.limit, plan.cs.attrib)
-        )
-        if plan.ss is not None:
-            ctx.set_segment(
-                C.SEG_SS,
-                SegmentState(plan.ss.selector, plan.ss.base, plan.ss.limit, plan.ss.attrib),
-            )
-        ctx.set_u64(C.EIP, plan.rip)
-        ctx.set_gpr(4, plan.rsp)
-        if cr2 is not None:
-            ctx.set_u64(C.CR + 16, cr2)
-        ctx.set_u32(C.OLD_EXCEPTION, U32_MASK)  # -1: no exception in flight
-        ctx.recompute_hflags()
-        ctx.store()
-        self.uc.reg_write(ux.UC_X86_REG_RFLAGS, plan.rflags)
-        self.ctx.invalidate()
-
-    def _inject_pending_event(self) -> None:
-        self.linear.begin_event()
-        value = self.vmcb["event_inj"] | (self.vmcb["event_inj_err"] << 32)
-        if not value & EVENTINJ_V:
-            return
-        self.vmcb["event_inj"] = 0
-        ev = decode_event(value)
-        kind = {
-            EventType.INTR: EventKind.EXTERNAL,
-            EventType.NMI: EventKind.EXTERNAL,
-            EventType.SOFT_INT: EventKind.SOFTWARE,
-        }.get(ev.event_type, EventKind.EXCEPTION)
-        if self.tracer.enabled:
-            self.trace(
-                "hv",
-                "inject",
-                f"inject vector {ev.vector:#x}",
-                target="cpu",
-                vector=ev.vector,
-                type=ev.event_type,
-            )
-        try:
-            self.deliver(Event(ev.vector, kind, ev.error_code), self.rip())
-        except ExitRecorded:
-            pass
+        """Deliver ``event`` through the guest's IVT/IDT (``sevx86.cpu.delivery``)."""
+        delivery.deliver(self, event, return_rip, cr2=cr2, fault_rip=fault_rip)
 
     def invalidate_tlbs(self) -> None:
         self.linear.flush()
@@ -931,37 +712,6 @@ class VCpu:
         self.exit = VmExit(self.index, SvmExit.SHUTDOWN, detail=detail)
         self.stop.request(StopRequest.EXIT)
         raise ExitRecorded
-
-    def trace_paging_on(self) -> None:
-        """The moment paging takes effect, and whether the tables carry the C-bit.
-
-        Until now every access was private (APM vol 2, 15.34.5: with paging
-        off the C-bit cannot be expressed); from here the leaf entries
-        decide. One read walk of the code page tells which case the guest
-        built: with the C-bit, its memory stays private and a page can be
-        shared by clearing it (the GHCB).
-        """
-        st = self.paging_state(cpl=0)
-        rip = self.linear_rip()
-        res = self.mmu.walk(rip, Access.READ, st)
-        c_bit = bool(self.config.c_bit) and isinstance(res, Translation) and res.private
-        form = "long mode, 4-level" if st.long_mode else "PAE" if st.pae else "32-bit"
-        if c_bit:
-            what = f"C-bit {self.config.cbitpos} set at RIP {rip:#x}: memory stays private"
-        elif not isinstance(res, Translation):
-            what = f"RIP {rip:#x} is not mapped"
-        else:
-            what = "no C-bit in the tables"
-        self.trace(
-            "cpu",
-            "paging",
-            f"paging on ({form}, CR3 {st.cr3:#x}): {what}",
-            target="guest",
-            cr3=st.cr3,
-            long_mode=st.long_mode,
-            c_bit=c_bit,
-            rip=rip,
-        )
 
 
 __all__ = ["VCpu", "VcpuState"]
