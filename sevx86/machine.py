@@ -2,7 +2,7 @@
 
 ``Machine`` is the trusted side -- guest memory with its AES engine, the
 vCPUs (Unicorn), the Secure Processor context. ``HostView`` is everything an
-untrusted hypervisor may touch (DESIGN.md, "Trust boundary"):
+untrusted hypervisor may touch (docs/design.md, "Trust boundary"):
 
 * DRAM as the host sees it (ciphertext for every private page),
 * each vCPU's VMCB control area and permission maps,
@@ -19,6 +19,8 @@ SEV-ES vCPU, then LAUNCH_MEASURE and LAUNCH_FINISH in ``finish()``.
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +35,36 @@ from sevx86.trace.events import NullTracer, Tracer
 from sevx86.vmexit import VmExit
 
 DEFAULT_ASID = 1
+
+# The host-side objects below hold only a token; the trusted object behind it
+# lives here. So no attribute of a boundary object -- private or not, nor a
+# bound method's ``__self__`` -- leads to the memory, its key, a vCPU or the
+# Machine (tests/cpu/test_boundary.py walks them all). This is not a wall
+# inside one Python process: a hostile ``--hv`` file can import this module
+# or walk ``gc`` (README, Limits); it keeps honest host code from stumbling
+# onto trusted state, and makes every such reach an explicit import.
+_TRUSTED: dict[int, object] = {}
+_TOKENS = itertools.count(1)
+
+
+def _memory(token: int) -> PhysicalMemory:
+    return _TRUSTED[token]  # type: ignore[return-value]
+
+
+def _vcpu(token: int) -> VCpu:
+    return _TRUSTED[token]  # type: ignore[return-value]
+
+
+def _machine(token: int) -> Machine:
+    return _TRUSTED[token]  # type: ignore[return-value]
+
+
+def _bind(owner: object, trusted: object) -> int:
+    """A token for ``trusted``, released when ``owner`` goes away."""
+    token = next(_TOKENS)
+    _TRUSTED[token] = trusted
+    weakref.finalize(owner, _TRUSTED.pop, token, None)
+    return token
 
 
 class LaunchError(RuntimeError):
@@ -127,9 +159,16 @@ class Machine:
             self.tracer.emit(
                 "sp", "launch", f"LAUNCH_UPDATE_VMSA vCPU {index}", vcpu=index, target="hv"
             )
-        vcpu = VCpu(self, index, initial_state, spa)
+        vcpu = self._new_vcpu(index, bytes(initial_state), spa)
         self.vcpus.append(vcpu)
         return vcpu
+
+    def _new_vcpu(self, index: int, initial_state: bytes, vmsa_spa: int | None) -> VCpu:
+        guard = None
+        if vmsa_spa is not None:
+            assert self._sp is not None
+            guard = _SpVmsaGuard(self._sp, self._handle, self.memory, index, vmsa_spa)
+        return VCpu(self.config, self.memory, self.tracer, index, initial_state, vmsa_spa, guard)
 
     def adopt_vcpus(self, vmsa_spas: tuple[int, ...] = (), *, states: Sequence[bytes] = ()) -> None:
         """vCPUs for a guest launched by sevx86.boot.
@@ -141,9 +180,9 @@ class Machine:
         if states and (vmsa_spas or self.mode is GuestMode.SEV_ES):
             raise LaunchError("an SEV-ES vCPU starts from its measured VMSA, not a host state")
         for index, spa in enumerate(vmsa_spas):
-            self.vcpus.append(VCpu(self, index, self.memory.read_private(spa, VMSA_SIZE), spa))
+            self.vcpus.append(self._new_vcpu(index, self.memory.read_private(spa, VMSA_SIZE), spa))
         for index, state in enumerate(states, start=len(self.vcpus)):
-            self.vcpus.append(VCpu(self, index, bytes(state)))
+            self.vcpus.append(self._new_vcpu(index, bytes(state), None))
         self._finished = True
 
     def finish(self) -> None:
@@ -185,25 +224,34 @@ class Machine:
         self.memory.exclusive = world.exclusive
         for vcpu in self.vcpus:
             vcpu.world = world
-            vcpu.atomics = AtomicWatch(vcpu, world)
+            vcpu.atomics = AtomicWatch(vcpu.memory, vcpu.uc, world)
         # Translations made while shadowing was on may point at shadow pages,
         # and pages already scanned for atomics must be seen by the watch.
         self.memory.flush_tlbs()
-
-    # -- the CPU's calls into the Secure Processor ---------------------------------------
-    def vmsa_seal(self, vcpu: VCpu) -> None:
-        assert self._sp is not None and vcpu.vmsa_spa is not None
-        self._sp.vmsa_seal(self._handle, vcpu.index, self.memory, vcpu.vmsa_spa)
-
-    def vmsa_check(self, vcpu: VCpu) -> bool:
-        assert self._sp is not None and vcpu.vmsa_spa is not None
-        return self._sp.vmsa_check(self._handle, vcpu.index, self.memory, vcpu.vmsa_spa)
 
     # -- the host's side ------------------------------------------------------------------
     def host_view(self) -> HostView:
         if not self._finished:
             self.finish()
         return HostView(self)
+
+
+class _SpVmsaGuard:
+    """The CPU's calls into the Secure Processor for one vCPU's VMSA (``VmsaGuard``)."""
+
+    __slots__ = ("_sp", "_handle", "_memory", "_index", "_spa")
+
+    def __init__(
+        self, sp: SecureProcessor, handle: int, memory: PhysicalMemory, index: int, spa: int
+    ):
+        self._sp, self._handle, self._memory = sp, handle, memory
+        self._index, self._spa = index, spa
+
+    def seal(self, page: bytes) -> None:
+        self._sp.vmsa_seal(self._handle, self._index, self._memory, self._spa, page=page)
+
+    def check(self) -> bytes | None:
+        return self._sp.vmsa_verified(self._handle, self._index, self._memory, self._spa)
 
 
 @dataclass(frozen=True)
@@ -219,23 +267,23 @@ class RegionInfo:
 class HostMemory:
     """Guest DRAM through the host's eyes: ciphertext for private pages."""
 
-    __slots__ = ("_memory",)
+    __slots__ = ("_token", "__weakref__")
 
     def __init__(self, memory: PhysicalMemory):
-        self._memory = memory
+        self._token = _bind(self, memory)
 
     def read(self, gpa: int, size: int) -> bytes:
-        return self._memory.read_dram(gpa, size)
+        return _memory(self._token).read_dram(gpa, size)
 
     def write(self, gpa: int, data: bytes) -> None:
-        self._memory.write_dram(gpa, bytes(data))
+        _memory(self._token).write_dram(gpa, bytes(data))
 
     def regions(self) -> list[RegionInfo]:
-        return [_info(r) for r in self._memory.regions]
+        return [_info(r) for r in _memory(self._token).regions]
 
     def contains(self, gpa: int, size: int = 1) -> bool:
         """Is ``[gpa, gpa+size)`` guest RAM (a host must check before touching it)?"""
-        return self._memory.guest_ram_at(gpa, size) is not None
+        return _memory(self._token).guest_ram_at(gpa, size) is not None
 
     def set_trapping(self, gpa: int, size: int, on: bool = True) -> bool:
         """Take whole pages of guest RAM back for emulation, or give them back.
@@ -247,7 +295,7 @@ class HostMemory:
         them. A flash device in command mode works this way (QEMU's ROMD
         regions). Returns whether anything changed.
         """
-        return self._memory.set_trapping(gpa, size, on)
+        return _memory(self._token).set_trapping(gpa, size, on)
 
     def set_readonly(self, gpa: int, size: int, on: bool = True) -> bool:
         """Map whole pages of guest RAM read-only for the guest (KVM_MEM_READONLY).
@@ -260,16 +308,16 @@ class HostMemory:
         are encrypted), which is why OVMF writes its flash with explicit GHCB
         MMIO requests. Returns whether anything changed.
         """
-        return self._memory.set_readonly(gpa, size, on)
+        return _memory(self._token).set_readonly(gpa, size, on)
 
     def is_trapping(self, gpa: int) -> bool:
-        return self._memory.is_trapping(gpa)
+        return _memory(self._token).is_trapping(gpa)
 
     def is_readonly(self, gpa: int) -> bool:
-        return self._memory.is_readonly(gpa)
+        return _memory(self._token).is_readonly(gpa)
 
     def image(self) -> Iterator[tuple[RegionInfo, bytes]]:
-        for region, data in self._memory.dram_image():
+        for region, data in _memory(self._token).dram_image():
             yield _info(region), data
 
 
@@ -280,60 +328,59 @@ def _info(r: RamRegion) -> RegionInfo:
 class HostVcpu:
     """One vCPU as the host drives it: its VMCB, and VMRUN."""
 
-    __slots__ = ("index", "vmcb", "_vcpu")
+    __slots__ = ("index", "vmcb", "_token", "__weakref__")
 
     def __init__(self, vcpu: VCpu):
         self.index = vcpu.index
         self.vmcb: Vmcb = vcpu.vmcb
-        self._vcpu = vcpu
+        self._token = _bind(self, vcpu)
 
     def vmrun(self, *, timeout: float | None = None, max_instructions: int | None = None) -> VmExit:
-        return self._vcpu.vmrun(timeout=timeout, max_instructions=max_instructions)
+        return _vcpu(self._token).vmrun(timeout=timeout, max_instructions=max_instructions)
 
     def kick(self) -> None:
         """Take the physical CPU back: a running VMRUN returns soon (INTR exit)."""
-        self._vcpu.kick()
+        _vcpu(self._token).kick()
 
     def load_state(self, page: bytes) -> None:
         """Write the state this vCPU first runs from (not under SEV-ES: ``VCpu.load_state``)."""
-        self._vcpu.load_state(page)
+        _vcpu(self._token).load_state(page)
 
     @property
     def vmsa_gpa(self) -> int | None:
         """Where the VMSA is (the host allocated it; it sees only ciphertext there)."""
-        return self._vcpu.vmsa_spa
+        return _vcpu(self._token).vmsa_spa
 
     @property
     def entered(self) -> bool:
         """Has this vCPU run yet (VMRUN entered it once)?"""
-        return self._vcpu.status.value != "new"
+        return _vcpu(self._token).status.value != "new"
 
     @property
     def alive(self) -> bool:
-        return self._vcpu.status.value != "dead"
+        return _vcpu(self._token).status.value != "dead"
 
 
 class HostView:
     """What the untrusted hypervisor gets. No keys, no Unicorn, no SP."""
 
-    __slots__ = ("mode", "config", "memory", "vcpus", "_tracer", "_parallel")
+    __slots__ = ("mode", "config", "memory", "vcpus", "_token", "__weakref__")
 
     def __init__(self, machine: Machine):
         self.mode: GuestMode = machine.mode
         self.config: GuestConfig = machine.config
         self.memory = HostMemory(machine.memory)
         self.vcpus: tuple[HostVcpu, ...] = tuple(HostVcpu(v) for v in machine.vcpus)
-        self._tracer = machine.tracer
-        self._parallel = machine.enable_parallel
+        self._token = _bind(self, machine)
 
     def enable_parallel(self) -> None:
         """Run the vCPUs on several host threads from now on (the host's choice)."""
-        self._parallel()
+        _machine(self._token).enable_parallel()
 
     @property
     def tracing(self) -> bool:
         """Is anyone recording? (Lets the host skip building messages.)"""
-        return self._tracer.enabled
+        return _machine(self._token).tracer.enabled
 
     def log(
         self,
@@ -345,4 +392,4 @@ class HostView:
         **data: object,
     ) -> None:
         """Add a host event to the trace (write-only: the host cannot read the trace)."""
-        self._tracer.emit("hv", kind, summary, vcpu=vcpu, target=target, **data)
+        _machine(self._token).tracer.emit("hv", kind, summary, vcpu=vcpu, target=target, **data)

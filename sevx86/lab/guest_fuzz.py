@@ -108,7 +108,7 @@ def run(modes: Sequence[str], seed: int, cases: int = DEFAULT_CASES) -> Report:
     if tally.private_page_changed:
         verdict += (
             f"; but in {tally.private_page_changed} runs the host wrote its answer into the "
-            "private page the GHCB MSR pointed at (an unregistered GHCB: issue 15, item 11)"
+            "private page the GHCB MSR pointed at (an unregistered GHCB)"
         )
     report = Report(
         "guest-fuzz",

@@ -449,8 +449,14 @@ class SecureProcessor:
         )
         return hmac.digest(guest.vmsa_key, msg, "sha256")
 
-    def vmsa_seal(self, handle: int, vcpu_id: int, memory: Memory, vmsa_spa: int) -> None:
-        """Record the tag of vCPU ``vcpu_id``'s VMSA as the CPU just wrote it (at an AE)."""
+    def vmsa_seal(
+        self, handle: int, vcpu_id: int, memory: Memory, vmsa_spa: int, page: bytes | None = None
+    ) -> None:
+        """Record the tag of vCPU ``vcpu_id``'s VMSA as the CPU just wrote it (at an AE).
+
+        ``page``: the plaintext the CPU wrote, sealed as is. Reading the page
+        back instead would seal whatever a host thread wrote in between.
+        """
         cmd = "VMSA_SEAL"
         guest = self._guest(handle, cmd)
         self._need_state(guest, cmd, GuestState.RUNNING)
@@ -460,7 +466,8 @@ class SecureProcessor:
             raise SevError(S.INVALID_PARAM, cmd, f"vCPU {vcpu_id} was not launched with a VMSA")
         if sealed.spa != vmsa_spa:
             raise SevError(S.INVALID_ADDRESS, cmd, f"vCPU {vcpu_id}'s VMSA is at {sealed.spa:#x}")
-        page = memory.read_private(vmsa_spa, VMSA_SIZE)
+        if page is None:
+            page = memory.read_private(vmsa_spa, VMSA_SIZE)
         guest.vmsas[vcpu_id] = SealedVmsa(vmsa_spa, self._vmsa_tag(guest, vcpu_id, vmsa_spa, page))
 
     def vmsa_check(self, handle: int, vcpu_id: int, memory: Memory, vmsa_spa: int) -> bool:
@@ -469,6 +476,16 @@ class SecureProcessor:
         False (VMRUN must fail with VMEXIT_INVALID) for any changed byte, an
         older VMSA put back, another address, a guest not yet RUNNING
         (LAUNCH_FINISH not done) or memory not under this guest's key.
+        """
+        return self.vmsa_verified(handle, vcpu_id, memory, vmsa_spa) is not None
+
+    def vmsa_verified(
+        self, handle: int, vcpu_id: int, memory: Memory, vmsa_spa: int
+    ) -> bytes | None:
+        """``vmsa_check`` that hands back the one plaintext read it verified.
+
+        VMRUN loads exactly these bytes: a second read for the load would let
+        a host thread swap the page between the check and the load.
         """
         guest = self._guest(handle, "VMSA_CHECK")
         sealed = guest.vmsas.get(vcpu_id)
@@ -479,9 +496,11 @@ class SecureProcessor:
             or sealed.spa != vmsa_spa
             or memory.cipher is not guest.cipher
         ):
-            return False
+            return None
         try:
             page = memory.read_private(vmsa_spa, VMSA_SIZE)
         except UnmappedAddress:
-            return False
-        return hmac.compare_digest(sealed.tag, self._vmsa_tag(guest, vcpu_id, vmsa_spa, page))
+            return None
+        if not hmac.compare_digest(sealed.tag, self._vmsa_tag(guest, vcpu_id, vmsa_spa, page)):
+            return None
+        return page

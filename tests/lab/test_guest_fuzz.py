@@ -43,11 +43,6 @@ def test_a_host_that_raises_is_counted():
     assert tally.host_exceptions >= 1
 
 
-@pytest.mark.xfail(
-    reason="issue 15 item 11: the error answer to an unregistered GHCB is written into that "
-    "guest page (here a private page, whose plaintext becomes garbage)",
-    strict=False,
-)
 def test_no_request_makes_the_host_write_private_memory():
     assert guest_fuzz.fuzz(600, seed=5).private_page_changed == 0
 
