@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import IO, Any
 
-from sevx86.arch.apic import XAPIC_BASE, XAPIC_PAGE_SIZE
+from sevx86.arch.apic import X2APIC_ICR, XAPIC_BASE, XAPIC_PAGE_SIZE, ApicReg, Icr
 from sevx86.arch.exits import CR_WRITE_TRAPS, NAE_INSTRUCTION_EXITS, SvmExit, SwExit, exit_name
 from sevx86.arch.ghcb import GHCB_PROTOCOL_MAX, GHCB_SIZE, GhcbError, msr_sev_info_response
 from sevx86.arch.msr import Msr
@@ -51,6 +51,7 @@ from sevx86.arch.vectors import vector_name
 from sevx86.arch.vmcb import EventType, Intercept, decode_ioio, encode_event
 from sevx86.config import GuestConfig, GuestMode
 from sevx86.hv import direct, msr_protocol, smp
+from sevx86.hv.clock import VirtualClock
 from sevx86.hv.cpuid import CpuidTable
 from sevx86.hv.devices import (
     COM1,
@@ -65,13 +66,14 @@ from sevx86.hv.devices import (
     MmioTestDevice,
     Serial16550,
 )
+from sevx86.hv.devices.lapic import LocalApic, LocalApics
 from sevx86.hv.devices.mmio_test import MMIO_TEST_SIZE
 from sevx86.hv.ghcb import GhcbPage
 from sevx86.hv.handlers import HANDLERS, Handler, handler_name
 from sevx86.hv.msr_policy import PASSTHROUGH_MSRS, PASSTHROUGH_MSRS_SEV_ES, MsrPolicy
 from sevx86.hv.requests import GhcbRequest, RegisterRequest, Request, error_name
 from sevx86.hv.scheduler import DeterministicScheduler, Scheduler
-from sevx86.hv.smp import HoldKind, Lapic, MpState
+from sevx86.hv.smp import HoldKind, MpState
 from sevx86.hv.validate import Invalid, describe_request, validate_vmgexit
 from sevx86.machine import HostVcpu, HostView
 from sevx86.vmexit import StopReason, VmExit
@@ -254,7 +256,22 @@ class Hypervisor:
             VcpuHvState(v.index, mp_state=smp.initial_state(v.index, ap_start)) for v in host.vcpus
         ]
         self.scheduler: Scheduler = scheduler or DeterministicScheduler()
-        self.lapic = Lapic(self)
+        # Platform time (APIC timer; QemuPc's timers advance it at every exit).
+        self.platform_clock = VirtualClock()
+        # One local APIC per vCPU; the APIC ID of vCPU n is n (as QEMU numbers them).
+        self.lapic = LocalApics(
+            [
+                LocalApic(
+                    self.platform_clock,
+                    v.index,
+                    send_ipi=self._apic_send_ipi,
+                    deliver=self._apic_deliver,
+                    log=self.host.log,
+                )
+                for v in host.vcpus
+            ],
+            current=lambda: self.current_vcpu or 0,
+        )
         self.current_vcpu: int | None = None  # whose exit is being handled
         self._hooks: dict[tuple[str, int], list[Hook]] = {}
         self._handlers = self._handler_table()
@@ -272,7 +289,7 @@ class Hypervisor:
         self.io_bus.register(DEBUG_EXIT_PORT, 4, DebugExit(self.exit_status))
         self.mmio_test = MmioTestDevice()
         self.mmio_bus.register(MMIO_TEST_BASE, MMIO_TEST_SIZE, self.mmio_test)
-        # The xAPIC page (APIC ID, EOI, ICR) for guests that send IPIs by MMIO.
+        # The xAPIC page of the accessing vCPU's local APIC.
         self.mmio_bus.register(XAPIC_BASE, XAPIC_PAGE_SIZE, self.lapic)
 
     # ------------------------------------------------------------------ hooks
@@ -338,10 +355,21 @@ class Hypervisor:
 
     def send_ipi(self, source: int, icr: int, *, x2apic: bool = True) -> None:
         """An ICR write of vCPU ``source`` (what the guest's APIC write does)."""
-        from sevx86.arch.apic import decode_icr
-
+        apic = self.lapic[source]
         with self.scheduler.lock:
-            smp.send_ipi(self, source, decode_icr(icr, x2apic=x2apic))
+            if x2apic:
+                apic.msr_write(X2APIC_ICR, icr)
+            else:
+                apic.write_reg(ApicReg.ICR_HIGH, icr >> 32)
+                apic.write_reg(ApicReg.ICR_LOW, icr)
+
+    def _apic_send_ipi(self, source: int, icr: Icr) -> None:
+        """A local APIC sends an IPI (an ICR write of the guest, lock held)."""
+        smp.send_ipi(self, source, icr)
+
+    def _apic_deliver(self, apic_id: int, vector: int) -> None:
+        """A local APIC accepted an interrupt: the event path injects it."""
+        smp.request_interrupt(self, apic_id, vector)
 
     def _wake(self, index: int) -> None:
         """A vCPU's state changed: let the scheduler run it (and kick it if running)."""

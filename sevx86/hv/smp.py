@@ -31,9 +31,9 @@ injection; KVM arch/x86/kvm/lapic.c and svm/sev.c):
   RFLAGS): it injects the highest vector when IF=1 and no shadow. A halted
   vCPU wakes for an NMI, or for an interrupt if it halted with IF=1; halted
   with IF=0 and nothing pending, it stays halted for good.
-* **Local APIC** (``Lapic``): the APIC ID, EOI and the ICR, as x2APIC MSRs
-  (0x802, 0x80B, 0x830) and the xAPIC MMIO page. ICR writes become IPIs:
-  fixed -> interrupt, NMI -> NMI, INIT, SIPI (KVM ``kvm_apic_send_ipi``).
+* **IPIs**: each vCPU's local APIC (``sevx86.hv.devices.lapic``) decodes
+  its ICR writes; ``send_ipi`` routes them to their targets: fixed ->
+  interrupt, NMI -> NMI, INIT, SIPI (KVM ``kvm_apic_send_ipi``).
 """
 
 from __future__ import annotations
@@ -43,20 +43,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from sevx86.arch.apic import (
-    APIC_VERSION,
-    X2APIC_EOI,
-    X2APIC_ICR,
-    X2APIC_ID,
-    X2APIC_SELF_IPI,
-    ApicReg,
     DeliveryMode,
     Icr,
     Shorthand,
-    decode_icr,
-    x2apic_msr,
 )
 from sevx86.arch.ghcb import GhcbMsr, msr_encode
-from sevx86.arch.msr import X2APIC_FIRST, X2APIC_LAST
 from sevx86.arch.vectors import Vector
 from sevx86.arch.vmcb import (
     EVENTINJ_V,
@@ -336,70 +327,8 @@ def describe_stuck(hv: Hypervisor) -> str:
     return "; ".join(parts)
 
 
-# -- the local APIC ---------------------------------------------------------------------
-class Lapic:
-    """APIC ID, version, EOI and ICR of every vCPU; the rest reads 0 and ignores writes.
-
-    x2APIC MSRs come through ``hv`` MSR requests (``msr_read``/``msr_write``);
-    the xAPIC page is an MMIO device (``device``) the hypervisor maps at
-    ``XAPIC_BASE``. The APIC ID of vCPU n is n (as QEMU numbers them).
-    """
-
-    name = "lapic"
-
-    def __init__(self, hv: Hypervisor):
-        self.hv = hv
-        self._icr_high: dict[int, int] = {}
-
-    @staticmethod
-    def owns_msr(msr: int) -> bool:
-        return X2APIC_FIRST <= msr <= X2APIC_LAST
-
-    def msr_read(self, vcpu: int, msr: int) -> int | None:
-        if msr == X2APIC_ID:
-            return vcpu
-        if msr == x2apic_msr(ApicReg.VERSION):
-            return APIC_VERSION
-        if msr == x2apic_msr(ApicReg.LDR):
-            return 1 << vcpu if vcpu < 32 else 0
-        if msr in (X2APIC_EOI, X2APIC_SELF_IPI):
-            return None  # write-only: #GP
-        return 0
-
-    def msr_write(self, vcpu: int, msr: int, value: int) -> bool:
-        if msr == X2APIC_ICR:
-            send_ipi(self.hv, vcpu, decode_icr(value, x2apic=True))
-        elif msr == X2APIC_SELF_IPI:
-            request_interrupt(self.hv, vcpu, value & 0xFF)
-        elif msr in (X2APIC_ID, x2apic_msr(ApicReg.VERSION), x2apic_msr(ApicReg.LDR)):
-            return False  # read-only in x2APIC mode: #GP
-        return True  # EOI, TPR, SVR, LVTs...: accepted, nothing to model
-
-    # -- xAPIC MMIO (MmioDevice protocol) --------------------------------------------------
-    def mmio_read(self, offset: int, size: int) -> int:
-        vcpu = self.hv.current_vcpu or 0
-        reg = offset & ~0xF
-        if reg == ApicReg.ID:
-            return vcpu << 24
-        if reg == ApicReg.VERSION:
-            return APIC_VERSION
-        if reg == ApicReg.ICR_HIGH:
-            return self._icr_high.get(vcpu, 0)
-        return 0
-
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
-        vcpu = self.hv.current_vcpu or 0
-        reg = offset & ~0xF
-        if reg == ApicReg.ICR_HIGH:
-            self._icr_high[vcpu] = value & 0xFFFF_FFFF
-        elif reg == ApicReg.ICR_LOW:
-            full = (self._icr_high.get(vcpu, 0) << 32) | (value & 0xFFFF_FFFF)
-            send_ipi(self.hv, vcpu, decode_icr(full, x2apic=False))
-
-
 __all__ = [
     "HoldKind",
-    "Lapic",
     "MpState",
     "ap_reset_hold",
     "describe_stuck",
