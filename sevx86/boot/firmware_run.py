@@ -56,11 +56,18 @@ from typing import IO, Any
 
 from unicorn import UC_HOOK_CODE
 
+from sevx86.arch.cpuid import Leaf, decode_8000001f
 from sevx86.arch.cr import Cr0
 from sevx86.arch.exits import SvmExit, SwExit
-from sevx86.arch.ghcb import GhcbMsr
+from sevx86.arch.ghcb import (
+    CpuidReg,
+    GhcbMsr,
+    decode_cpuid_request,
+    decode_cpuid_response,
+    msr_info,
+)
 from sevx86.arch.msr import Efer
-from sevx86.arch.paging import Pte
+from sevx86.arch.paging import CR3_ADDR_MASK, Pte
 from sevx86.arch.uefi_fv import FfsFileType
 from sevx86.arch.vmcb import decode_ioio
 from sevx86.boot.fv import EntryPoint, FlashLayout
@@ -79,8 +86,6 @@ from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import TraceEvent, Tracer
 
 DEFAULT_MEMORY = 512 * MiB
-CPUID_SEV_LEAF = 0x8000_001F
-CPUID_REG_EBX = 1
 DX_PORT_MIN = 0x100  # a port above 0xFF can only be reached through DX
 
 MILESTONES: dict[str, str] = {
@@ -301,10 +306,11 @@ class FirmwareBoot:
 
     def _on_cpuid_msr(self, req: Any, proceed: Callable[[], None]) -> None:
         proceed()
-        leaf, reg = req.value >> 32, (req.value >> 30) & 3
-        if leaf == CPUID_SEV_LEAF and reg == CPUID_REG_EBX and req.response is not None:
-            ebx = (req.response >> 32) & 0xFFFF_FFFF
-            self.reach("cbit", cbitpos=ebx & 0x3F, reduced_phys_bits=(ebx >> 6) & 0x3F)
+        leaf, reg = decode_cpuid_request(req.value)
+        if leaf == Leaf.MEM_ENCRYPT and reg == CpuidReg.EBX and req.response is not None:
+            ebx, _ = decode_cpuid_response(req.response)
+            info = decode_8000001f(0, ebx)
+            self.reach("cbit", cbitpos=info.cbitpos, reduced_phys_bits=info.reduced_phys_bits)
 
     def _on_sev_info(self, req: Any, proceed: Callable[[], None]) -> None:
         proceed()
@@ -322,7 +328,8 @@ class FirmwareBoot:
 
     def _on_vmgexit(self, event: Any, proceed: Callable[[], None]) -> None:
         gpa = event.vcpu.vmcb["ghcb_gpa"]
-        if gpa and not gpa & 0xFFF and self._sev_info_seen and not self.milestones["ghcb"].reached:
+        page_gpa = gpa and not msr_info(gpa)  # a GHCB GPA, not an MSR-protocol request
+        if page_gpa and self._sev_info_seen and not self.milestones["ghcb"].reached:
             self.reach("ghcb", ghcb_gpa=gpa, **self._paging_facts(event.vcpu.index, gpa))
         proceed()
 
@@ -348,7 +355,8 @@ class FirmwareBoot:
         vcpu = self.machine.vcpus[index]
         state = vcpu.paging_state(cpl=0)
         c_bit = self.config.c_bit
-        pml4e = int.from_bytes(self.machine.memory.read_private(state.cr3 & ~0xFFF, 8), "little")
+        pml4_gpa = state.cr3 & CR3_ADDR_MASK
+        pml4e = int.from_bytes(self.machine.memory.read_private(pml4_gpa, 8), "little")
         ghcb = vcpu.mmu.walk(ghcb_gpa, Access.WRITE, state)
         stack = vcpu.mmu.walk(vcpu.ctx.load().gpr(4), Access.WRITE, state)
         return {

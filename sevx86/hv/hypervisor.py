@@ -45,7 +45,13 @@ from typing import IO, Any
 
 from sevx86.arch.apic import X2APIC_ICR, XAPIC_BASE, XAPIC_PAGE_SIZE, ApicReg, Icr
 from sevx86.arch.exits import CR_WRITE_TRAPS, NAE_INSTRUCTION_EXITS, SvmExit, SwExit, exit_name
-from sevx86.arch.ghcb import GHCB_PROTOCOL_MAX, GHCB_SIZE, GhcbError, msr_sev_info_response
+from sevx86.arch.ghcb import (
+    GHCB_PROTOCOL_MAX,
+    GHCB_SIZE,
+    GhcbError,
+    msr_info,
+    msr_sev_info_response,
+)
 from sevx86.arch.msr import Msr
 from sevx86.arch.vectors import vector_name
 from sevx86.arch.vmcb import EventType, Intercept, decode_ioio, encode_event
@@ -594,7 +600,7 @@ class Hypervisor:
     # -- SEV-ES: VMGEXIT -------------------------------------------------------------
     def _exit_vmgexit(self, vcpu: HostVcpu, exit: VmExit) -> None:
         msr = vcpu.vmcb["ghcb_gpa"]
-        if msr & 0xFFF:
+        if msr_info(msr):  # GHCBInfo set: an MSR-protocol request, not a GHCB GPA
             self._msr_protocol(vcpu, msr)
             return
         self._ghcb_request(vcpu, msr)
@@ -711,6 +717,15 @@ class Hypervisor:
             info2=info2,
         )
 
+    def serve_request(self, req: Request) -> None:
+        """Emulate one NAE request: ``on_request`` hooks around the handler table.
+
+        Every path that emulates an instruction for the guest goes through
+        here -- GHCB requests (after the ``on_vmgexit`` hooks), direct exits,
+        MMIO, and the MSR protocol's CPUID.
+        """
+        self._chain([("request", req.code)], req, self._serve_request)
+
     def _serve_request(self, req: Request) -> None:
         handler = self._handlers.get(req.code)
         if handler is None:
@@ -740,7 +755,7 @@ class Hypervisor:
                     return
                 req.count = string.count
                 req._data_read, req._data_write = string.data_read, string.data_write
-        self._chain([("request", exit.code)], req, self._serve_request)
+        self.serve_request(req)
         if string is not None and not req.failed:
             req.retry = not string.done()
         self._finish_direct(vcpu, req, vcpu.vmcb["next_rip"])
@@ -805,7 +820,7 @@ class Hypervisor:
             vcpu, code, gpa, access.size, regs, data_read=data_read, data_write=data_write
         )
         self._log("mmio", f"{access.text} at GPA {gpa:#x}", vcpu=vcpu.index, gpa=gpa)
-        self._chain([("request", code)], req, self._serve_request)
+        self.serve_request(req)
         if not req.failed and not access.write and loaded:
             direct.load_result(access, regs, int.from_bytes(loaded[0], "little"))
         self._finish_direct(vcpu, req, rip + access.length)

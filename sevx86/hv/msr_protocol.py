@@ -10,7 +10,8 @@ the guest's MSR at the next VMRUN (GHCB spec 56421, "GHCB MSR Protocol").
 Answered here (KVM ``sev_handle_vmgexit_msr_protocol`` for behaviour):
 
 * SEV information: protocol versions 1..max and the C-bit position;
-* CPUID: one register of one leaf, the register index echoed in 31:30;
+* CPUID: one register of one leaf, the register index echoed in 31:30,
+  served by the CPUID handler through the same hooks as a GHCB CPUID;
 * preferred GHCB GPA ("no preference") and GHCB GPA registration (recorded;
   a later VMGEXIT with another GHCB GPA is refused with NOT_REGISTERED);
 * hypervisor features (none of the SNP ones);
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sevx86.arch.exits import SvmExit
 from sevx86.arch.ghcb import (
     GFN_MASK,
     GHCB_PROTOCOL_MIN,
@@ -44,7 +46,8 @@ from sevx86.arch.ghcb import (
     msr_sev_info_response,
 )
 from sevx86.hv import smp
-from sevx86.hv.cpuid import CpuidQuery, describe
+from sevx86.hv.cpuid import describe
+from sevx86.hv.requests import MsrCpuidRequest
 
 if TYPE_CHECKING:
     from sevx86.hv.hypervisor import Hypervisor
@@ -81,13 +84,20 @@ def sev_info(hv: Hypervisor, req: MsrProtocolRequest) -> None:
 
 
 def cpuid(hv: Hypervisor, req: MsrProtocolRequest) -> None:
+    """One register of one leaf, served by the CPUID handler like every other CPUID.
+
+    A failed CPUID (a hook refused it) leaves the MSR unchanged, as KVM does
+    when its exit handler fails.
+    """
     leaf, reg = decode_cpuid_request(req.value)
-    st = hv.vcpu_state(req.vcpu.index)
-    regs = hv.cpuid.lookup(
-        CpuidQuery(leaf, 0, req.vcpu.index, xcr0=st.xcr0, xss=st.xss, cr4=st.cr4)
-    )
-    req.response = msr_cpuid_response(regs[reg], reg)
-    req.note = describe(leaf, reg, regs[reg])
+    cpuid_req = MsrCpuidRequest(req.vcpu, SvmExit.CPUID, leaf, reg)
+    hv.serve_request(cpuid_req)
+    value = cpuid_req.answer()
+    if value is None:
+        req.note = f"CPUID {leaf:#x} -> refused ({cpuid_req.detail or 'failed'}; MSR unchanged)"
+        return
+    req.response = msr_cpuid_response(value, reg)
+    req.note = describe(leaf, reg, value)
 
 
 def ap_reset_hold(hv: Hypervisor, req: MsrProtocolRequest) -> None:

@@ -177,6 +177,58 @@ class GhcbRequest(Request):
         return info
 
 
+class MsrCpuidRequest(Request):
+    """A CPUID asked through the GHCB MSR protocol: one leaf, sub-leaf 0, one register wanted.
+
+    It is served like any CPUID request (the same handler table, hooks and
+    ``handle_cpuid``), as KVM runs its ordinary CPUID exit handler for the MSR
+    protocol's CPUID request (``sev_handle_vmgexit_msr_protocol``); only the
+    register the guest asked for goes back (GHCB spec 56421, "CPUID
+    Request"). The registers are the guest's inputs, not the host's, so it
+    counts as a GHCB-side request (``via_ghcb``) without a page.
+    """
+
+    via_ghcb = True
+    page = None
+
+    def __init__(self, vcpu: HostVcpu, code: int, leaf: int, register: int):
+        super().__init__(vcpu, code, 0, 0)
+        self.register = register
+        self.inputs: dict[str, int] = {"rax": leaf, "rcx": 0}
+        self.outputs: dict[str, int] = {}
+
+    def reg(self, name: str) -> int:
+        if name in self.outputs:
+            return self.outputs[name]
+        return self.inputs.get(name, 0)
+
+    def has_reg(self, name: str) -> bool:
+        return name in self.outputs or name in self.inputs
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.outputs[name] = value & _U64
+
+    def set_reg_part(self, name: str, value: int, size: int) -> None:
+        self.outputs[name] = value & ((1 << (8 * size)) - 1)
+
+    def read_data(self, size: int) -> bytes | None:
+        return None
+
+    def write_data(self, data: bytes) -> bool:
+        return False
+
+    def answer(self) -> int | None:
+        """The 32-bit value of the register asked for; None if the request failed."""
+        if self.failed or self.result != ExitInfoResult.OK:
+            return None
+        return self.outputs.get(_CPUID_OUTPUTS[self.register], 0) & _U32
+
+
+# CPUID request register index (GHCB MSR protocol bits 31:30) -> the register it names.
+_CPUID_OUTPUTS = ("rax", "rbx", "rcx", "rdx")
+_U32 = 0xFFFF_FFFF
+
+
 class RegisterRequest(Request):
     """A request from a plain #VMEXIT (modes none and sev): the registers are the host's."""
 
@@ -238,4 +290,4 @@ def error_name(reason: int) -> str:
         return f"{reason:#x}"
 
 
-__all__ = ["GhcbRequest", "RegisterRequest", "Request", "error_name"]
+__all__ = ["GhcbRequest", "MsrCpuidRequest", "RegisterRequest", "Request", "error_name"]

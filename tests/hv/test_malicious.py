@@ -133,3 +133,39 @@ def test_without_es_the_host_rewrites_any_register_with_es_it_sees_none():
     )
     assert hv_es.run(timeout=30).ok
     assert regs_seen and all(r is None for r in regs_seen)
+
+
+# -- one CPUID path: the MSR protocol's CPUID goes through the same handler and hooks ----
+def _firmware_boot(**kw):
+    from tests.firmware.conftest import boot
+
+    return boot(**kw)
+
+
+def test_a_cpuid_hook_sees_the_msr_protocol_cpuid_of_the_firmwares_c_bit_discovery():
+    seen: list[tuple[int, str]] = []
+
+    def spy(req, proceed):
+        proceed()
+        seen.append((req.reg("rax") & 0xFFFF_FFFF, type(req).__name__))
+
+    run = _firmware_boot(setup=lambda hv: hv.on_request(SvmExit.CPUID, spy))
+    assert run.result.exit_status == 7, run.result
+    # The early boot asks CPUID 0x8000001F through the GHCB MSR (paging off, no GHCB yet).
+    assert (0x8000_001F, "MsrCpuidRequest") in seen
+    msr_cpuids = run.result.counters["msr-protocol:CPUID_REQ"]
+    assert sum(1 for _, kind in seen if kind == "MsrCpuidRequest") == msr_cpuids > 0
+
+
+class LyingCbitEarly(LyingCbit):
+    """The same lie, now also told to the firmware's MSR-protocol C-bit discovery."""
+
+
+def test_a_handle_cpuid_lie_in_the_early_boot_is_refused_by_the_firmware():
+    run = _firmware_boot(hv_class=LyingCbitEarly)
+    # SEV information still says 51, CPUID now says 47: the firmware terminates
+    # (GHCB termination request, exit status 120 on the command line).
+    assert run.result.reason is RunReason.TERMINATED, run.result
+    assert run.result.termination is not None and run.result.termination.by == "guest"
+    answers = [e.summary for e in run.events("msr-protocol") if "0x8000001f EBX" in e.summary]
+    assert answers and "cbitpos 47" in answers[0]
