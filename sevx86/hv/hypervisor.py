@@ -48,13 +48,15 @@ from sevx86.arch.exits import CR_WRITE_TRAPS, NAE_INSTRUCTION_EXITS, SvmExit, Sw
 from sevx86.arch.ghcb import (
     GHCB_PROTOCOL_MAX,
     GHCB_SIZE,
+    ExitInfoResult,
     GhcbError,
+    decode_answer,
     msr_info,
     msr_sev_info_response,
 )
 from sevx86.arch.msr import Msr
 from sevx86.arch.vectors import vector_name
-from sevx86.arch.vmcb import EventType, Intercept, decode_ioio, encode_event
+from sevx86.arch.vmcb import EventType, Intercept, decode_event, decode_ioio, encode_event
 from sevx86.config import GuestConfig, GuestMode
 from sevx86.hv import direct, msr_protocol, smp
 from sevx86.hv.clock import VirtualClock
@@ -608,24 +610,36 @@ class Hypervisor:
     def _msr_protocol(self, vcpu: HostVcpu, value: int) -> None:
         req = msr_protocol.parse(vcpu, value)
         self.counters[f"msr-protocol:{req.name}"] += 1
+        handled: list[int | None] = []  # the response the handler chose, if it ran
 
         def serve(r: msr_protocol.MsrProtocolRequest) -> None:
             handler = self._msr_handlers.get(r.code)
             if handler is None:
                 r.note = f"unknown request {r.code:#x} -> not supported (MSR left unchanged)"
-                return
-            handler(self, r)
+            else:
+                handler(self, r)
+            handled.append(r.response)
 
         self._chain([("msr", req.code)], req, serve)
         if req.response is not None:
             vcpu.vmcb["ghcb_gpa"] = req.response & _U64
+        # The trace says what the guest receives: a hook's answer is described anew.
+        note = req.note or req.name
+        changed = None
+        if not handled:
+            changed = "answered by a hook"
+        elif handled[0] != req.response:
+            changed = "changed by a hook"
+        if changed:
+            note = f"{msr_protocol.describe_response(req)} [{changed}]"
         self._log(
             "msr-protocol",
-            f"GHCB MSR {value:#x}: {req.note or req.name}",
+            f"GHCB MSR {value:#x}: {note}",
             vcpu=vcpu.index,
             target="guest",
             request=value,
             response=req.response,
+            hook=changed,
         )
 
     def _ghcb_request(self, vcpu: HostVcpu, gpa: int) -> None:
@@ -698,16 +712,24 @@ class Hypervisor:
         )
 
     def _log_answer(self, vcpu: HostVcpu, req: Request, info1: int, info2: int) -> None:
-        if req.error_reason is not None:
-            self.counters[f"ghcb-error:{error_name(req.error_reason)}"] += 1
-            what = f"error {error_name(req.error_reason)}"
-        elif req.exception is not None:
-            what = f"inject {vector_name(req.exception[0])}"
-        else:
+        """What the guest received (after every hook), and whether a hook changed it."""
+        answer = decode_answer(info1, info2)
+        if answer.result == ExitInfoResult.ERROR:
+            reason = error_name(answer.info2)
+            self.counters[f"ghcb-error:{reason}"] += 1
+            what = f"error {reason}"
+        elif answer.result == ExitInfoResult.EXCEPTION:
+            what = f"inject {vector_name(decode_event(answer.info2).vector)}"
+        elif answer.result == ExitInfoResult.OK:
             outs = getattr(req, "outputs", {})
             what = "ok" + "".join(f" {k}={v:#x}" for k, v in outs.items())
+        else:
+            what = f"SW_EXITINFO1 {info1:#x}, SW_EXITINFO2 {info2:#x}"
         if req.detail:
             what += f" ({req.detail})"
+        changed = req.hook_changed
+        if changed:
+            what += f" [{changed}]"
         self._log(
             "ghcb-answer",
             f"{req.name} -> {what}",
@@ -715,6 +737,7 @@ class Hypervisor:
             target="guest",
             info1=info1,
             info2=info2,
+            hook=changed,
         )
 
     def serve_request(self, req: Request) -> None:
@@ -730,8 +753,9 @@ class Hypervisor:
         handler = self._handlers.get(req.code)
         if handler is None:
             req.error(GhcbError.INVALID_EVENT, f"no handler for {req.name}")
-            return
-        handler(self, req)
+        else:
+            handler(self, req)
+        req.handled = req.answer_state()
 
     # -- modes none / sev: direct exits -------------------------------------------------
     def _exit_direct(self, vcpu: HostVcpu, exit: VmExit) -> None:

@@ -35,8 +35,10 @@ from sevx86.arch.ghcb import (
     PREF_GPA_NONE,
     GhcbMsr,
     decode_cpuid_request,
+    decode_cpuid_response,
     decode_gfn,
     decode_msr,
+    decode_sev_info,
     decode_terminate,
     msr_ap_reset_hold_response,
     msr_cpuid_response,
@@ -98,6 +100,9 @@ def cpuid(hv: Hypervisor, req: MsrProtocolRequest) -> None:
         return
     req.response = msr_cpuid_response(value, reg)
     req.note = describe(leaf, reg, value)
+    changed = cpuid_req.hook_changed
+    if changed:
+        req.note += f" [CPUID {changed}]"
 
 
 def ap_reset_hold(hv: Hypervisor, req: MsrProtocolRequest) -> None:
@@ -161,9 +166,38 @@ MSR_PROTOCOL_HANDLERS: dict[int, MsrHandler] = {
 }
 
 
+def describe_response(req: MsrProtocolRequest) -> str:
+    """The response the guest receives, in words (for a response a hook chose)."""
+    response = req.response
+    if response is None:
+        return f"{req.name} -> no response (MSR left unchanged)"
+    code, _ = decode_msr(response)
+    try:
+        if code == GhcbMsr.SEV_INFO_RESP:
+            info = decode_sev_info(response)
+            return (
+                f"SEV information -> protocol {info.min_version}..{info.max_version},"
+                f" cbitpos {info.cbitpos}"
+            )
+        if code == GhcbMsr.CPUID_RESP and req.code == GhcbMsr.CPUID_REQ:
+            leaf, _ = decode_cpuid_request(req.value)
+            value, reg = decode_cpuid_response(response)
+            return describe(leaf, reg, value)
+    except ValueError:
+        pass
+    name = code.name if isinstance(code, GhcbMsr) else f"GHCBInfo {code:#x}"
+    return f"{req.name} -> {response:#x} ({name})"
+
+
 def parse(vcpu: HostVcpu, value: int) -> MsrProtocolRequest:
     code, data = decode_msr(value)
     return MsrProtocolRequest(vcpu, value, code, data)
 
 
-__all__ = ["MSR_PROTOCOL_HANDLERS", "MsrProtocolRequest", "MsrHandler", "parse"]
+__all__ = [
+    "MSR_PROTOCOL_HANDLERS",
+    "MsrHandler",
+    "MsrProtocolRequest",
+    "describe_response",
+    "parse",
+]

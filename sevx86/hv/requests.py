@@ -56,6 +56,9 @@ class Request:
         self.error_reason: int | None = None
         self.detail = ""
         self.retry = False  # direct path: do not advance RIP (re-execute, e.g. long REP)
+        # The answer as the handler left it (``Hypervisor.serve_request`` records it),
+        # so the trace can tell an answer a hook changed; None: no handler ran.
+        self.handled: tuple[object, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -101,6 +104,26 @@ class Request:
     @property
     def failed(self) -> bool:
         return self.exception is not None or self.error_reason is not None
+
+    def answer_state(self) -> tuple[object, ...]:
+        """Everything the guest will receive, to compare before and after the hooks."""
+        outputs = getattr(self, "outputs", {})
+        return (
+            self.result,
+            self.result_info2,
+            self.exception,
+            self.error_reason,
+            tuple(sorted(outputs.items())),
+        )
+
+    @property
+    def hook_changed(self) -> str | None:
+        """'answered by a hook' / 'changed by a hook', or None if the handler's answer stands."""
+        if self.handled is None:
+            return "answered by a hook"
+        if self.handled != self.answer_state():
+            return "changed by a hook"
+        return None
 
 
 class GhcbRequest(Request):
