@@ -77,8 +77,9 @@ from sevx86.boot.reset import BSP_RESET_ADDR, reset_vmsa
 from sevx86.boot.vcpu_types import vcpu_signature
 from sevx86.config import GuestConfig, GuestMode, MiB
 from sevx86.hv.clock import VirtualClock
-from sevx86.hv.hypervisor import Hypervisor, RunResult
+from sevx86.hv.hypervisor import Hypervisor
 from sevx86.hv.machines import QemuPc
+from sevx86.hv.run import RunResult
 from sevx86.machine import Machine
 from sevx86.memory.mmu import Access, Translation
 from sevx86.sp.policy import GuestPolicy, PolicyFlag

@@ -47,9 +47,9 @@ def _set_edx_eax(req: Request, value: int) -> None:
 
 def cpuid(hv: Hypervisor, req: Request) -> None:
     st = hv.vcpu_state(req.vcpu.index)
-    xcr0 = req.reg("xcr0") if req.via_ghcb and req.has_reg("xcr0") else st.xcr0
-    xss = req.reg("xss") if req.via_ghcb and req.has_reg("xss") else st.xss
-    cr4 = st.cr4 if req.via_ghcb else req.reg("cr4")
+    xcr0 = req.reg("xcr0") if req.via_ghcb and req.has_reg("xcr0") else st.regs.xcr0
+    xss = req.reg("xss") if req.via_ghcb and req.has_reg("xss") else st.regs.xss
+    cr4 = st.regs.cr4 if req.via_ghcb else req.reg("cr4")
     query = CpuidQuery(
         leaf=req.reg("rax") & _U32,
         subleaf=req.reg("rcx") & _U32,
@@ -148,7 +148,7 @@ def vmmcall(hv: Hypervisor, req: Request) -> None:
 
 
 def dr7_read(hv: Hypervisor, req: Request) -> None:
-    req.set_reg("rax", hv.vcpu_state(req.vcpu.index).dr7)
+    req.set_reg("rax", hv.vcpu_state(req.vcpu.index).regs.dr7)
 
 
 def dr7_write(hv: Hypervisor, req: Request) -> None:
@@ -156,7 +156,7 @@ def dr7_write(hv: Hypervisor, req: Request) -> None:
     if value >> 32:  # bits 63:32 of DR7 are reserved: #GP (APM vol 2, 13.1.1.5)
         req.inject_exception(Vector.GP, 0)
         return
-    hv.vcpu_state(req.vcpu.index).dr7 = value
+    hv.vcpu_state(req.vcpu.index).regs.dr7 = value
 
 
 def mmio_read(hv: Hypervisor, req: Request) -> None:

@@ -39,12 +39,18 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import IO, Any
 
 from sevx86.arch.apic import X2APIC_ICR, XAPIC_BASE, XAPIC_PAGE_SIZE, ApicReg, Icr
-from sevx86.arch.exits import CR_WRITE_TRAPS, NAE_INSTRUCTION_EXITS, SvmExit, SwExit, exit_name
+from sevx86.arch.exits import (
+    CR_WRITE_TRAPS,
+    NAE_INSTRUCTION_EXITS,
+    SvmExit,
+    SwExit,
+    cr_write_trap_number,
+    exit_name,
+)
 from sevx86.arch.ghcb import (
     GHCB_PROTOCOL_MAX,
     GHCB_SIZE,
@@ -80,113 +86,15 @@ from sevx86.hv.ghcb import GhcbPage
 from sevx86.hv.handlers import HANDLERS, Handler, handler_name
 from sevx86.hv.msr_policy import PASSTHROUGH_MSRS, PASSTHROUGH_MSRS_SEV_ES, MsrPolicy
 from sevx86.hv.requests import GhcbRequest, RegisterRequest, Request, error_name
+from sevx86.hv.run import RunReason, RunResult, Termination
 from sevx86.hv.scheduler import DeterministicScheduler, Scheduler
-from sevx86.hv.smp import HoldKind, MpState
 from sevx86.hv.validate import Invalid, describe_request, validate_vmgexit
+from sevx86.hv.vcpu_state import MpState, VcpuHvState
 from sevx86.machine import HostVcpu, HostView
 from sevx86.vmexit import StopReason, VmExit
 
 _U64 = (1 << 64) - 1
 PAGE = 0x1000
-
-
-class RunReason(StrEnum):
-    """Why ``Hypervisor.run`` returned."""
-
-    EXIT_STATUS = "exit-status"  # the guest wrote its status to the debug-exit port
-    TERMINATED = "terminated"  # a termination request (or the hypervisor refused to go on)
-    SHUTDOWN = "shutdown"  # triple fault: the vCPU is dead
-    VMRUN_FAILED = "vmrun-failed"  # VMRUN refused the guest state (e.g. VMSA check failed)
-    HALTED = "halted"  # every vCPU halted (or parked) with nothing to wake it
-    TIMEOUT = "timeout"  # the wall-clock limit
-    INSTRUCTION_LIMIT = "instruction-limit"  # the per-entry instruction budget
-    EMULATION_ERROR = "emulation-error"  # the CPU engine (or the MMIO decoder) gave up
-    HYPERVISOR_ERROR = "hypervisor-error"  # a bug in a handler or hook (see detail)
-    STOPPED = "stopped"  # a device or hook ended the run (power off, a milestone reached)
-
-
-@dataclass(frozen=True)
-class Termination:
-    """Who ended the guest and why."""
-
-    by: str  # "guest" (it asked) or "hypervisor" (it could not go on)
-    reason_set: int | None = None
-    reason_code: int | None = None
-    detail: str = ""
-
-
-@dataclass
-class RunResult:
-    """The outcome of ``Hypervisor.run``."""
-
-    reason: RunReason
-    exit_status: int | None = None
-    detail: str = ""
-    vcpu: int | None = None
-    termination: Termination | None = None
-    console: str = ""  # all guest output (serial + debug console), decoded
-    outputs: dict[str, bytes] = field(default_factory=dict)  # per device
-    counters: dict[str, int] = field(default_factory=dict)  # per exit kind
-    exits: int = 0  # VMRUNs that returned in this run
-    elapsed: float = 0.0
-    # vCPUs that died while others went on (failed VMRUN): index -> how.
-    dead_vcpus: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """The guest reported success (debug-exit status 0)."""
-        return self.reason is RunReason.EXIT_STATUS and self.exit_status == 0
-
-
-@dataclass
-class VcpuHvState:
-    """What the hypervisor knows or decided about one vCPU."""
-
-    index: int
-    ghcb_registered: int | None = None  # GPA from the MSR-protocol registration
-    protocol_version: int | None = None  # last version seen in the guest's GHCB
-    cr0: int = 0  # tracked from the SEV-ES CR write traps
-    cr4: int = 0
-    cr8: int = 0
-    efer: int = 0
-    xcr0: int = 1
-    xss: int = 0
-    dr7: int = 0x400
-    dead: RunResult | None = None  # how it died (shutdown, failed VMRUN)
-    # -- several vCPUs and events (sevx86.hv.smp) --
-    mp_state: MpState = MpState.RUNNABLE
-    entered: bool = False  # has exited once (EVENTINJ is honoured from then on)
-    guest_if: bool = False  # VMCB interrupt state at the last exit: IF
-    shadow: bool = False  # ... and the interrupt shadow
-    nmi_pending: bool = False
-    nmi_masked: bool = False  # an NMI was injected and NMI_COMPLETE has not come
-    nmi_injected: bool = False
-    irr: set[int] = field(default_factory=set)  # requested interrupt vectors
-    hold_kind: HoldKind | None = None  # how the AP asked for reset hold
-    hold_ghcb: int | None = None  # its GHCB then (the wake answer goes there)
-    received_first_sipi: bool = False
-
-    @property
-    def halted(self) -> bool:
-        return self.mp_state is MpState.HALTED
-
-    @halted.setter
-    def halted(self, value: bool) -> None:
-        if value:
-            self.mp_state = MpState.HALTED
-        elif self.mp_state is MpState.HALTED:
-            self.mp_state = MpState.RUNNABLE
-
-    @property
-    def ap_hold(self) -> bool:
-        return self.mp_state is MpState.AP_RESET_HOLD
-
-    @ap_hold.setter
-    def ap_hold(self, value: bool) -> None:
-        if value:
-            self.mp_state = MpState.AP_RESET_HOLD
-        elif self.mp_state is MpState.AP_RESET_HOLD:
-            self.mp_state = MpState.RUNNABLE
 
 
 Hook = Callable[[Any, Callable[[], None]], None]
@@ -260,9 +168,9 @@ class Hypervisor:
         self.counters: Counter[str] = Counter()
         # Several vCPUs (sevx86.hv.smp, sevx86.hv.scheduler): APs wait for
         # INIT-SIPI unless ap_start="run"; the scheduler decides who runs.
-        self._states = [
-            VcpuHvState(v.index, mp_state=smp.initial_state(v.index, ap_start)) for v in host.vcpus
-        ]
+        self._states = [VcpuHvState(v.index) for v in host.vcpus]
+        for st in self._states:
+            st.events.mp_state = smp.initial_state(st.index, ap_start)
         self.scheduler: Scheduler = scheduler or DeterministicScheduler()
         # Platform time (APIC timer; QemuPc's timers advance it at every exit).
         self.platform_clock = VirtualClock()
@@ -379,9 +287,13 @@ class Hypervisor:
         """A local APIC accepted an interrupt: the event path injects it."""
         smp.request_interrupt(self, apic_id, vector)
 
-    def _wake(self, index: int) -> None:
+    def wake(self, index: int) -> None:
         """A vCPU's state changed: let the scheduler run it (and kick it if running)."""
         self.scheduler.wake(self, index)
+
+    def log(self, kind: str, summary: str, *, vcpu: int | None = None, **data: object) -> None:
+        """Add a host event to the trace (``HostView.log``)."""
+        self.host.log(kind, summary, vcpu=vcpu, **data)
 
     def _log(self, kind: str, summary: str, *, vcpu: int | None = None, **data: object) -> None:
         self.host.log(kind, summary, vcpu=vcpu, **data)
@@ -489,7 +401,43 @@ class Hypervisor:
         self._log("run-end", f"run ended: {result.reason.value} {result.detail}".strip())
         return result
 
-    def _no_runnable_vcpu(self) -> None:
+    # ------------------------------------------------------------------ RunTarget
+    # What a scheduler drives (sevx86.hv.run.RunTarget): KVM's vcpu_enter_guest
+    # loop, with the "who runs when" part left to the scheduler.
+    @property
+    def vcpus(self) -> list[HostVcpu]:
+        return self.host.vcpus
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def wake_on_event(self, index: int) -> None:
+        smp.wake_on_event(self, self._states[index])
+
+    def runnable(self, index: int) -> bool:
+        return smp.is_runnable(self._states[index])
+
+    def dead(self, index: int) -> bool:
+        return self._states[index].dead is not None
+
+    def prepare_entry(self, index: int) -> None:
+        smp.prepare_entry(self, self.host.vcpus[index])
+
+    def preempted(self, index: int, exit: VmExit) -> None:
+        smp.note_exit(self, self.host.vcpus[index], exit)
+
+    def end(self, reason: RunReason, detail: str, *, vcpu: int | None = None) -> None:
+        self._end(reason, detail, vcpu=vcpu)
+
+    def enable_parallel(self) -> None:
+        self.host.enable_parallel()
+
+    def kick(self, index: int) -> None:
+        """Make a running vCPU exit soon (it learns about new events only at an exit)."""
+        self.host.vcpus[index].kick()
+
+    def no_runnable_vcpu(self) -> None:
         dead = [st.dead for st in self._states if st.dead is not None]
         if len(dead) == len(self._states):
             # Every vCPU died earlier: say how again, rather than "halted".
@@ -501,8 +449,9 @@ class Hypervisor:
             f"no vCPU can run and nothing can wake one: {smp.describe_stuck(self)}",
         )
 
-    def _run_one(self, vcpu: HostVcpu, exit: VmExit) -> None:
-        """Handle one exit of ``vcpu``; a bug in a handler or hook ends the run."""
+    def handle_exit(self, index: int, exit: VmExit) -> None:
+        """Handle one exit of vCPU ``index``; a bug in a handler or hook ends the run."""
+        vcpu = self.host.vcpus[index]
         try:
             smp.note_exit(self, vcpu, exit)
             self._handle_exit(vcpu, exit)
@@ -510,8 +459,12 @@ class Hypervisor:
             self._end(
                 RunReason.HYPERVISOR_ERROR,
                 f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
-                vcpu=vcpu.index,
+                vcpu=index,
             )
+
+    def states(self) -> list[VcpuHvState]:
+        """Every vCPU's host state, by index."""
+        return list(self._states)
 
     # ------------------------------------------------------------------ exits
     def _handle_exit(self, vcpu: HostVcpu, exit: VmExit) -> None:
@@ -582,21 +535,21 @@ class Hypervisor:
             where = f" at {exit.rip:#x} with IF={int(if_flag)}"
         else:
             # SEV-ES: the CPU advanced RIP; the VMCB interrupt state gives IF.
-            where = f" with IF={int(st.guest_if)}"
-        st.mp_state = MpState.HALTED
+            where = f" with IF={int(st.events.guest_if)}"
+        st.events.mp_state = MpState.HALTED
         self._log("halt", f"vCPU {vcpu.index} halted{where}", vcpu=vcpu.index)
 
     def _exit_cr_trap(self, vcpu: HostVcpu, exit: VmExit) -> None:
         """SEV-ES CR/EFER write trap: the write happened; the new value is in EXITINFO1."""
         st = self._states[vcpu.index]
         if exit.code == SvmExit.EFER_WRITE_TRAP:
-            st.efer = exit.info1
+            st.regs.efer = exit.info1
             what = "EFER"
         else:
-            n = exit.code - 0x90
+            n = cr_write_trap_number(exit.code)
             what = f"CR{n}"
             if n in (0, 4, 8):
-                setattr(st, f"cr{n}", exit.info1)
+                setattr(st.regs, f"cr{n}", exit.info1)
         self._log("cr-trap", f"{what} <- {exit.info1:#x}", vcpu=vcpu.index, value=exit.info1)
 
     # -- SEV-ES: VMGEXIT -------------------------------------------------------------
@@ -655,13 +608,13 @@ class Hypervisor:
             return
         st = self._states[index]
         page = GhcbPage.read(memory, gpa)
-        if st.ghcb_registered is not None and gpa != st.ghcb_registered:
+        if st.ghcb.registered is not None and gpa != st.ghcb.registered:
             self._ghcb_error(
                 vcpu,
                 page,
                 Invalid(
                     GhcbError.NOT_REGISTERED,
-                    f"GHCB {gpa:#x} is not the registered {st.ghcb_registered:#x}",
+                    f"GHCB {gpa:#x} is not the registered {st.ghcb.registered:#x}",
                 ),
             )
             return
@@ -669,7 +622,7 @@ class Hypervisor:
         if isinstance(valid, Invalid):
             self._ghcb_error(vcpu, page, valid)
             return
-        st.protocol_version = valid.version
+        st.ghcb.protocol_version = valid.version
         name = exit_name(valid.code)
         self.counters[f"vmgexit:{name}"] += 1
         tracing = self.host.tracing
@@ -778,7 +731,7 @@ class Hypervisor:
                     self._finish_direct(vcpu, req, vcpu.vmcb["next_rip"])
                     return
                 req.count = string.count
-                req._data_read, req._data_write = string.data_read, string.data_write
+                req.use_data(string.data_read, string.data_write)
         self.serve_request(req)
         if string is not None and not req.failed:
             req.retry = not string.done()
@@ -871,8 +824,4 @@ __all__ = [
     "EXIT_TABLE",
     "ExitEvent",
     "Hypervisor",
-    "RunReason",
-    "RunResult",
-    "Termination",
-    "VcpuHvState",
 ]

@@ -126,7 +126,7 @@ def register_gpa(hv: Hypervisor, req: MsrProtocolRequest) -> None:
         req.response = msr_register_gpa_response(GFN_MASK)
         req.note = f"register GHCB at {gpa:#x} -> refused (not guest RAM)"
         return
-    hv.vcpu_state(req.vcpu.index).ghcb_registered = gpa
+    hv.vcpu_state(req.vcpu.index).ghcb.registered = gpa
     req.response = msr_register_gpa_response(gfn)
     req.note = f"register GHCB at {gpa:#x} -> registered"
     hv.host.log(

@@ -289,6 +289,10 @@ class RegisterRequest(Request):
             value |= self.regs[name] & ~mask & _U64
         self.regs[name] = value
 
+    def use_data(self, read: Callable[[int], bytes | None], write: Callable[[bytes], bool]) -> None:
+        """Where the request's data buffer is (string I/O found it in guest memory)."""
+        self._data_read, self._data_write = read, write
+
     def read_data(self, size: int) -> bytes | None:
         return self._data_read(size) if self._data_read is not None else None
 

@@ -69,6 +69,8 @@ class TraceKind(StrEnum):
     RUN_END = "run-end"
 
 
+KIND_NAMES = frozenset(kind.value for kind in TraceKind)
+
 # Who usually acts (-> whom) and what the event says, for ``sevx86 trace --help``.
 KIND_HELP: dict[TraceKind, tuple[str, str]] = {
     TraceKind.LAUNCH: ("hv -> sp", "LAUNCH_START / UPDATE_DATA / UPDATE_VMSA / MEASURE / FINISH"),
@@ -116,7 +118,7 @@ def parse_kinds(text: str) -> frozenset[TraceKind]:
     names = [k.strip() for k in text.split(",") if k.strip()]
     if not names:
         raise ValueError(f"no event kinds in {text!r}")
-    unknown = [k for k in names if k not in TraceKind._value2member_map_]
+    unknown = [k for k in names if k not in KIND_NAMES]
     if unknown:
         raise ValueError(
             f"unknown event kind{'s' if len(unknown) > 1 else ''} {', '.join(unknown)};"

@@ -67,7 +67,7 @@ def test_self_ipi_with_an_illegal_vector_is_not_delivered_and_sets_esr(mode):
     assert _read(machine, program, "esr_after") == 0
     assert not tracer.of_kind("irq-request") and not tracer.of_kind("inject")
     assert len(tracer.of_kind("apic-error")) == 3
-    assert hv.vcpu_state(0).irr == set()
+    assert hv.vcpu_state(0).events.irr == set()
 
 
 def test_the_xapic_page_and_the_x2apic_msrs_reach_one_register_file():

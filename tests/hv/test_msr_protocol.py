@@ -136,7 +136,7 @@ def test_register_records_the_ghcb_and_another_gpa_is_refused():
     m, _, hv = build(body)
     result = hv.run(timeout=20)
     assert result.ok, result
-    assert hv.vcpu_state(0).ghcb_registered == 0x5000
+    assert hv.vcpu_state(0).ghcb.registered == 0x5000
     page = snapshot(m, 0)
     assert (field(page, "sw_exit_info_1"), field(page, "sw_exit_info_2")) == (
         2,
@@ -150,7 +150,7 @@ def test_registering_a_page_outside_ram_is_refused():
     assert result.ok
     response = _responses(m, 1)[0]
     assert decode_gfn(response, GhcbMsr.REG_GPA_RESP) == GFN_MASK
-    assert hv.vcpu_state(0).ghcb_registered == 0x5000  # only the later, valid one
+    assert hv.vcpu_state(0).ghcb.registered == 0x5000  # only the later, valid one
 
 
 def test_termination_request_ends_the_run_with_its_reason():
