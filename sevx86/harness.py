@@ -39,6 +39,7 @@ from sevx86.config import GuestConfig, GuestMode
 from sevx86.machine import Machine
 from sevx86.memory.dram import PhysicalMemory
 from sevx86.memory.pagetables import PageTableBuilder
+from sevx86.sp.launch import GuestLaunch
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import Tracer
 
@@ -236,7 +237,10 @@ def build_machine(
         defines=spec.defines,
     )
     long_mode = spec.bits == 64
-    machine = Machine(config, tracer=tracer, sp=sp)
+    # Images -> launch -> machine, as every stack builder does (sevx86.sp.launch).
+    launch = GuestLaunch(config, sp=sp, tracer=tracer)
+    launch.start()
+    machine = Machine(config, launch=launch, tracer=tracer)
     idt = bytearray(256 * (16 if long_mode else 8))
     user = set(spec.user_gates)
     for vector, label in spec.handlers.items():

@@ -71,18 +71,14 @@ from sevx86.arch.paging import CR3_ADDR_MASK, Pte
 from sevx86.arch.uefi_fv import FfsFileType
 from sevx86.arch.vmcb import decode_ioio
 from sevx86.boot.fv import EntryPoint, FlashLayout
-from sevx86.boot.launch import DEFAULT_POLICY, DEFAULT_VCPU_TYPE, LaunchedGuest, launch_guest
+from sevx86.boot.launch import DEFAULT_VCPU_TYPE, LaunchedGuest, adopt, launch_guest
 from sevx86.boot.ovmf import OvmfImage
-from sevx86.boot.reset import BSP_RESET_ADDR, reset_vmsa
-from sevx86.boot.vcpu_types import vcpu_signature
 from sevx86.config import GuestConfig, GuestMode, MiB
 from sevx86.hv.clock import VirtualClock
 from sevx86.hv.hypervisor import Hypervisor
 from sevx86.hv.machines import QemuPc
 from sevx86.hv.run import RunResult
-from sevx86.machine import Machine
 from sevx86.memory.mmu import Access, Translation
-from sevx86.sp.policy import GuestPolicy, PolicyFlag
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import TraceEvent, Tracer
 
@@ -219,35 +215,25 @@ class FirmwareBoot:
         self.until = until
         self.config = GuestConfig(mode=mode, memory=memory, vcpus=vcpus)
         self.sp = sp if sp is not None else SecureProcessor()
-        # SEV without ES (QEMU's policy 0x1): no VMSAs; the vCPUs start from
-        # QEMU's reset state in their VMCBs, and the GHCB milestones never come.
-        sev_es = mode is GuestMode.SEV_ES
+        self.milestones = {name: Milestone(name, text) for name, text in MILESTONES.items()}
+        self.first_vmrun_t: float | None = None
+        self.tracer = tracer if tracer is not None else Tracer(keep=False)
+        self.tracer.sinks.append(self._watch_trace)
+        # The launch traces itself; SEV without ES (QEMU's policy 0x1) has no
+        # VMSAs: the vCPUs start from their reset states in their VMCBs, and the
+        # GHCB milestones never come.
         self.launched: LaunchedGuest = launch_guest(
             self.sp,
             image,
             config=self.config,
+            policy=None,  # the mode's default (sevx86.sp.launch.default_policy)
             varstore=_read(varstore),
             vcpu_type=vcpu_type,
-            policy=DEFAULT_POLICY if sev_es else GuestPolicy.make(PolicyFlag.NODBG),
-        )
-        self.tracer = tracer if tracer is not None else Tracer(keep=False)
-        self.tracer.sinks.append(self._watch_trace)
-        self.machine = Machine(
-            self.config,
-            sp=self.sp,
-            memory=self.launched.memory,
-            handle=self.launched.handle,
             tracer=self.tracer,
         )
-        if sev_es:
-            self.machine.adopt_vcpus(self.launched.vmsa_spas)
-        else:
-            reset = reset_vmsa(BSP_RESET_ADDR, vcpu_signature(vcpu_type))
-            self.machine.adopt_vcpus(states=[bytes(reset)] * vcpus)
+        self.machine = adopt(self.launched, tracer=self.tracer)
         self.hv = Hypervisor(self.machine.host_view(), console=console)
         self.pc = QemuPc(self.hv, clock=clock)
-        self.milestones = {name: Milestone(name, text) for name, text in MILESTONES.items()}
-        self.first_vmrun_t: float | None = None
         self.entries: dict[str, EntryPoint] = {}
         self._efer_lme = False
         self._sev_info_seen = False

@@ -88,3 +88,19 @@ def test_kinds_vc_exclude_vc_is_a_usage_error(sevx86):
     done = sevx86("trace", "example:hello", "--kinds", "vc", "--exclude", "vc")
     assert done.returncode == 2 and "leave no event kind" in one_line_error(done, "trace")
     assert done.stdout == ""
+
+
+def test_the_launch_traces_itself_in_the_same_form_as_boot(sevx86):
+    """run/trace (our firmware) and boot (OVMF) go through one launch: same LAUNCH_* events."""
+    done = sevx86("trace", "example:hello", "--json", "--kinds", "launch")
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    steps = [e["summary"].split()[0] for e in events]
+    assert steps == [
+        "LAUNCH_START",
+        "LAUNCH_UPDATE_DATA",
+        "LAUNCH_UPDATE_VMSA",
+        "LAUNCH_MEASURE:",
+        "LAUNCH_FINISH",
+    ]
+    assert events[0]["actor"] == "hv" and events[0]["target"] == "sp"
+    assert events[3]["actor"] == "sp" and len(events[3]["data"]["digest"]) == 64
