@@ -75,12 +75,14 @@ from sevx86.boot.launch import DEFAULT_VCPU_TYPE, LaunchedGuest, adopt, launch_g
 from sevx86.boot.ovmf import OvmfImage
 from sevx86.config import GuestConfig, GuestMode, MiB
 from sevx86.hv.clock import VirtualClock
-from sevx86.hv.hypervisor import Hypervisor
+from sevx86.hv.hypervisor import ExitEvent, Hypervisor, Proceed
 from sevx86.hv.machines import QemuPc
+from sevx86.hv.msr_protocol import MsrProtocolRequest
+from sevx86.hv.requests import GhcbRequest
 from sevx86.hv.run import RunResult
 from sevx86.memory.mmu import Access, Translation
 from sevx86.sp.secure_processor import SecureProcessor
-from sevx86.trace.events import TraceEvent, Tracer
+from sevx86.trace.events import TraceEvent, TraceKind, Tracer
 
 DEFAULT_MEMORY = 512 * MiB
 DX_PORT_MIN = 0x100  # a port above 0xFF can only be reached through DX
@@ -204,6 +206,7 @@ class FirmwareBoot:
         watch_entries: bool = True,
         sp: SecureProcessor | None = None,
         mode: GuestMode | str = GuestMode.SEV_ES,
+        on_milestone: Callable[[Milestone], None] | None = None,
     ):
         if until is not None and until not in MILESTONES:
             raise ValueError(f"unknown milestone {until!r}; known: {', '.join(MILESTONES)}")
@@ -217,6 +220,7 @@ class FirmwareBoot:
         self.sp = sp if sp is not None else SecureProcessor()
         self.milestones = {name: Milestone(name, text) for name, text in MILESTONES.items()}
         self.first_vmrun_t: float | None = None
+        self.on_milestone = on_milestone  # called once per milestone, as it is reached
         self.tracer = tracer if tracer is not None else Tracer(keep=False)
         self.tracer.sinks.append(self._watch_trace)
         # The launch traces itself; SEV without ES (QEMU's policy 0x1) has no
@@ -234,6 +238,7 @@ class FirmwareBoot:
         self.machine = adopt(self.launched, tracer=self.tracer)
         self.hv = Hypervisor(self.machine.host_view(), console=console)
         self.pc = QemuPc(self.hv, clock=clock)
+        self.hv.console.listeners.append(self._on_console_line)
         self.entries: dict[str, EntryPoint] = {}
         self._efer_lme = False
         self._sev_info_seen = False
@@ -268,16 +273,20 @@ class FirmwareBoot:
             **detail,
         )
         m.t, m.seq = event.t, event.seq
+        if self.on_milestone is not None:
+            self.on_milestone(m)
         if name == self.until:
             self.hv.stop(f"milestone {name} reached")
 
     def _watch_trace(self, event: TraceEvent) -> None:
-        if self.first_vmrun_t is None and event.kind == "vmrun":
+        if self.first_vmrun_t is None and event.kind == TraceKind.VMRUN:
             self.first_vmrun_t = event.t
-        if event.kind == "console":
-            for name, needle in CONSOLE_MILESTONES.items():
-                if needle in event.summary:
-                    self.reach(name, line=event.summary)
+
+    def _on_console_line(self, device: str, line: str) -> None:
+        """The guest's own output (not the trace's wording) tells BDS and the shell apart."""
+        for name, needle in CONSOLE_MILESTONES.items():
+            if needle in line:
+                self.reach(name, line=f"{device}: {line}")
 
     # -- what the host sees ----------------------------------------------------------------
     def _hook_host(self) -> None:
@@ -291,7 +300,7 @@ class FirmwareBoot:
         hv.on_vmgexit(SwExit.MMIO_READ, self._on_mmio)
         hv.on_vmgexit(SwExit.MMIO_WRITE, self._on_mmio)
 
-    def _on_cpuid_msr(self, req: Any, proceed: Callable[[], None]) -> None:
+    def _on_cpuid_msr(self, req: MsrProtocolRequest, proceed: Proceed) -> None:
         proceed()
         leaf, reg = decode_cpuid_request(req.value)
         if leaf == Leaf.MEM_ENCRYPT and reg == CpuidReg.EBX and req.response is not None:
@@ -299,35 +308,35 @@ class FirmwareBoot:
             info = decode_8000001f(0, ebx)
             self.reach("cbit", cbitpos=info.cbitpos, reduced_phys_bits=info.reduced_phys_bits)
 
-    def _on_sev_info(self, req: Any, proceed: Callable[[], None]) -> None:
+    def _on_sev_info(self, req: MsrProtocolRequest, proceed: Proceed) -> None:
         proceed()
         self._sev_info_seen = True
 
-    def _on_efer(self, event: Any, proceed: Callable[[], None]) -> None:
+    def _on_efer(self, event: ExitEvent, proceed: Proceed) -> None:
         proceed()
         if event.exit.info1 & Efer.LME:
             self._efer_lme = True
 
-    def _on_cr0(self, event: Any, proceed: Callable[[], None]) -> None:
+    def _on_cr0(self, event: ExitEvent, proceed: Proceed) -> None:
         proceed()
         if self._efer_lme and event.exit.info1 & Cr0.PG:
             self.reach("long-mode", cr0=int(event.exit.info1))
 
-    def _on_vmgexit(self, event: Any, proceed: Callable[[], None]) -> None:
+    def _on_vmgexit(self, event: ExitEvent, proceed: Proceed) -> None:
         gpa = event.vcpu.vmcb["ghcb_gpa"]
         page_gpa = gpa and not msr_info(gpa)  # a GHCB GPA, not an MSR-protocol request
         if page_gpa and self._sev_info_seen and not self.milestones["ghcb"].reached:
             self.reach("ghcb", ghcb_gpa=gpa, **self._paging_facts(event.vcpu.index, gpa))
         proceed()
 
-    def _on_ioio(self, req: Any, proceed: Callable[[], None]) -> None:
+    def _on_ioio(self, req: GhcbRequest, proceed: Proceed) -> None:
         proceed()
         io = decode_ioio(req.info1)
         if io.port >= DX_PORT_MIN and not req.failed:
             kind = "in" if io.is_in else "out"
             self.reach("ghcb-io", port=io.port, size=io.size, direction=kind)
 
-    def _on_mmio(self, req: Any, proceed: Callable[[], None]) -> None:
+    def _on_mmio(self, req: GhcbRequest, proceed: Proceed) -> None:
         proceed()
         if not req.failed:
             self.reach("ghcb-mmio", gpa=req.info1, length=req.info2, request=req.name)

@@ -64,6 +64,7 @@ from sevx86.arch.msr import Msr
 from sevx86.arch.vectors import vector_name
 from sevx86.arch.vmcb import EventType, Intercept, decode_event, decode_ioio, encode_event
 from sevx86.config import GuestConfig, GuestMode
+from sevx86.cpu.vmcb import Vmcb
 from sevx86.hv import direct, msr_protocol, smp
 from sevx86.hv.clock import VirtualClock
 from sevx86.hv.cpuid import CpuidTable
@@ -97,7 +98,14 @@ _U64 = (1 << 64) - 1
 PAGE = 0x1000
 
 
-Hook = Callable[[Any, Callable[[], None]], None]
+# A hook is ``hook(ctx, proceed)``: ``proceed()`` runs the rest of the chain
+# (later hooks, then the handler); the context type depends on the hook point.
+Proceed = Callable[[], None]
+ExitHook = Callable[["ExitEvent", Proceed], None]
+RequestHook = Callable[[Request, Proceed], None]
+VmgexitHook = Callable[[GhcbRequest, Proceed], None]
+MsrProtocolHook = Callable[[msr_protocol.MsrProtocolRequest, Proceed], None]
+Hook = ExitHook | RequestHook | VmgexitHook | MsrProtocolHook
 
 # Hardware exit code -> method name. The direct NAE exits of modes none/sev
 # all go to _exit_direct, which turns them into requests for HANDLERS.
@@ -209,19 +217,19 @@ class Hypervisor:
         self.mmio_bus.register(XAPIC_BASE, XAPIC_PAGE_SIZE, self.lapic)
 
     # ------------------------------------------------------------------ hooks
-    def on_exit(self, code: int, hook: Hook | None = None) -> Any:
+    def on_exit(self, code: int, hook: ExitHook | None = None) -> Any:
         """Hook a hardware exit (``ctx`` is an ``ExitEvent``), before any handling."""
         return self._add_hook("exit", code, hook)
 
-    def on_request(self, code: int, hook: Hook | None = None) -> Any:
+    def on_request(self, code: int, hook: RequestHook | None = None) -> Any:
         """Hook an NAE request (``ctx`` is a ``Request``) on any path (GHCB or direct)."""
         return self._add_hook("request", code, hook)
 
-    def on_vmgexit(self, sw_exitcode: int, hook: Hook | None = None) -> Any:
+    def on_vmgexit(self, sw_exitcode: int, hook: VmgexitHook | None = None) -> Any:
         """Hook a validated GHCB request (``ctx`` is a ``GhcbRequest``, SEV-ES only)."""
         return self._add_hook("vmgexit", sw_exitcode, hook)
 
-    def on_msr_protocol(self, ghcb_info: int, hook: Hook | None = None) -> Any:
+    def on_msr_protocol(self, ghcb_info: int, hook: MsrProtocolHook | None = None) -> Any:
         """Hook a GHCB MSR-protocol request (``ctx`` is a ``MsrProtocolRequest``)."""
         return self._add_hook("msr", ghcb_info, hook)
 
@@ -816,12 +824,17 @@ class ExitEvent:
         return self.exit.code
 
     @property
-    def vmcb(self) -> Any:
+    def vmcb(self) -> Vmcb:
         return self.vcpu.vmcb
 
 
 __all__ = [
     "EXIT_TABLE",
     "ExitEvent",
+    "ExitHook",
     "Hypervisor",
+    "MsrProtocolHook",
+    "Proceed",
+    "RequestHook",
+    "VmgexitHook",
 ]

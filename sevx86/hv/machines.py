@@ -52,7 +52,7 @@ from sevx86.hv.devices.i440fx import (
 )
 from sevx86.hv.devices.pci import PCI_IO_BASE, PCI_IO_LENGTH, PciHost
 from sevx86.hv.devices.pflash import PFlashCfi01
-from sevx86.hv.hypervisor import EXIT_TABLE, Hypervisor
+from sevx86.hv.hypervisor import EXIT_TABLE, ExitEvent, Hypervisor, Proceed
 
 # QEMU's pc machine keeps RAM below 3.5 GiB; the rest would go above 4 GiB.
 PC_BELOW_4G_LIMIT = 0xE000_0000
@@ -161,7 +161,7 @@ class QemuPc:
             fw.add_file(name, data)
 
     # -- platform events ----------------------------------------------------------------
-    def _tick(self, _event: object, proceed) -> None:  # type: ignore[no-untyped-def]
+    def _tick(self, _event: ExitEvent, proceed: Proceed) -> None:
         self.clock.advance()
         proceed()
 
