@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sevx86.arch.bits import U32_MASK as _U32
 from sevx86.arch.exits import AP_JUMP_TABLE_GET, SvmExit, SwExit, exit_name
 from sevx86.arch.ghcb import GhcbError, decode_sw_terminate
 from sevx86.arch.msr import Msr
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from sevx86.hv.hypervisor import Hypervisor
 
 Handler = Callable[["Hypervisor", Request], None]
-_U32 = 0xFFFF_FFFF
 # KVM's answers to a hypercall it does not know / from CPL > 0 (include/uapi/linux/kvm_para.h).
 KVM_ENOSYS = 1000
 KVM_EPERM = 1

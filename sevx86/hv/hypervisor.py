@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from sevx86.arch.apic import X2APIC_ICR, XAPIC_BASE, XAPIC_PAGE_SIZE, ApicReg, Icr
+from sevx86.arch.bits import U64_MASK as _U64
 from sevx86.arch.exits import (
     CR_WRITE_TRAPS,
     NAE_INSTRUCTION_EXITS,
@@ -93,10 +94,6 @@ from sevx86.hv.validate import Invalid, describe_request, validate_vmgexit
 from sevx86.hv.vcpu_state import MpState, VcpuHvState
 from sevx86.machine import HostVcpu, HostView
 from sevx86.vmexit import StopReason, VmExit
-
-_U64 = (1 << 64) - 1
-PAGE = 0x1000
-
 
 # A hook is ``hook(ctx, proceed)``: ``proceed()`` runs the rest of the chain
 # (later hooks, then the handler); the context type depends on the hook point.

@@ -47,6 +47,7 @@ from sevx86.arch.ghcb import (
     msr_register_gpa_response,
     msr_sev_info_response,
 )
+from sevx86.arch.paging import PAGE_SIZE
 from sevx86.hv import smp
 from sevx86.hv.cpuid import describe
 from sevx86.hv.requests import MsrCpuidRequest
@@ -54,8 +55,6 @@ from sevx86.hv.requests import MsrCpuidRequest
 if TYPE_CHECKING:
     from sevx86.hv.hypervisor import Hypervisor
     from sevx86.machine import HostVcpu
-
-PAGE = 0x1000
 
 
 @dataclass
@@ -119,8 +118,8 @@ def pref_gpa(hv: Hypervisor, req: MsrProtocolRequest) -> None:
 
 def register_gpa(hv: Hypervisor, req: MsrProtocolRequest) -> None:
     gfn = decode_gfn(req.value, GhcbMsr.REG_GPA_REQ)
-    gpa = gfn * PAGE
-    if not hv.host.memory.contains(gpa, PAGE):
+    gpa = gfn * PAGE_SIZE
+    if not hv.host.memory.contains(gpa, PAGE_SIZE):
         # A GFN that is not ours to map: answer a GFN the guest did not ask
         # for (all ones), which it must treat as a refusal.
         req.response = msr_register_gpa_response(GFN_MASK)

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sevx86.arch.bits import U32_MASK as _U32
+from sevx86.arch.bits import U64_MASK as _U64
 from sevx86.arch.exits import exit_name
 from sevx86.arch.ghcb import ExitInfoResult, GhcbError
 from sevx86.arch.vectors import Vector
@@ -31,8 +33,6 @@ from sevx86.hv.validate import Scratch, ValidRequest
 if TYPE_CHECKING:
     from sevx86.cpu.state import RegisterFile
     from sevx86.machine import HostVcpu
-
-_U64 = (1 << 64) - 1
 
 
 class Request:
@@ -249,7 +249,6 @@ class MsrCpuidRequest(Request):
 
 # CPUID request register index (GHCB MSR protocol bits 31:30) -> the register it names.
 _CPUID_OUTPUTS = ("rax", "rbx", "rcx", "rdx")
-_U32 = 0xFFFF_FFFF
 
 
 class RegisterRequest(Request):

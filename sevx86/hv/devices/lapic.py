@@ -63,12 +63,12 @@ from sevx86.arch.apic import (
     decode_icr,
     x2apic_msr,
 )
+from sevx86.arch.bits import U32_MASK as _U32
 from sevx86.arch.msr import X2APIC_FIRST, X2APIC_LAST
 from sevx86.hv.clock import VirtualClock
 
 APIC_BASE = XAPIC_BASE
 APIC_SIZE = XAPIC_PAGE_SIZE
-_U32 = 0xFFFF_FFFF
 # A register slot is 16 bytes; only its first 4 are the register.
 _SLOT = 0x10
 _BANK = 8  # ISR, TMR and IRR are 8 registers of 32 bits each
