@@ -6,7 +6,7 @@ guest ends the run (debug-exit, a termination request), dies (shutdown, a
 failed VMRUN), halts for good, or a limit is reached. It returns a
 ``RunResult``; it never raises because of anything the guest did.
 
-It only ever holds a ``HostView`` (DESIGN.md, "Trust boundary"): DRAM as the
+It only ever holds a ``HostView`` (docs/design.md, "Trust boundary"): DRAM as the
 host sees it, the VMCB control areas, VMRUN -- and in modes none/sev the
 registers an exit hands over.
 
