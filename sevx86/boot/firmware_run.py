@@ -255,6 +255,12 @@ class FirmwareBoot:
             result, list(self.milestones.values()), dict(result.counters), self.first_vmrun_t
         )
 
+    def interrupt(self, detail: str = "interrupted") -> None:
+        """End the run soon, from any thread or a signal handler (the user's Ctrl-C)."""
+        self.hv.stop(detail)
+        for vcpu in self.hv.vcpus:
+            vcpu.kick()
+
     # -- milestones -----------------------------------------------------------------------
     def reach(self, name: str, actor: str = "hv", **detail: Any) -> None:
         """Record a milestone the first time it is reached (and stop there if asked)."""
