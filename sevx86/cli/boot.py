@@ -37,9 +37,10 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 MERMAID_EVENTS = 400  # a diagram of the first events; more is unreadable
 DEFAULT_UNTIL = "shell"
 UNTIL_NONE = "none"
-# OVMF's X64 flash layout puts its permanent PEI memory and page tables in
-# MEMFD, which ends at 21 MiB (OvmfPkg/OvmfPkgX64.fdf: 0x800000 + 0xD00000);
-# PlatformPei then needs RAM above it. Below this the guest cannot boot.
+# OVMF's X64 build keeps its SEC page tables, temporary PEI RAM and the
+# decompressed PEI and DXE volumes in MEMFD, a fixed region from 8 MiB up
+# (OvmfPkg/OvmfPkgX64.fdf, [FD.MEMFD]); PlatformPei puts the permanent PEI
+# memory and DXE above it. The floor leaves room for both (1M triple-faults).
 MIN_MEMORY = 64 << 20
 STATUS_PERIOD = 0.5  # seconds between status-line updates (a terminal only)
 
@@ -235,7 +236,7 @@ def _memory(text: str) -> int:
     if memory < MIN_MEMORY:
         raise UsageError(
             f"--memory {text}: OVMF needs at least {MIN_MEMORY >> 20}M"
-            " (its PEI memory lies above the 21 MiB of its MEMFD region)"
+            " (its MEMFD region alone reaches past 16 MiB)"
         )
     if memory % PAGE_SIZE:
         raise UsageError(f"--memory {text} is not a whole number of 4 KiB pages")
