@@ -40,8 +40,9 @@ UNTIL_NONE = "none"
 # OVMF's X64 build keeps its SEC page tables, temporary PEI RAM and the
 # decompressed PEI and DXE volumes in MEMFD, a fixed region from 8 MiB up
 # (OvmfPkg/OvmfPkgX64.fdf, [FD.MEMFD]); PlatformPei puts the permanent PEI
-# memory and DXE above it. The floor leaves room for both (1M triple-faults).
-MIN_MEMORY = 64 << 20
+# memory and DXE above it, so a few MiB triple-fault. The floor is QEMU's
+# default RAM size (-m 128M), with which OVMF boots under QEMU.
+MIN_MEMORY = 128 << 20
 STATUS_PERIOD = 0.5  # seconds between status-line updates (a terminal only)
 
 DESCRIPTION = """\
@@ -113,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--memory",
         metavar="SIZE",
         default=f"{DEFAULT_MEMORY >> 20}M",
-        help="guest RAM, e.g. 512M or 1G (default 512M)",
+        help="guest RAM, 128M to 3584M, e.g. 512M or 1G (default 512M)",
     )
     p.add_argument("--vcpus", metavar="N", type=int, default=1, help="vCPUs (default 1)")
     p.add_argument(
@@ -235,7 +236,7 @@ def _memory(text: str) -> int:
         )
     if memory < MIN_MEMORY:
         raise UsageError(
-            f"--memory {text}: OVMF needs at least {MIN_MEMORY >> 20}M"
+            f"--memory {text}: OVMF needs at least {MIN_MEMORY >> 20}M, QEMU's default"
             " (its MEMFD region alone reaches past 16 MiB)"
         )
     if memory % PAGE_SIZE:

@@ -23,7 +23,7 @@ from sevx86.asm import fw_abi as abi
 from sevx86.boot.firmware import flash_image
 
 ROOT = Path(__file__).resolve().parents[2]
-MEMORY = "64M"
+MEMORY = "128M"
 SPIN = "start:\n    jmp start\n"
 BANNER_THEN_SPIN = """
 start:
@@ -39,7 +39,7 @@ banner: db "UEFI Interactive Shell v2.2", 10, 0
 def _image(tmp_path: Path, source: str, name: str) -> Path:
     payload = assemble(source, base=abi.PAYLOAD_GPA).code
     path = tmp_path / name
-    path.write_bytes(flash_image(payload, memory=64 << 20))
+    path.write_bytes(flash_image(payload, memory=128 << 20))
     return path
 
 
@@ -167,7 +167,7 @@ def test_the_status_line_shows_only_on_a_terminal(tmp_path):
     [
         ("1T", "below QEMU's PCI hole at 3584M"),
         ("8G", "below QEMU's PCI hole at 3584M"),
-        ("1M", "OVMF needs at least 64M"),
+        ("1M", "OVMF needs at least 128M"),
     ],
 )
 def test_memory_sizes_the_pc_machine_cannot_hold_are_usage_errors(tmp_path, memory, expect):
