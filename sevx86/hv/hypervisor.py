@@ -438,10 +438,6 @@ class Hypervisor:
     def enable_parallel(self) -> None:
         self.host.enable_parallel()
 
-    def kick(self, index: int) -> None:
-        """Make a running vCPU exit soon (it learns about new events only at an exit)."""
-        self.host.vcpus[index].kick()
-
     def no_runnable_vcpu(self) -> None:
         dead = [st.dead for st in self._states if st.dead is not None]
         if len(dead) == len(self._states):
