@@ -305,8 +305,7 @@ class Progress:
             rate = (exits - last_exits) / max(now - last_t, 1e-9)
             last_exits, last_t = exits, now
             line = (
-                f"[{now - self.start:7.1f}s] {exits:,} exits ({rate:,.0f}/s),"
-                f" phase: {self.phase}"
+                f"[{now - self.start:7.1f}s] {exits:,} exits ({rate:,.0f}/s), phase: {self.phase}"
             )
             with self._lock:
                 self.stream.write("\r\033[K" + line)
