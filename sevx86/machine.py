@@ -12,9 +12,9 @@ untrusted hypervisor may touch (docs/design.md, "Trust boundary"):
 It holds no Unicorn handle, no key, no Secure Processor object on any public
 attribute; ``tests/cpu/test_boundary.py`` walks its object graph to prove it.
 
-Launch follows the SEV API order (sevx86.sp): LAUNCH_START when the machine
-is created, LAUNCH_UPDATE_DATA per loaded image, LAUNCH_UPDATE_VMSA per
-SEV-ES vCPU, then LAUNCH_MEASURE and LAUNCH_FINISH in ``finish()``.
+The launch is ``sevx86.sp.launch.GuestLaunch``'s: a machine adopts one (or
+starts its own when created), and ``load``/``add_vcpu``/``finish`` are its
+LAUNCH_UPDATE_DATA, LAUNCH_UPDATE_VMSA and LAUNCH_MEASURE + LAUNCH_FINISH.
 """
 
 from __future__ import annotations
@@ -25,16 +25,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sevx86.arch.vmsa import VMSA_SIZE
-from sevx86.config import PAGE_SIZE, GuestConfig, GuestMode
+from sevx86.config import GuestConfig, GuestMode
 from sevx86.cpu.vcpu import VCpu
 from sevx86.cpu.vmcb import Vmcb
 from sevx86.memory.dram import PhysicalMemory, RamRegion
-from sevx86.sp.policy import GuestPolicy, PolicyFlag
+from sevx86.sp.launch import GuestLaunch, LaunchError
+from sevx86.sp.policy import GuestPolicy
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import NullTracer, Tracer
 from sevx86.vmexit import VmExit
-
-DEFAULT_ASID = 1
 
 # The host-side objects below hold only a token; the trusted object behind it
 # lives here. So no attribute of a boundary object -- private or not, nor a
@@ -67,9 +66,6 @@ def _bind(owner: object, trusted: object) -> int:
     return token
 
 
-class LaunchError(RuntimeError):
-    """The machine cannot be launched as asked."""
-
 
 class Machine:
     """One guest: memory, vCPUs and (encrypted modes) its Secure Processor context."""
@@ -83,6 +79,7 @@ class Machine:
         tracer: Tracer | None = None,
         memory: PhysicalMemory | None = None,
         handle: int | None = None,
+        launch: GuestLaunch | None = None,
     ):
         self.config = config
         self.mode = config.mode
@@ -93,75 +90,39 @@ class Machine:
         self._finished = False
         self._sp: SecureProcessor | None = None
         self._handle = 0
+        self._launch: GuestLaunch | None = None
         if memory is not None:
             # Launched elsewhere (sevx86.boot.launch): adopt its memory and handle.
             if config.mode.encrypted and (sp is None or handle is None):
                 raise LaunchError("an adopted encrypted guest needs its SP and handle")
             self._sp, self._handle, self.memory = sp, handle or 0, memory
             return
-        if config.mode.encrypted:
-            self._sp = sp if sp is not None else SecureProcessor()
-            if policy is None:
-                flags = PolicyFlag.NODBG | (PolicyFlag.ES if config.mode is GuestMode.SEV_ES else 0)
-                policy = GuestPolicy.make(flags)
-            policy = policy if isinstance(policy, GuestPolicy) else GuestPolicy(int(policy))
-            if policy.es != (config.mode is GuestMode.SEV_ES):
-                raise LaunchError(f"policy {policy} does not match mode {config.mode.value}")
-            self._handle = self._sp.launch_start(policy)
-            self._sp.activate(self._handle, DEFAULT_ASID)
-            self.memory = PhysicalMemory(config, self._sp.memory_cipher(self._handle))
-            self.tracer.emit(
-                "sp",
-                "launch",
-                f"LAUNCH_START policy {policy.value:#x}",
-                target="hv",
-                policy=policy.value,
-            )
-        else:
-            self.memory = PhysicalMemory(config)
+        # The launch (sevx86.sp.launch) issues every SP command; the machine adopts it.
+        if launch is None:
+            launch = GuestLaunch(config, sp=sp, policy=policy, tracer=self.tracer)
+            launch.start()
+        assert launch.memory is not None
+        self._launch = launch
+        self._sp, self._handle, self.memory = launch.sp, launch.handle, launch.memory
+        self._finished = launch.finished
 
     # -- launch ----------------------------------------------------------------------
     def load(self, gpa: int, data: bytes, *, name: str | None = None) -> None:
         """Place an image in guest memory: the host writes it, the SP encrypts and measures it."""
-        if self._finished:
-            raise LaunchError("the launch is finished; images can no longer be loaded")
-        data = bytes(data)
-        start = gpa & ~(PAGE_SIZE - 1)
-        end = (gpa + len(data) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        if self.memory.guest_ram_at(start, end - start) is None:
-            if any(start < r.end and r.base < end for r in self.memory.regions):
-                raise LaunchError(f"image at {gpa:#x}+{len(data):#x} straddles a RAM region")
-            self.memory.add_region(name or f"image@{start:#x}", start, end - start)
-        self.memory.write_dram(gpa, data)
-        if self._sp is not None:
-            self._sp.launch_update_data(self._handle, self.memory, start, end - start)
-        self.tracer.emit(
-            "hv",
-            "load",
-            f"image {name or ''} at {gpa:#x}, {len(data)} bytes",
-            target="sp" if self._sp else None,
-            gpa=gpa,
-            size=len(data),
-        )
+        self._launching("images can no longer be loaded").update_data(gpa, data, name=name)
 
     def add_vcpu(self, initial_state: bytes) -> VCpu:
         """A vCPU starting from ``initial_state`` (a VMSA-layout page)."""
-        if self._finished:
-            raise LaunchError("the launch is finished; vCPUs can no longer be added")
-        index = len(self.vcpus)
-        spa = None
-        if self.mode is GuestMode.SEV_ES:
-            assert self._sp is not None
-            page = self.memory.allocate_host_page(f"vmsa{index}")
-            self.memory.write_dram(page.base, bytes(initial_state))
-            self._sp.launch_update_vmsa(self._handle, self.memory, page.base, index)
-            spa = page.base
-            self.tracer.emit(
-                "sp", "launch", f"LAUNCH_UPDATE_VMSA vCPU {index}", vcpu=index, target="hv"
-            )
-        vcpu = self._new_vcpu(index, bytes(initial_state), spa)
+        launch = self._launching("vCPUs can no longer be added")
+        spa = launch.update_vmsa(initial_state) if self.mode is GuestMode.SEV_ES else None
+        vcpu = self._new_vcpu(len(self.vcpus), bytes(initial_state), spa)
         self.vcpus.append(vcpu)
         return vcpu
+
+    def _launching(self, what: str) -> GuestLaunch:
+        if self._finished or self._launch is None:
+            raise LaunchError(f"the launch is finished; {what}")
+        return self._launch
 
     def _new_vcpu(self, index: int, initial_state: bytes, vmsa_spa: int | None) -> VCpu:
         guard = None
@@ -189,16 +150,9 @@ class Machine:
         """LAUNCH_MEASURE + LAUNCH_FINISH (encrypted modes)."""
         if self._finished:
             return
-        if self._sp is not None:
-            self.measurement = self._sp.launch_measure(self._handle)
-            self._sp.launch_finish(self._handle)
-            self.tracer.emit(
-                "sp",
-                "launch",
-                "LAUNCH_MEASURE + LAUNCH_FINISH",
-                target="hv",
-                digest=self._sp.launch_digest(self._handle).hex(),
-            )
+        if self._launch is not None:
+            self.measurement = self._launch.measure()
+            self._launch.finish()
         self._finished = True
 
     @property

@@ -34,7 +34,7 @@ from sevx86.cli.main import EXIT_INTERNAL, EXIT_USAGE, UsageError
 from sevx86.config import ConfigError, GuestConfig, GuestMode, parse_size
 from sevx86.hv import Hypervisor, RunReason, RunResult
 from sevx86.hv.scheduler import DEFAULT_QUANTUM, SCHEDULERS, Scheduler, make_scheduler
-from sevx86.machine import LaunchError
+from sevx86.sp.launch import LaunchError, resolve_policy
 from sevx86.sp.policy import GuestPolicy
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import TraceEvent, Tracer
@@ -247,13 +247,12 @@ def guest_policy(args: argparse.Namespace, mode: GuestMode) -> GuestPolicy | Non
     value = parse_number(args.policy, "--policy")
     if not 0 <= value <= 0xFFFF_FFFF:
         raise UsageError(f"--policy {args.policy} is not a 32-bit value")
-    policy = GuestPolicy(value)
     if not mode.encrypted:
         raise UsageError("--policy needs an encrypted guest (--mode sev or sev-es)")
-    if policy.es != (mode is GuestMode.SEV_ES):
-        has = "has" if policy.es else "lacks"
-        raise UsageError(f"--policy {value:#x} {has} the SEV-ES bit (0x4) but --mode is {mode}")
-    return policy
+    try:
+        return resolve_policy(mode, value)
+    except LaunchError as exc:
+        raise UsageError(f"--{exc}") from None
 
 
 def run_limits(args: argparse.Namespace) -> tuple[float | None, int | None]:

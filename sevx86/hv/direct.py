@@ -28,11 +28,11 @@ from functools import cache
 from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, CS_MODE_64, Cs, CsError
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 
+from sevx86.arch.bits import U64_MASK as _U64
 from sevx86.arch.cr import Rflags
 from sevx86.arch.msr import Efer
 from sevx86.arch.vmcb import IoioInfo, SegAttr
 
-_U64 = (1 << 64) - 1
 # Bytes of string I/O served per exit (then the instruction re-executes).
 STRING_IO_CHUNK = 0x10000
 _ADDR_MASK = {16: 0xFFFF, 32: 0xFFFF_FFFF, 64: _U64, 0: _U64}

@@ -9,12 +9,12 @@ The VEK never leaves this object: ``memory_cipher(handle)`` hands the memory
 controller a ``MemoryCipher`` bound to it, never key bytes.
 
 Guest memory in sevx86 is a ``PhysicalMemory`` whose ``cipher`` is the
-guest's ``MemoryCipher`` (DESIGN.md "Memory"): the host writes plaintext
+guest's ``MemoryCipher`` (docs/design.md, "Memory model"): the host writes plaintext
 images with ``write_dram`` (DRAM then holds the plaintext, as a host's C=0
 writes leave it), LAUNCH_UPDATE_DATA reads those DRAM bytes, measures them
 and writes them back through the private view, i.e. encrypted in place.
 
-Runtime VMSA integrity (DESIGN.md "World switch and VMSA integrity"): the SP
+Runtime VMSA integrity (docs/design.md, "World switch"): the SP
 keeps, per guest and vCPU, an HMAC-SHA-256 tag over the VMSA plaintext under
 a per-guest key that never leaves the SP. ``vmsa_seal`` records it when the
 CPU has written the VMSA at an automatic exit (and LAUNCH_UPDATE_VMSA seals

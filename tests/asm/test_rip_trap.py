@@ -1,4 +1,7 @@
-"""The keystone RIP-relative trap (DESIGN.md) is caught, and the right forms pass."""
+"""The keystone RIP-relative trap is caught, and the right forms pass.
+
+The trap: docs/design.md, "Assembling guest code".
+"""
 
 from __future__ import annotations
 

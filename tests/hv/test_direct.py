@@ -12,6 +12,7 @@ import pytest
 
 from sevx86.hv import RunReason
 from sevx86.hv.devices import MMIO_TEST_ID
+from sevx86.hv.vcpu_state import MpState
 from tests.hv.guests import build, exit_direct, map_mmio
 from tests.hv.test_ghcb_requests import Capture
 
@@ -250,7 +251,7 @@ def test_hlt_with_interrupts_off_ends_halted():
     m, _, hv = build("    cli\n    hlt\n", "none")
     result = hv.run(timeout=30)
     assert result.reason is RunReason.HALTED
-    assert hv.vcpu_state(0).halted
+    assert hv.vcpu_state(0).events.mp_state is MpState.HALTED
 
 
 def test_timeout_is_reported_and_the_guest_can_continue():

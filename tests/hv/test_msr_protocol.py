@@ -136,7 +136,7 @@ def test_item11_a_vmgexit_on_an_unregistered_ghcb_terminates_and_leaves_the_page
     )
     m, _, hv = build(body)
     result = hv.run(timeout=20)
-    assert hv.vcpu_state(0).ghcb_registered == 0x5000
+    assert hv.vcpu_state(0).ghcb.registered == 0x5000
     assert result.reason is RunReason.TERMINATED, result
     term = result.termination
     assert term is not None and term.by == "hypervisor"
@@ -151,7 +151,7 @@ def test_registering_a_page_outside_ram_is_refused():
     assert result.ok
     response = _responses(m, 1)[0]
     assert decode_gfn(response, GhcbMsr.REG_GPA_RESP) == GFN_MASK
-    assert hv.vcpu_state(0).ghcb_registered == 0x5000  # only the later, valid one
+    assert hv.vcpu_state(0).ghcb.registered == 0x5000  # only the later, valid one
 
 
 def test_termination_request_ends_the_run_with_its_reason():
