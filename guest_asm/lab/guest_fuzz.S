@@ -19,7 +19,8 @@
 ; ends with a termination request of reason set 0xF code 0x42.
 ;
 ; Built by sevx86.lab.guest on the harness with the GHCB page at
-; VC_GHCB_GPA; `canary_page` is a private page the lab checks afterwards.
+; VC_GHCB_GPA, which it registers first; `canary_page` is a private page the
+; lab checks afterwards: no request may make the host write it.
 
 %include "include/ghcb.inc"
 %include "include/svm.inc"
@@ -34,6 +35,12 @@
 bits 64
 
 start:
+    ; Register the GHCB first (GHCB spec 56421, "GHCB GPA Registration"): a
+    ; VMGEXIT naming another page is then one the host must refuse, not answer
+    ; in. Without a registration the guest's GHCB is wherever the MSR points,
+    ; and a host answer written into a private page there is the guest's doing.
+    mov rax, VC_GHCB_GPA | GHCB_MSR_REG_GPA_REQ
+    call vmgexit_with
     mov r15, SEED
     or r15, 1                       ; xorshift needs a state other than 0
     xor r14d, r14d                  ; cases done
