@@ -15,7 +15,10 @@ def test_docs_design_has_the_sections_the_code_cites():
     assert set(SECTIONS) <= set(headings)
     cited: set[str] = set()
     for path in [*ROOT.glob("sevx86/**/*.py"), *ROOT.glob("tests/**/*.py")]:
-        cited.update(re.findall(r'docs/design\.md, "([^"]+)"', path.read_text()))
+        text = path.read_text()
+        # A citation may wrap inside a comment: compare its words, not its line breaks.
+        found = re.findall(r'docs/design\.md, "([^"]+)"', text)
+        cited.update(" ".join(c.replace("#", " ").split()) for c in found)
     assert cited and cited <= set(headings), cited - set(headings)
 
 

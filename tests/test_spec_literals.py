@@ -130,7 +130,6 @@ RULES: dict[str, Callable[[ast.AST], bool]] = {
 # cpu/ is being reworked by the CPU-engine change (issue 12's CPU-side points):
 # (file, rule) -> how many findings are still there on this branch.
 KNOWN_PENDING: dict[tuple[str, str], int] = {
-    ("sevx86/cpu/vcpu.py", "CR exit arithmetic"): 2,  # 0x10 + cr, code - 0x90 (engine rework)
 }
 
 

@@ -23,6 +23,7 @@ from sevx86.boot.firmware_run import (
 from sevx86.boot.launch import DEFAULT_VCPU_TYPE
 from sevx86.boot.ovmf import OvmfError
 from sevx86.boot.vcpu_types import VCPU_TYPES
+from sevx86.cli import common
 from sevx86.cli.main import UsageError
 from sevx86.config import PAGE_SIZE, ConfigError, parse_size
 from sevx86.hv.clock import VirtualClock
@@ -33,7 +34,7 @@ from sevx86.trace.render import mermaid, table
 
 EXIT_REACHED = 0
 EXIT_NOT_REACHED = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_INTERRUPTED = int(common.ExitStatus.INTERRUPTED)
 MERMAID_EVENTS = 400  # a diagram of the first events; more is unreadable
 DEFAULT_UNTIL = "shell"
 UNTIL_NONE = "none"
@@ -314,39 +315,12 @@ class Progress:
 
 
 def _run_interruptibly(boot: FirmwareBoot, **limits: object) -> tuple[BootResult, bool]:
-    """Run the boot on a worker thread so that Ctrl-C reaches us even in a tight guest loop.
-
-    Python runs signal handlers in the main thread only, between bytecodes;
-    Unicorn may execute guest code for a long time without calling back. The
-    main thread waits here instead, and the first Ctrl-C ends the run the
-    way a device would (``FirmwareBoot.interrupt``), so the summary and the
-    varstore still come; a second Ctrl-C gives up at once.
-    """
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            box["result"] = boot.run(**limits)  # type: ignore[arg-type]
-        except BaseException as exc:  # handed to the main thread below
-            box["error"] = exc
-
-    worker = threading.Thread(target=work, name="boot", daemon=True)
-    worker.start()
-    interrupted = False
-    # Poll with sleep, not Thread.join: a KeyboardInterrupt inside join() can
-    # leave the thread reported as finished while it still runs (CPython).
-    while "result" not in box and "error" not in box:
-        try:
-            time.sleep(0.1)
-        except KeyboardInterrupt:
-            if interrupted:
-                raise
-            interrupted = True
-            boot.interrupt("interrupted (Ctrl-C)")
-    worker.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["result"], interrupted  # type: ignore[return-value]
+    """The boot on a worker thread; the first Ctrl-C ends it as a device would
+    (``FirmwareBoot.interrupt``), so the summary and the varstore still come."""
+    return common.run_interruptibly(
+        lambda: boot.run(**limits),  # type: ignore[arg-type]
+        lambda: boot.interrupt(common.INTERRUPTED_DETAIL),
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,13 +14,15 @@ import os
 import re
 import runpy
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from sevx86.arch.exits import SvmExit, exit_name
 from sevx86.arch.ghcb import GeneralTermReason, GhcbMsr
@@ -66,6 +68,7 @@ class ExitStatus(IntEnum):
     VMRUN_FAILED = 122  # VMRUN refused the guest state (VMSA integrity check)
     TIMEOUT = 124  # --timeout seconds passed (as coreutils timeout)
     INSTRUCTION_LIMIT = 125  # --max-instructions ran without an exit
+    INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
 EXIT_STATUS_TABLE = """\
@@ -84,6 +87,8 @@ exit status:
   122      VMRUN failed (the VMSA integrity check)
   124      --timeout reached
   125      --max-instructions reached
+  130      interrupted (Ctrl-C): the run ends at the next exit or kick, the
+           summary and the trace written so far still come
   1        internal error in sevx86"""
 
 _FATAL_LINE = re.compile(r"sevx86-fw: fatal: reason set 0x([0-9a-f]+) code 0x([0-9a-f]+)")
@@ -550,6 +555,8 @@ def exit_status(
             "the guest halted without an exit status (write it to port 0xf4, "
             "or return it in RAX from the payload)"
         )
+    if reason is RunReason.STOPPED and detail == INTERRUPTED_DETAIL:
+        return ExitStatus.INTERRUPTED, f"interrupted (Ctrl-C) after {result.exits} exits"
     if reason is RunReason.TIMEOUT:
         return ExitStatus.TIMEOUT, f"timeout: the guest ran {timeout:g} s (--timeout)"
     if reason is RunReason.INSTRUCTION_LIMIT:
@@ -657,6 +664,55 @@ def user_frame(tb: TracebackType | str | None, prefer: str | None = None) -> str
     return f" (at {file}:{line} in {func})" if func != "<module>" else f":{line}"
 
 
+INTERRUPTED_DETAIL = "interrupted (Ctrl-C)"
+_T = TypeVar("_T")
+
+
+def run_interruptibly(work: Callable[[], _T], interrupt: Callable[[], None]) -> tuple[_T, bool]:
+    """Run ``work`` on a worker thread so that Ctrl-C reaches us even in a tight guest loop.
+
+    Python runs signal handlers in the main thread only, between bytecodes,
+    and Unicorn may execute guest code for a long time without calling back;
+    a KeyboardInterrupt raised inside one of its hooks would also tear the
+    emulation down as if the guest had failed. So the main thread waits here
+    instead, and the first Ctrl-C calls ``interrupt`` (end the run the way a
+    device would, so the summary, the trace and a varstore still come); a
+    second Ctrl-C gives up at once.
+    """
+    box: dict[str, object] = {}
+
+    def worker() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # handed to the main thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=worker, name="sevx86-run", daemon=True)
+    thread.start()
+    interrupted = False
+    # Poll with sleep, not Thread.join: a KeyboardInterrupt inside join() can
+    # leave the thread reported as finished while it still runs (CPython).
+    while "result" not in box and "error" not in box:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            interrupt()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"], interrupted  # type: ignore[return-value]
+
+
+def interrupt_hypervisor(hv: Hypervisor) -> None:
+    """End ``hv``'s run from another thread: stop after the exit in hand, kick every vCPU."""
+    hv.stop(INTERRUPTED_DETAIL)
+    for vcpu in hv.vcpus:
+        vcpu.kick()
+
+
 def run_hypervisor(
     booted: BootedGuest,
     *,
@@ -690,7 +746,11 @@ def run_hypervisor(
     mode = booted.machine.config.mode
     for warning in sev_es_only_hooks(hv, mode):
         print(f"sevx86: warning: {warning}", file=sys.stderr)
-    return hv.run(timeout=timeout, max_instructions=limit)
+    result, _ = run_interruptibly(
+        lambda: hv.run(timeout=timeout, max_instructions=limit),
+        lambda: interrupt_hypervisor(hv),
+    )
+    return result
 
 
 def sev_es_only_hooks(hv: Hypervisor, mode: GuestMode) -> list[str]:

@@ -13,10 +13,10 @@ from sevx86.trace.events import KIND_HELP, KIND_NAMES, TraceKind, parse_kinds
 PACKAGE = Path(sevx86.__file__).parent
 
 # The tracer's entry points and their wrappers, with the position of the kind argument:
-# Tracer.emit(actor, kind, ...), VCpu._trace(actor, kind, ...), HostView.log(kind, ...),
+# Tracer.emit(actor, kind, ...), VCpu.trace(actor, kind, ...), HostView.log(kind, ...),
 # Hypervisor._log / _log_console(kind, ...), GuestLaunch._emit(actor, kind, ...) and the
 # devices' log callbacks.
-EMITTERS = {"emit": 1, "_emit": 1, "_trace": 1, "log": 0, "_log": 0, "_log_console": 0}
+EMITTERS = {"emit": 1, "_emit": 1, "_trace": 1, "trace": 1, "log": 0, "_log": 0, "_log_console": 0}
 
 
 def emitted_kinds() -> dict[str, list[str]]:
