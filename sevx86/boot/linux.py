@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from sevx86.arch.bits import U32_MASK as _U32
 from sevx86.arch.bootparam import (
     BOOT_FLAG_MAGIC,
     DEFAULT_SETUP_SECTS,
@@ -53,7 +54,6 @@ ACPI_DATA_SIZE = 0x20000 + 0x8000
 # relocatable kernel.
 MIN_PROTOCOL = 0x0205
 TYPE_OF_LOADER_QEMU = 0xB0  # "B": QEMU's loader ID, revision 0
-_U32 = 0xFFFF_FFFF
 _VGA_NAMES = {"normal": 0xFFFF, "ext": 0xFFFE, "ask": 0xFFFD}
 
 

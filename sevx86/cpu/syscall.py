@@ -23,9 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from unicorn import UC_HOOK_INSN, Uc
+from unicorn import Uc
 from unicorn import x86_const as ux
 
+from sevx86.arch.bits import U32_MASK as _U32
+from sevx86.arch.bits import U64_MASK as _U64
 from sevx86.arch.cr import Rflags
 from sevx86.arch.descriptors import code_segment, data_segment
 from sevx86.arch.msr import (
@@ -38,10 +40,8 @@ from sevx86.cpu import context as C
 from sevx86.cpu import decode
 from sevx86.cpu.context import CpuContext, SegmentState
 from sevx86.cpu.exceptions import CpuMode, Event, GuestFault
-from sevx86.trace.events import Tracer
+from sevx86.trace.events import TraceKind, Tracer
 
-_U64 = (1 << 64) - 1
-_U32 = 0xFFFF_FFFF
 GPR_RCX, GPR_RSP, GPR_R11 = 1, 4, 11
 
 # The flat segments both instructions load without reading the GDT (APM vol 3,
@@ -81,7 +81,7 @@ class Transition:
 
 
 def _flat(selector: int, attrib: int) -> SegmentState:
-    return SegmentState(selector & 0xFFFF, 0, 0xFFFF_FFFF, attrib)
+    return SegmentState(selector & 0xFFFF, 0, _U32, attrib)
 
 
 def syscall_transition(s: FastCallState) -> Transition:
@@ -151,7 +151,7 @@ class FastCallCpu(Protocol):
 
     def deliver(self, event: Event, return_rip: int) -> None: ...
 
-    def run_event(self, handler: Callable[[], None]) -> None: ...
+    def add_insn_hook(self, insn: int, handler: Callable[[], None]) -> int: ...
 
     # Leave emu_start and carry on at the current RIP: the run loop's
     # self-resuming stop (also what a vCPU that must make room for another uses).
@@ -165,15 +165,15 @@ class FastSystemCalls:
         self.cpu = cpu
         self.count = 0  # fast system calls entered (tests and statistics)
 
-    def install(self, uc: Uc) -> None:
-        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
-        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, ux.UC_X86_INS_SYSENTER)
-
-    def _on_syscall(self, _uc: Uc, _data: object) -> None:
-        self.cpu.run_event(lambda: self._execute("SYSCALL", syscall_transition))
-
-    def _on_sysenter(self, _uc: Uc, _data: object) -> None:
-        self.cpu.run_event(lambda: self._execute("SYSENTER", sysenter_transition))
+    def install(self) -> None:
+        """Register both instructions through the vCPU's extension hook."""
+        cpu = self.cpu
+        cpu.add_insn_hook(
+            ux.UC_X86_INS_SYSCALL, lambda: self._execute("SYSCALL", syscall_transition)
+        )
+        cpu.add_insn_hook(
+            ux.UC_X86_INS_SYSENTER, lambda: self._execute("SYSENTER", sysenter_transition)
+        )
 
     def state(self, next_rip: int) -> FastCallState:
         """The architectural inputs, read from the live CPU."""
@@ -210,7 +210,7 @@ class FastSystemCalls:
                 if cpu.tracer.enabled:  # per system call: only when someone listens
                     cpu.tracer.emit(
                         "guest",
-                        "fast-call",
+                        TraceKind.FAST_CALL,
                         f"{name} at {rip:#x} -> {result.rip:#x} (RAX {rax:#x})",
                         vcpu=cpu.index,
                         target="cpu",

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sevx86.arch.bits import U32_MASK as _U32
 from sevx86.arch.cpuid import (
     ADDR_SIZES_ECX_NC_MASK,
     LEAF1_EBX_APIC_ID_SHIFT,
@@ -43,10 +44,11 @@ from sevx86.arch.cpuid import (
 )
 from sevx86.arch.cr import Cr4
 from sevx86.config import GuestConfig, GuestMode
+from sevx86.cpu.probe import engine_support
+from sevx86.hv.cpuid_filter import restrict
 
 Regs = tuple[int, int, int, int]
 Key = tuple[int, int | None]
-_U32 = 0xFFFF_FFFF
 _ZERO: Regs = (0, 0, 0, 0)
 
 # Hypervisor leaves (0x4000_0000): a vendor signature so guests can tell
@@ -256,9 +258,6 @@ class CpuidTable:
         if honest:
             # The engine is this hypervisor's "hardware": ask it what runs, as
             # KVM asks the host (KVM_GET_SUPPORTED_CPUID).
-            from sevx86.cpu.probe import engine_support
-            from sevx86.hv.cpuid_filter import restrict
-
             e = restrict(e, engine_support().supports)
         return cls(e, dynamic=True)
 
