@@ -267,3 +267,148 @@ class XsaveFeatures(IntFlag):
     XSAVEC = 1 << 1
     XGETBV_ECX1 = 1 << 2
     XSAVES = 1 << 3
+
+
+# --------------------------------------------------------------------------
+# Named feature bits, by the flag name Linux prints in /proc/cpuinfo
+# (``arch/x86/include/asm/cpufeatures.h``), with their position in AMD APM
+# vol 3 appendix E (Fn0000_0001, Fn0000_0007_x0, Fn0000_000D_x1,
+# Fn8000_0001). sevx86's CPUID table and its engine probe name bits this way.
+# --------------------------------------------------------------------------
+class Reg(IntEnum):
+    """The output register of a CPUID leaf."""
+
+    EAX = 0
+    EBX = 1
+    ECX = 2
+    EDX = 3
+
+
+@dataclass(frozen=True)
+class FeatureBit:
+    """One feature flag: where CPUID reports it."""
+
+    name: str
+    leaf: int
+    subleaf: int | None  # None: the leaf ignores ECX
+    reg: Reg
+    bit: int
+
+    @property
+    def mask(self) -> int:
+        return 1 << self.bit
+
+
+def _bits(leaf: int, subleaf: int | None, reg: Reg, names: dict[int, str]) -> list[FeatureBit]:
+    return [FeatureBit(name, leaf, subleaf, reg, bit) for bit, name in names.items()]
+
+
+FEATURE_BITS: tuple[FeatureBit, ...] = tuple(
+    _bits(
+        Leaf.FEATURES,
+        None,
+        Reg.EDX,
+        {
+            0: "fpu",
+            1: "vme",
+            2: "de",
+            3: "pse",
+            4: "tsc",
+            5: "msr",
+            6: "pae",
+            7: "mce",
+            8: "cx8",
+            9: "apic",
+            11: "sep",
+            12: "mtrr",
+            13: "pge",
+            14: "mca",
+            15: "cmov",
+            16: "pat",
+            17: "pse36",
+            19: "clflush",
+            23: "mmx",
+            24: "fxsr",
+            25: "sse",
+            26: "sse2",
+            28: "ht",
+        },
+    )  # fmt: skip
+    + _bits(
+        Leaf.FEATURES,
+        None,
+        Reg.ECX,
+        {
+            0: "pni",
+            1: "pclmulqdq",
+            9: "ssse3",
+            12: "fma",
+            13: "cx16",
+            19: "sse4_1",
+            20: "sse4_2",
+            21: "x2apic",
+            22: "movbe",
+            23: "popcnt",
+            25: "aes",
+            26: "xsave",
+            27: "osxsave",
+            28: "avx",
+            29: "f16c",
+            30: "rdrand",
+            31: "hypervisor",
+        },
+    )  # fmt: skip
+    + _bits(
+        Leaf.EXT_FEATURES,
+        0,
+        Reg.EBX,
+        {
+            0: "fsgsbase",
+            3: "bmi1",
+            5: "avx2",
+            7: "smep",
+            8: "bmi2",
+            9: "erms",
+            10: "invpcid",
+            18: "rdseed",
+            19: "adx",
+            20: "smap",
+            23: "clflushopt",
+            24: "clwb",
+            29: "sha_ni",
+        },
+    )  # fmt: skip
+    + _bits(
+        Leaf.EXT_FEATURES,
+        0,
+        Reg.ECX,
+        {2: "umip", 3: "pku", 4: "ospke", 9: "vaes", 10: "vpclmulqdq", 16: "la57", 22: "rdpid"},
+    )
+    + _bits(Leaf.EXT_FEATURES, 0, Reg.EDX, {4: "fsrm"})
+    + _bits(Leaf.XSAVE, 1, Reg.EAX, {0: "xsaveopt", 1: "xsavec", 2: "xgetbv1", 3: "xsaves"})
+    + _bits(
+        Leaf.EXT_FEATURES_1,
+        None,
+        Reg.ECX,
+        {0: "lahf_lm", 2: "svm", 5: "abm", 6: "sse4a", 7: "misalignsse", 8: "3dnowprefetch"},
+    )
+    + _bits(
+        Leaf.EXT_FEATURES_1,
+        None,
+        Reg.EDX,
+        {
+            11: "syscall",
+            20: "nx",
+            22: "mmxext",
+            25: "fxsr_opt",
+            26: "pdpe1gb",
+            27: "rdtscp",
+            29: "lm",
+        },
+    )  # fmt: skip
+)
+FEATURES: dict[str, FeatureBit] = {f.name: f for f in FEATURE_BITS}
+
+# Fn8000_0001 EDX repeats these Fn0000_0001 EDX bits on AMD (APM vol 3,
+# appendix E: "same as CPUID Fn0000_0001_EDX"); the names above are the leaf-1 ones.
+EXT1_EDX_MIRRORS_LEAF1 = 0x0183_F3FF

@@ -49,6 +49,13 @@ class Msr(IntEnum):
     SEV_STATUS = 0xC001_0131
 
 
+# STAR (MSR 0xC000_0081) fields, APM vol 2, 6.1.1 "SYSCALL and SYSRET": bits
+# 31:0 the legacy-mode SYSCALL target EIP, 47:32 the selector SYSCALL loads
+# into CS (SS is that + 8), 63:48 the selector base SYSRET returns through.
+STAR_EIP_MASK = 0xFFFF_FFFF
+STAR_SYSCALL_CS_SHIFT = 32
+STAR_SYSRET_CS_SHIFT = 48
+
 # x2APIC registers occupy MSRs 0x800-0x8FF (APIC register offset >> 4).
 X2APIC_FIRST = 0x800
 X2APIC_LAST = 0x8FF

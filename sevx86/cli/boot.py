@@ -21,6 +21,7 @@ from sevx86.boot.firmware_run import (
     Milestone,
 )
 from sevx86.boot.launch import DEFAULT_VCPU_TYPE
+from sevx86.boot.linux import LinuxBootError, add_to_fw_cfg, from_files
 from sevx86.boot.ovmf import OvmfError
 from sevx86.boot.vcpu_types import VCPU_TYPES
 from sevx86.cli import common
@@ -86,6 +87,8 @@ examples:
       --until pei-core --timeout 120
   sevx86 boot OVMF_CODE.fd --until shell --trace boot.jsonl --json --quiet
   sevx86 boot OVMF_CODE.fd --until ghcb --trace early.md --mermaid
+  sevx86 boot OVMF_CODE.fd --varstore VARS.fd --kernel vmlinuz --initrd initrd.img \\
+      --append "console=ttyS0"
 """
     + textwrap.fill(
         "vCPU types: " + ", ".join(VCPU_TYPES),
@@ -168,6 +171,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="virtual nanoseconds per exit (default 10000)",
     )
     p.add_argument("--quiet", action="store_true", help="do not echo the guest's console")
+    linux = p.add_argument_group("direct kernel boot (QEMU's -kernel/-initrd/-append, via fw_cfg)")
+    linux.add_argument("--kernel", metavar="BZIMAGE", help="Linux bzImage for the firmware to boot")
+    linux.add_argument("--initrd", metavar="FILE", help="initial ramdisk (needs --kernel)")
+    linux.add_argument("--append", metavar="CMDLINE", help="kernel command line (needs --kernel)")
     p.set_defaults(func=run)
 
 
@@ -333,6 +340,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--timeout must be positive")
     if args.save_varstore and not args.varstore:
         raise UsageError("--save-varstore needs --varstore (there is no flash to save)")
+    if (args.initrd or args.append is not None) and not args.kernel:
+        raise UsageError("--initrd and --append need --kernel")
+    try:
+        linux = (
+            from_files(args.kernel, args.initrd, args.append or "", ram_below_4g=memory)
+            if args.kernel
+            else None
+        )
+    except LinuxBootError as exc:
+        raise UsageError(str(exc)) from None
     tracer, close = _trace_writer(args)
     console = None if args.quiet else sys.stdout.buffer
     until = None if args.until == UNTIL_NONE else args.until
@@ -353,6 +370,8 @@ def run(args: argparse.Namespace) -> int:
     except (OvmfError, ConfigError, ValueError) as exc:
         close()
         raise UsageError(f"{args.firmware}: {exc}") from None
+    if linux is not None:
+        add_to_fw_cfg(linux, boot.pc.fw_cfg)
     for code in EXIT_TABLE:
         boot.hv.on_exit(code, progress.count_exit)
     try:

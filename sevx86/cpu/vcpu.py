@@ -22,8 +22,9 @@ live in modules named after them (docs/engine.md maps the whole path):
   form change).
 
 Hooks for other engine users (a debugger's breakpoints and single-step,
-SYSCALL emulation) go through ``add_code_hook`` and ``add_intercept_handler``
-below, not into Unicorn directly (docs/engine.md, "Extending the engine").
+SYSCALL and SYSENTER in ``sevx86.cpu.syscall``) go through ``add_code_hook``,
+``add_insn_hook`` and ``add_intercept_handler`` below, not into Unicorn
+directly (docs/engine.md, "Extending the engine").
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ from sevx86.cpu.io_rollback import IoRollback
 from sevx86.cpu.linear import GuestLinear
 from sevx86.cpu.stop import ExitRecorded, StopLatch, StopRequest
 from sevx86.cpu.svm import STUB, SvmHardware
+from sevx86.cpu.syscall import FastSystemCalls
 from sevx86.cpu.vmcb import Vmcb
 from sevx86.cpu.watchdog import Watchdog
 from sevx86.cpu.world_switch import WorldSwitch
@@ -165,6 +167,8 @@ class VCpu:
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ux.UC_X86_INS_OUT)
+        self.fast_calls = FastSystemCalls(self)  # SYSCALL, SYSENTER: sevx86.cpu.syscall
+        self.fast_calls.install()
 
     def load_state(self, page: bytes) -> None:
         """The host writes the state a not-yet-entered vCPU starts from (VMSA layout).
@@ -197,6 +201,17 @@ class VCpu:
 
     def remove_hook(self, handle: int) -> None:
         self.uc.hook_del(handle)
+
+    def add_insn_hook(self, insn: int, handler: Callable[[], None]) -> int:
+        """Run ``handler`` when Unicorn hands instruction ``insn`` to its hooks.
+
+        ``insn`` is a ``UC_X86_INS_*`` whose hook takes no operands
+        (SYSCALL, SYSENTER: docs/unicorn-notes.md says what Unicorn leaves
+        undone). The handler runs as an engine event (``run_event``).
+        """
+        return self.uc.hook_add(
+            UC_HOOK_INSN, lambda _uc, _data: self.run_event(handler), None, 1, 0, insn
+        )
 
     def add_intercept_handler(self, hook: InterceptHook) -> None:
         """Offered every intercept code before ``sevx86.cpu.dispatch``; True = handled."""
@@ -472,6 +487,26 @@ class VCpu:
             self.fail(exc)
             uc.emu_stop()
         return True
+
+    def run_event(self, handler: Callable[[], None]) -> None:
+        """Run ``handler`` as an engine event from inside a Unicorn hook.
+
+        The guard every hook shares: nothing runs while an exit or an IN/OUT
+        rollback is pending, a recorded exit stops Unicorn, and an internal
+        error ends the vCPU (``fail``) instead of escaping into Unicorn.
+        """
+        self.ctx.invalidate()
+        if self._stopping():
+            self.uc.emu_stop()
+            return
+        self.linear.begin_event()
+        try:
+            handler()
+        except ExitRecorded:
+            self.uc.emu_stop()
+        except Exception as exc:
+            self.fail(exc)
+            self.uc.emu_stop()
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
         return self._on_io(port, size, True)

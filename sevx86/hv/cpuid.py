@@ -44,6 +44,8 @@ from sevx86.arch.cpuid import (
 )
 from sevx86.arch.cr import Cr4
 from sevx86.config import GuestConfig, GuestMode
+from sevx86.cpu.probe import engine_support
+from sevx86.hv.cpuid_filter import restrict
 
 Regs = tuple[int, int, int, int]
 Key = tuple[int, int | None]
@@ -146,7 +148,8 @@ class CpuidTable:
         elif q.leaf == Leaf.XSAVE and q.subleaf == 0:
             ebx = xsave_size(q.xcr0 & eax)
         elif q.leaf == Leaf.XSAVE and q.subleaf == 1:
-            ebx = xsaves_size((q.xcr0 | q.xss) & SUPPORTED_XCR0)
+            # Only the components this table offers (leaf 0xD.0 EAX) count.
+            ebx = xsaves_size((q.xcr0 | q.xss) & self.raw(Leaf.XSAVE, 0)[0])
         elif q.leaf == 0x8000_001E:
             eax = q.vcpu
         return eax & _U32, ebx & _U32, ecx & _U32, edx & _U32
@@ -159,8 +162,13 @@ class CpuidTable:
 
     # ------------------------------------------------------------------ the default
     @classmethod
-    def default(cls, config: GuestConfig) -> CpuidTable:
-        """An EPYC-Milan-like processor for a guest of ``config``."""
+    def default(cls, config: GuestConfig, *, honest: bool = True) -> CpuidTable:
+        """An EPYC-Milan-like processor for a guest of ``config``.
+
+        ``honest``: restricted to the features the engine runs (measured by
+        ``sevx86.cpu.probe``, filtered by ``sevx86.hv.cpuid_filter``; the
+        list is docs/cpuid.md). ``honest=False`` gives the unfiltered model.
+        """
         e: dict[Key, Regs] = {}
         vendor = _str_regs(b"AuthenticAMD")  # EBX, EDX, ECX order: "Auth" "enti" "cAMD"
         e[(Leaf.VENDOR, None)] = (0x10, vendor[0], vendor[2], vendor[1])
@@ -247,6 +255,10 @@ class CpuidTable:
         if features:
             ebx = encode_8000001f_ebx(config.cbitpos, config.reduced_phys_bits)
             e[(Leaf.MEM_ENCRYPT, None)] = (int(features), ebx, SEV_NUM_GUESTS, SEV_MIN_ASID)
+        if honest:
+            # The engine is this hypervisor's "hardware": ask it what runs, as
+            # KVM asks the host (KVM_GET_SUPPORTED_CPUID).
+            e = restrict(e, engine_support().supports)
         return cls(e, dynamic=True)
 
 

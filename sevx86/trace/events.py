@@ -43,6 +43,7 @@ class TraceKind(StrEnum):
     VC = "vc"
     EXIT = "exit"
     EXCEPTION = "exception"
+    FAST_CALL = "fast-call"
     MSR_PROTOCOL = "msr-protocol"
     GHCB_REGISTER = "ghcb-register"
     VMGEXIT = "vmgexit"
@@ -86,6 +87,7 @@ KIND_HELP: dict[TraceKind, tuple[str, str]] = {
     TraceKind.VC: ("cpu -> guest", "#VC with the exit code (CPUID, IOIO, NPF, ...)"),
     TraceKind.EXIT: ("cpu -> hv", "#VMEXIT (VMGEXIT, HLT, traps; direct exits without ES)"),
     TraceKind.EXCEPTION: ("cpu -> guest", "an exception delivered through the IDT"),
+    TraceKind.FAST_CALL: ("guest -> cpu", "SYSCALL/SYSENTER: number (RAX), from, entry"),
     TraceKind.MSR_PROTOCOL: ("hv -> guest", "GHCB MSR protocol request and answer, in words"),
     TraceKind.GHCB_REGISTER: ("hv -> guest", "GHCB GPA registration"),
     TraceKind.VMGEXIT: ("hv", "a VMGEXIT through the GHCB page, fields decoded"),
