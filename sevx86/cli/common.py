@@ -25,6 +25,7 @@ from sevx86.asm import AsmError, assemble
 from sevx86.asm import fw_abi as abi
 from sevx86.asm.guest_abi import GUEST_ASM_REASON_SET, VcReason
 from sevx86.asm.preprocess import guest_asm_dir
+from sevx86.asm.program import Program
 from sevx86.boot.firmware import BootedGuest, FirmwareError, boot_machine, check_machine
 from sevx86.boot.ovmf import OvmfError
 from sevx86.cli.main import EXIT_INTERNAL, EXIT_USAGE, UsageError
@@ -125,9 +126,9 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--timeout",
-        default=str(DEFAULT_TIMEOUT),
         metavar="SECONDS",
-        help=f"wall-clock limit of the run (default {DEFAULT_TIMEOUT:g}; 0: none)",
+        help=f"wall-clock limit of the run (default {DEFAULT_TIMEOUT:g}, none with --gdb; "
+        "0: none)",
     )
     g.add_argument(
         "--max-instructions",
@@ -250,6 +251,9 @@ def guest_policy(args: argparse.Namespace, mode: GuestMode) -> GuestPolicy | Non
 
 
 def run_limits(args: argparse.Namespace) -> tuple[float | None, int | None]:
+    if args.timeout is None:
+        # A person at a gdb prompt is not a hung guest: no limit unless asked.
+        args.timeout = "0" if getattr(args, "gdb", None) else str(DEFAULT_TIMEOUT)
     try:
         timeout = float(args.timeout)
     except ValueError:
@@ -304,6 +308,7 @@ def print_examples(stream: IO[str] | None = None) -> int:
 class Payload:
     name: str  # how messages refer to it
     code: bytes
+    program: Program | None = None  # when assembled here: its labels, for a symbol file
 
 
 def program_path(args: argparse.Namespace) -> Path:
@@ -350,13 +355,14 @@ def load_program(args: argparse.Namespace) -> Payload:
             )
         code = program.code
     else:
+        program = None
         try:
             code = path.read_bytes()
         except OSError as exc:
             raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not code:
         raise UsageError(f"{path}: empty program")
-    return Payload(name, code)
+    return Payload(name, code, program)
 
 
 def boot(

@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from sevx86.asm import fw_abi as abi
 from sevx86.cli import common
 from sevx86.cli.main import UsageError
+from sevx86.gdb import session
 from sevx86.trace.events import JsonLinesSink, Tracer
 
 DESCRIPTION = f"""\
@@ -80,6 +81,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="write the flash image (firmware + PROGRAM) that the launch measures",
     )
+    dbg = parser.add_argument_group("debugging (see the README: debugging a #VC handler)")
+    dbg.add_argument(
+        "--gdb",
+        metavar="[HOST:]PORT",
+        help="stop before the first instruction and wait for gdb's 'target remote' on "
+        "HOST:PORT (loopback unless HOST is given; port 0 picks a free one). Under "
+        "sev/sev-es the debugger sees private memory and the VMSA only through the SP's "
+        "DBG_DECRYPT: launch with a policy without NODBG (e.g. --policy 0x4) to debug",
+    )
+    dbg.add_argument(
+        "--symbols",
+        metavar="FILE",
+        help="write an ELF with the labels of the firmware, its #VC handlers and PROGRAM "
+        "(gdb: symbol-file FILE); with --gdb and no --symbols, a temporary file",
+    )
     out.add_argument(
         "-v",
         "--verbose",
@@ -87,6 +103,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="show the firmware's debug console and a summary on stderr",
     )
     parser.set_defaults(func=run)
+
+
+def _gdb_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    if not args.gdb:
+        return None
+    try:
+        address = session.parse_address(args.gdb)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.scheduler == "parallel":
+        # The stub is all-stop: a stopped vCPU must be the only one running.
+        raise UsageError("--gdb needs --scheduler deterministic (one vCPU runs at a time)")
+    return address
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     common.guest_policy(args, config.mode)
     options = common.hv_options(args)
     plugin = common.load_hv_plugin(args.hv)
+    gdb_address = _gdb_address(args)
     payload = common.load_program(args)
     with ExitStack() as stack:
         tracer = None
@@ -115,6 +145,21 @@ def run(args: argparse.Namespace) -> int:
                     f.write(booted.image)
             except OSError as exc:
                 raise UsageError(f"--save-image {args.save_image}: {exc.strerror or exc}") from None
+        symbols = None
+        if args.symbols or gdb_address:
+            try:
+                symbols = session.write_symbols(session.symbol_file(payload.program), args.symbols)
+            except OSError as exc:
+                raise UsageError(f"--symbols {args.symbols}: {exc.strerror or exc}") from None
+        server = None
+        if gdb_address is not None:
+            try:
+                server = session.start(
+                    booted.machine, gdb_address, sys.stderr, command="run", symbols=symbols
+                )
+            except OSError as exc:
+                raise UsageError(f"--gdb {args.gdb}: {exc.strerror or exc}") from None
+            stack.callback(server.close)
         result = common.run_hypervisor(
             booted,
             console=common.PipeSafe(sys.stdout.buffer),  # type: ignore[arg-type]
@@ -124,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
             plugin=plugin,
             options=options,
         )
+        if server is not None:
+            server.finish(int(common.exit_status(result, timeout, limit)[0]))
     try:
         sys.stdout.flush()
     except BrokenPipeError:

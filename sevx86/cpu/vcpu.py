@@ -101,6 +101,7 @@ from sevx86.memory.mmu import (
 from sevx86.vmexit import StopReason, VmExit
 
 if TYPE_CHECKING:
+    from sevx86.cpu.debug import VcpuDebug
     from sevx86.cpu.parallel import AtomicWatch, World
     from sevx86.machine import Machine
 
@@ -247,6 +248,8 @@ class VCpu:
         # watch on atomic instructions; None when vCPUs take turns.
         self.world: World | None = None
         self.atomics: AtomicWatch | None = None
+        # A debugger's breakpoints and stops (sevx86.cpu.debug), None without one.
+        self.debug: VcpuDebug | None = None
 
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(ux.UC_CPU_X86_EPYC_ROME)
@@ -493,6 +496,11 @@ class VCpu:
                     return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
                 self._kicked = False
                 return self._interrupted(StopReason.KICKED, "the host took the CPU back")
+            debug = self.debug
+            if debug is not None:
+                debug.before_entry()  # may stop here for the debugger, and change RIP
+                if self._entry != STUB:
+                    self._entry = self.rip()
             world = self.world
             if world is not None:
                 world.enter(self)
@@ -510,6 +518,9 @@ class VCpu:
                 self._entry = self.rip()
                 continue
             self._world_stop = False
+            if debug is not None and debug.take_restart() and error is None and self._exit is None:
+                self._entry = self.rip()  # a debugger stop, not an exit: carry on
+                continue
             if error is not None:
                 self._after_error(error)
             if self._exit is not None:
