@@ -97,7 +97,11 @@ def encode(page: bytes | None) -> bytes:
 
 def encode_one(page: bytes | None, reg: Register) -> bytes:
     if page is None:
-        return b"xx" * reg.size  # E.4 "Stop Reply"/"g": x means unavailable
+        if reg.name == "rip":
+            # gdb will not stop at all without a PC ("PC register is not
+            # available"), and the host has none to give: 0 stands for it.
+            return b"00" * reg.size
+        return b"xx" * reg.size  # E.3 "g" reply: x means unavailable
     raw = page[reg.offset : reg.offset + reg.field_size].ljust(reg.size, b"\0")
     return raw.hex().encode()
 
