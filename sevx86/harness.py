@@ -39,6 +39,7 @@ from sevx86.config import GuestConfig, GuestMode
 from sevx86.machine import Machine
 from sevx86.memory.dram import PhysicalMemory
 from sevx86.memory.pagetables import PageTableBuilder
+from sevx86.sp.policy import GuestPolicy
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import Tracer
 
@@ -219,6 +220,7 @@ def build_machine(
     tracer: Tracer | None = None,
     sp: SecureProcessor | None = None,
     finish: bool = True,
+    policy: GuestPolicy | int | None = None,
 ) -> tuple[Machine, Program]:
     """Assemble ``spec``, launch a machine with the environment, ``config.vcpus`` vCPUs."""
     config = config or GuestConfig(memory=8 << 20)
@@ -236,7 +238,7 @@ def build_machine(
         defines=spec.defines,
     )
     long_mode = spec.bits == 64
-    machine = Machine(config, tracer=tracer, sp=sp)
+    machine = Machine(config, tracer=tracer, sp=sp, policy=policy)
     idt = bytearray(256 * (16 if long_mode else 8))
     user = set(spec.user_gates)
     for vector, label in spec.handlers.items():

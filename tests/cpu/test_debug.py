@@ -1,0 +1,183 @@
+"""The engine's debug hooks (sevx86.cpu.debug): breakpoints, step, watchpoints, stops.
+
+Expectations are the program's own layout (labels the assembler placed) and
+the architecture: a breakpoint stops before its instruction runs, a step
+runs exactly one, a watchpoint reports after the access, on the next
+instruction; under SEV-ES the state at a stop is in the VMSA and sealed, so
+the next VMRUN's integrity check still passes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sevx86.arch.vmsa import VMSA, VMSA_SIZE
+from sevx86.config import GuestConfig, GuestMode
+from sevx86.cpu.debug import StopKind, VcpuDebug, WatchKind
+from sevx86.harness import GuestSpec, build_machine
+from sevx86.sp.policy import GuestPolicy, PolicyFlag
+from sevx86.trace.events import Tracer
+from tests.cpu.conftest import RESULTS, Guest, make_guest
+
+PROGRAM = f"""
+start:
+    mov rax, 1
+second:
+    mov rbx, 2
+third:
+    mov rdi, {RESULTS:#x}
+store:
+    mov [rdi], rax
+after_store:
+    add rax, rbx
+last:
+    mov [rdi + 8], rax
+    hlt
+"""
+
+SPIN = """
+start:
+    jmp start
+out:
+    mov rax, 0x5a
+    hlt
+"""
+
+
+class Recorder:
+    """A listener that records each stop and answers with ``act(debug, stop)``."""
+
+    def __init__(self, act=None):
+        self.stops = []
+        self.act = act
+        self.debug: VcpuDebug | None = None
+
+    def on_stop(self, stop):
+        self.stops.append(stop)
+        if self.act is not None:
+            self.act(self.debug, stop)
+
+
+def _attach(guest, recorder, *, stop_at_start=False) -> VcpuDebug:
+    vcpu = guest.machine.vcpus[0]
+    debug = VcpuDebug(vcpu, recorder, stop_at_start=stop_at_start)
+    vcpu.debug = debug
+    recorder.debug = debug
+    return debug
+
+
+@pytest.mark.parametrize("mode", ["none", "sev-es"])
+def test_breakpoint_stops_before_its_instruction_and_the_run_goes_on(mode):
+    guest = make_guest(PROGRAM, mode)
+    seen = []
+    rec = Recorder(lambda d, s: seen.append(guest.machine.memory.read_private(RESULTS, 8)))
+    debug = _attach(guest, rec)
+    debug.add_breakpoint(guest.symbol("after_store"))
+    exit = guest.run()
+    assert exit.name == "HLT"
+    assert [(s.kind, s.pc) for s in rec.stops] == [
+        (StopKind.BREAKPOINT, guest.symbol("after_store"))
+    ]
+    assert seen == [(1).to_bytes(8, "little")]  # the store before it ran, the add not yet
+    assert guest.results(2) == (1, 3)
+
+
+def test_stop_at_start_then_single_steps_one_instruction_each():
+    guest = make_guest(PROGRAM, "none")
+    steps = iter([True, True, False])
+    rec = Recorder(lambda d, s: d.resume(step=next(steps)))
+    _attach(guest, rec, stop_at_start=True)
+    guest.run()
+    kinds = [s.kind for s in rec.stops]
+    pcs = [s.pc for s in rec.stops]
+    assert kinds == [StopKind.START, StopKind.STEP, StopKind.STEP]
+    assert pcs == [guest.symbol(n) for n in ("start", "second", "third")]
+    assert guest.results(2) == (1, 3)
+
+
+def test_write_watchpoint_reports_after_the_store_on_the_next_instruction():
+    guest = make_guest(PROGRAM, "none")
+    rec = Recorder()
+    debug = _attach(guest, rec)
+    debug.add_watchpoint(RESULTS, 8, WatchKind.WRITE)
+    guest.run()
+    first = rec.stops[0]
+    assert first.kind is StopKind.WATCHPOINT
+    assert first.pc == guest.symbol("after_store")
+    assert first.watch == (WatchKind.WRITE, RESULTS)
+
+
+def test_registers_written_at_a_stop_are_what_the_guest_continues_with():
+    guest = make_guest(PROGRAM, "none")
+
+    def set_rax(debug, stop):
+        page = bytearray(debug.registers())
+        assert VMSA.read(page, "rip") == stop.pc
+        VMSA.write(page, "rax", 40)
+        debug.write_registers(bytes(page))
+
+    debug = _attach(guest, Recorder(set_rax))
+    debug.add_breakpoint(guest.symbol("after_store"))
+    guest.run()
+    assert guest.results(2) == (1, 42)
+
+
+def test_sev_es_stop_writes_the_state_into_the_vmsa_and_seals_it():
+    guest = make_guest(PROGRAM, "sev-es")
+    vcpu = guest.machine.vcpus[0]
+    vmsa = []
+
+    def read_vmsa(debug, stop):
+        with pytest.raises(PermissionError):
+            debug.registers()  # SEV-ES: only through the VMSA (DBG_DECRYPT)
+        vmsa.append(guest.machine.memory.read_private(vcpu.vmsa_spa, VMSA_SIZE))
+
+    debug = _attach(guest, Recorder(read_vmsa))
+    debug.add_breakpoint(guest.symbol("after_store"))
+    exit = guest.run()
+    assert VMSA.read(vmsa[0], "rip") == guest.symbol("after_store")
+    assert VMSA.read(vmsa[0], "rax") == 1 and VMSA.read(vmsa[0], "rbx") == 2
+    assert exit.name == "HLT"
+    # The HLT exit sealed a newer VMSA; VMRUN checks it and the vCPU runs on.
+    assert guest.machine.vmsa_check(vcpu)
+
+
+def test_sev_es_vmsa_written_through_dbg_encrypt_is_loaded():
+    machine, program = build_machine(
+        GuestSpec(PROGRAM),
+        GuestConfig(mode=GuestMode.SEV_ES, memory=8 << 20),
+        policy=GuestPolicy.make(PolicyFlag.ES),  # debuggable: no NODBG
+    )
+    guest = Guest(machine, program, machine.host_view(), Tracer())
+    vcpu = guest.machine.vcpus[0]
+
+    def set_rax(debug, stop):
+        page = bytearray(guest.machine.dbg_decrypt(vcpu.vmsa_spa, VMSA_SIZE))
+        VMSA.write(page, "rax", 40)
+        guest.machine.dbg_encrypt(vcpu.vmsa_spa, bytes(page))
+
+    debug = _attach(guest, Recorder(set_rax))
+    debug.add_breakpoint(guest.symbol("after_store"))
+    guest.run()
+    assert guest.results(2) == (1, 42)
+
+
+def test_request_stop_interrupts_a_spinning_guest():
+    guest = make_guest(SPIN, "none")
+
+    def leave(debug, stop):
+        page = bytearray(debug.registers())
+        VMSA.write(page, "rip", guest.symbol("out"))
+        debug.write_registers(bytes(page))
+
+    debug = _attach(guest, rec := Recorder(leave))
+    timer = threading.Thread(target=lambda: (time.sleep(0.2), debug.request_stop()))
+    timer.start()
+    exit = guest.run(timeout=60)
+    timer.join()
+    assert [s.kind for s in rec.stops] == [StopKind.INTERRUPT]
+    assert rec.stops[0].pc == guest.symbol("start")
+    assert exit.name == "HLT"
