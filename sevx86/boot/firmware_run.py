@@ -202,6 +202,7 @@ class FirmwareBoot:
         watch_entries: bool = True,
         sp: SecureProcessor | None = None,
         mode: GuestMode | str = GuestMode.SEV_ES,
+        policy: GuestPolicy | int | None = None,
     ):
         if until is not None and until not in MILESTONES:
             raise ValueError(f"unknown milestone {until!r}; known: {', '.join(MILESTONES)}")
@@ -222,7 +223,11 @@ class FirmwareBoot:
             config=self.config,
             varstore=_read(varstore),
             vcpu_type=vcpu_type,
-            policy=DEFAULT_POLICY if sev_es else GuestPolicy.make(PolicyFlag.NODBG),
+            policy=policy
+            if policy is not None
+            else DEFAULT_POLICY
+            if sev_es
+            else GuestPolicy.make(PolicyFlag.NODBG),
         )
         self.tracer = tracer if tracer is not None else Tracer(keep=False)
         self.tracer.sinks.append(self._watch_trace)

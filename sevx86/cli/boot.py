@@ -16,10 +16,13 @@ from sevx86.boot.ovmf import OvmfError
 from sevx86.boot.vcpu_types import VCPU_TYPES
 from sevx86.cli.main import UsageError
 from sevx86.config import ConfigError, parse_size
+from sevx86.gdb import session
 from sevx86.hv.clock import VirtualClock
+from sevx86.sp.policy import GuestPolicy
 from sevx86.trace.events import JsonLinesSink, TraceEvent, Tracer
 from sevx86.trace.render import mermaid, table
 
+DEFAULT_TIMEOUT = 600.0
 EXIT_REACHED = 0
 EXIT_NOT_REACHED = 1
 MERMAID_EVENTS = 400  # a diagram of the first events; more is unreadable
@@ -108,8 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--timeout",
         metavar="S",
         type=float,
-        default=600.0,
-        help="wall-clock limit in seconds (default 600)",
+        help="wall-clock limit in seconds (default 600; none with --gdb)",
     )
     p.add_argument(
         "--max-instructions",
@@ -141,6 +143,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="virtual nanoseconds per exit (default 10000)",
     )
     p.add_argument("--quiet", action="store_true", help="do not echo the guest's console")
+    dbg = p.add_argument_group("debugging")
+    dbg.add_argument(
+        "--policy",
+        metavar="VALUE",
+        help="SEV policy given to LAUNCH_START (default 0x5, NODBG|ES, as QEMU); it must "
+        "have ES (bit 2). 0x4 launches a debuggable guest (it is measured: the digest changes)",
+    )
+    dbg.add_argument(
+        "--gdb",
+        metavar="[HOST:]PORT",
+        help="stop at the reset vector and wait for gdb's 'target remote' (loopback unless "
+        "HOST is given; 0: a free port). Without --policy 0x4 the SP's NODBG refuses "
+        "DBG_DECRYPT: gdb sees ciphertext and no registers. No wall-clock limit unless "
+        "--timeout is given",
+    )
     p.set_defaults(func=run)
 
 
@@ -207,8 +224,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.vcpus < 1:
         raise UsageError(f"--vcpus {args.vcpus} must be at least 1")
-    if args.timeout <= 0:
+    if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    timeout = args.timeout if args.timeout is not None or args.gdb else DEFAULT_TIMEOUT
+    policy = _policy(args.policy)
+    gdb_address = None
+    if args.gdb:
+        try:
+            gdb_address = session.parse_address(args.gdb)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if args.save_varstore and not args.varstore:
         raise UsageError("--save-varstore needs --varstore (there is no flash to save)")
     tracer, close = _trace_writer(args)
@@ -224,12 +249,23 @@ def run(args: argparse.Namespace) -> int:
             console=console,
             clock=VirtualClock(step_ns=args.clock_step),
             until=args.until,
+            policy=policy,
         )
     except (OvmfError, ConfigError, ValueError) as exc:
         close()
         raise UsageError(f"{args.firmware}: {exc}") from None
+    server = None
     try:
-        result = boot.run(timeout=args.timeout, max_instructions=args.max_instructions)
+        if gdb_address is not None:
+            try:
+                server = session.start(boot.machine, gdb_address, sys.stderr, command="boot")
+            except OSError as exc:
+                raise UsageError(f"--gdb {args.gdb}: {exc.strerror or exc}") from None
+        result = boot.run(timeout=timeout, max_instructions=args.max_instructions)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     finally:
         close()
     if console is not None:
@@ -241,8 +277,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("\n" + result.report(), file=sys.stderr)
     if args.until is not None:
-        return EXIT_REACHED if result.milestone(args.until).reached else EXIT_NOT_REACHED
-    return EXIT_REACHED if "S5" in result.run.detail else EXIT_NOT_REACHED
+        status = EXIT_REACHED if result.milestone(args.until).reached else EXIT_NOT_REACHED
+    else:
+        status = EXIT_REACHED if "S5" in result.run.detail else EXIT_NOT_REACHED
+    if server is not None:
+        server.finish(status)
+    return status
+
+
+def _policy(text: str | None) -> GuestPolicy | None:
+    if text is None:
+        return None
+    try:
+        policy = GuestPolicy(int(text, 0))
+    except ValueError:
+        raise UsageError(f"--policy {text!r} is not a 32-bit number") from None
+    if not policy.es:
+        raise UsageError(f"--policy {text}: boot launches SEV-ES, the policy needs ES (0x4)")
+    return policy
 
 
 def _save_varstore(boot: FirmwareBoot, path: str) -> None:

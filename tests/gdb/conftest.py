@@ -19,7 +19,7 @@ needs_gdb = pytest.mark.skipif(GDB is None, reason="gdb is not installed (apt-ge
 START_TIMEOUT = 120.0
 SESSION_TIMEOUT = 240.0
 
-_WAITING = re.compile(r"waiting for gdb on ([0-9.]+):(\d+); gdb -ex 'symbol-file ([^']+)'")
+_WAITING = re.compile(r"waiting for gdb on ([0-9.]+):(\d+); gdb(?: -ex 'symbol-file ([^']+)')?")
 
 
 @dataclass
@@ -31,14 +31,19 @@ class Session:
 
 
 def run_under_gdb(
-    program: Path | str, gdb_commands: list[str], *options: str, tmp_path: Path
+    program: Path | str,
+    gdb_commands: list[str],
+    *options: str,
+    tmp_path: Path,
+    subcommand: str = "run",
 ) -> Session:
-    """Start ``sevx86 run PROGRAM --gdb 0``, connect gdb, run the commands, wait for the end."""
+    """Start ``sevx86 run PROGRAM --gdb 0`` (or ``boot``), connect gdb, run the commands,
+    wait for the end."""
     err_path = tmp_path / "sevx86.err"
     out_path = tmp_path / "sevx86.out"
     with open(err_path, "w") as err, open(out_path, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sevx86.cli.main", "run", str(program), "--gdb", "0",
+            [sys.executable, "-m", "sevx86.cli.main", subcommand, str(program), "--gdb", "0",
              *options],
             stdout=out,
             stderr=err,
@@ -52,7 +57,9 @@ def run_under_gdb(
             assert match is not None, f"sevx86 did not start its stub: {err_path.read_text()}"
             host, port, symbols = match.groups()
             args = [GDB, "-nx", "-batch", "-ex", "set confirm off"]
-            args += ["-ex", f"symbol-file {symbols}", "-ex", f"target remote {host}:{port}"]
+            if symbols:
+                args += ["-ex", f"symbol-file {symbols}"]
+            args += ["-ex", f"target remote {host}:{port}"]
             for command in gdb_commands:
                 args += ["-ex", command]
             done = subprocess.run(args, capture_output=True, text=True, timeout=SESSION_TIMEOUT)

@@ -10,8 +10,7 @@ from sevx86.gdb import registers as R
 # gdb's amd64 raw register numbering (amd64-tdep.c, amd64_register_names; the
 # order of the standard 64bit-core.xml feature): regnum 0..23.
 AMD64_CORE = (
-    "rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip eflags "
-    "cs ss ds es fs gs"
+    "rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip eflags cs ss ds es fs gs"
 ).split()
 
 
