@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,3 +71,59 @@ def run_under_gdb(
                 proc.kill()
                 proc.wait()
     return Session(done.stdout + done.stderr, out_path.read_text(), err_path.read_text(), rc)
+
+
+@contextmanager
+def started(program: Path, *options: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+    """``sevx86 run PROGRAM --gdb 0`` running, and the port its stub listens on."""
+    err_path = tmp_path / "sevx86.err"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sevx86.cli.main", "run", str(program), "--gdb", "0",
+             *options],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )  # fmt: skip
+        try:
+            match = None
+            deadline = time.monotonic() + START_TIMEOUT
+            while match is None and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+                match = _WAITING.search(err_path.read_text())
+            assert match is not None, f"sevx86 did not start its stub: {err_path.read_text()}"
+            yield proc, int(match.group(2))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+class RawClient:
+    """The client side of the remote protocol, written from the GDB manual (E.1)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(b"$%s#%02x" % (data, sum(data) & 0xFF))
+
+    def receive(self) -> bytes:
+        while True:
+            start = self.buf.find(b"$")
+            end = self.buf.find(b"#", start)
+            if start >= 0 and end >= 0 and len(self.buf) >= end + 3:
+                data = self.buf[start + 1 : end]
+                self.buf = self.buf[end + 3 :]
+                self.sock.sendall(b"+")
+                if data.startswith(b"O") and data != b"OK":
+                    continue  # console output
+                return data
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise EOFError("the stub closed the connection")
+            self.buf += chunk
+
+    def ask(self, data: bytes) -> bytes:
+        self.send(data)
+        return self.receive()

@@ -9,6 +9,7 @@ after_cpuid:
 after_store:
     mov edx, 0xF4                   ; the debug-exit port: exit status 0
     xor eax, eax
+the_out:
     out dx, eax
     hlt
 align 16

@@ -10,11 +10,14 @@ DBG_DECRYPT (SEV API 55766), so the host sees DRAM ciphertext.
 from __future__ import annotations
 
 import re
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.gdb.conftest import needs_gdb, run_under_gdb
+from sevx86.asm import assemble
+from tests.gdb.conftest import RawClient, needs_gdb, run_under_gdb, started
 
 pytestmark = [needs_gdb, pytest.mark.slow]
 
@@ -137,3 +140,84 @@ def test_one_thread_per_vcpu_and_breakpoints_on_the_ap(tmp_path):
     assert "Thread 2 hit Breakpoint 1, " in out and "in ap_entry64" in out
     assert "thread 2\n" in out
     assert s.returncode == 0, s.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "plaintext", "registers"),
+    [
+        (("--mode", "none"), True, True),  # no encryption: everything
+        (("--mode", "sev", "--policy", "0x0"), True, True),  # debuggable SEV
+        (("--mode", "sev"), False, True),  # NODBG: ciphertext; SEV leaves registers to the host
+    ],
+)
+def test_what_each_mode_lets_the_host_see(tmp_path, options, plaintext, registers):
+    s = run_under_gdb(
+        SECRET_S,
+        ["break start", "continue", "x/8bx &secret", "info registers rip", "continue"],
+        *options,
+        tmp_path=tmp_path,
+    )
+    text = s.gdb.replace("\t", " ")
+    assert (bytes(_hex_after("<secret>:", text)) == PLAINTEXT) is plaintext
+    assert bool(re.search(r"rip\s+0x100000\s+0x100000 <start>", text)) is registers
+    assert s.returncode == 0, s.stderr
+
+
+def test_a_register_set_in_gdb_is_what_the_guest_runs_with(tmp_path):
+    # Under SEV-ES the write goes through DBG_ENCRYPT of the VMSA: the exit
+    # status the guest then writes is gdb's value.
+    s = run_under_gdb(
+        SECRET_S,
+        ["hbreak the_out", "continue", "set $rax = 7", "continue"],
+        "--policy",
+        "0x4",
+        tmp_path=tmp_path,
+    )
+    assert "exited with code 07" in s.gdb
+    assert s.returncode == 7
+
+
+def test_monitor_phys_reads_guest_physical_memory(tmp_path):
+    s = run_under_gdb(
+        SECRET_S,
+        ["break start", "continue", "monitor phys 0x100000 0x40", "monitor sev", "continue"],
+        "--policy",
+        "0x4",
+        tmp_path=tmp_path,
+    )
+    assert "top secret 1234!" in s.gdb
+    assert "debuggable" in s.gdb
+
+
+SPIN_S = """
+start:
+    pause
+    jmp start
+leave:
+    mov edx, 0xF4
+    mov eax, 3
+    out dx, eax
+    hlt
+"""
+
+
+def test_ctrl_c_stops_a_running_guest(tmp_path):
+    # A raw remote-protocol client (GDB manual E.10 "Interrupts": a 0x03 byte;
+    # the stop reply then carries a signal), since gdb -batch cannot interrupt.
+    spin = tmp_path / "spin.S"
+    spin.write_text(SPIN_S)
+    leave = assemble(SPIN_S, base=0x100000, bits=64).symbols["leave"]
+    with started(spin, "--policy", "0x4", "--timeout", "120", tmp_path=tmp_path) as (proc, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            client = RawClient(sock)
+            assert client.ask(b"?").startswith(b"T05")  # stopped before the first instruction
+            client.send(b"c")
+            time.sleep(1.0)
+            sock.sendall(b"\x03")
+            reply = client.receive()
+            assert reply.startswith(b"T02thread:1;"), reply  # SIGINT, vCPU 0
+            pc = int.from_bytes(bytes.fromhex(client.ask(b"p10").decode()), "little")
+            assert 0x100000 <= pc < leave  # inside the spin loop
+            assert client.ask(b"P10=" + leave.to_bytes(8, "little").hex().encode()) == b"OK"
+            assert client.ask(b"c") == b"W03"  # the guest left the loop where gdb sent it
+        assert proc.wait(timeout=120) == 3
