@@ -261,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
                 server = session.start(boot.machine, gdb_address, sys.stderr, command="boot")
             except OSError as exc:
                 raise UsageError(f"--gdb {args.gdb}: {exc.strerror or exc}") from None
+            server.on_kill = lambda: boot.hv.stop("killed from gdb")
         result = boot.run(timeout=timeout, max_instructions=args.max_instructions)
     except BaseException:
         if server is not None:

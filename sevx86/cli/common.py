@@ -78,6 +78,7 @@ exit status:
   122      VMRUN failed (the VMSA integrity check)
   124      --timeout reached
   125      --max-instructions reached
+  137      killed from gdb (--gdb), as a shell reports SIGKILL
   1        internal error in sevx86"""
 
 _FATAL_LINE = re.compile(r"sevx86-fw: fatal: reason set 0x([0-9a-f]+) code 0x([0-9a-f]+)")
@@ -127,8 +128,7 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--timeout",
         metavar="SECONDS",
-        help=f"wall-clock limit of the run (default {DEFAULT_TIMEOUT:g}, none with --gdb; "
-        "0: none)",
+        help=f"wall-clock limit of the run (default {DEFAULT_TIMEOUT:g}, none with --gdb; 0: none)",
     )
     g.add_argument(
         "--max-instructions",

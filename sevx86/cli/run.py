@@ -10,6 +10,8 @@ from sevx86.asm import fw_abi as abi
 from sevx86.cli import common
 from sevx86.cli.main import UsageError
 from sevx86.gdb import session
+from sevx86.gdb.server import GdbServer
+from sevx86.hv import Hypervisor
 from sevx86.trace.events import JsonLinesSink, Tracer
 
 DESCRIPTION = f"""\
@@ -105,6 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+KILLED = 128 + 9  # gdb's kill: what a shell reports for a process killed by SIGKILL
+
+
 def _gdb_address(args: argparse.Namespace) -> tuple[str, int] | None:
     if not args.gdb:
         return None
@@ -116,6 +121,18 @@ def _gdb_address(args: argparse.Namespace) -> tuple[str, int] | None:
         # The stub is all-stop: a stopped vCPU must be the only one running.
         raise UsageError("--gdb needs --scheduler deterministic (one vCPU runs at a time)")
     return address
+
+
+def _with_kill(plugin: common.HvPlugin, server: GdbServer) -> common.HvPlugin:
+    """The user's plugin, plus gdb's ``kill`` wired to end the hypervisor's run."""
+    user_setup = plugin.setup
+
+    def setup(hv: Hypervisor) -> None:
+        server.on_kill = lambda: hv.stop("killed from gdb")
+        if user_setup is not None:
+            user_setup(hv)
+
+    return common.HvPlugin(plugin.cls, setup)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise UsageError(f"--gdb {args.gdb}: {exc.strerror or exc}") from None
             stack.callback(server.close)
+            plugin = _with_kill(plugin, server)
         result = common.run_hypervisor(
             booted,
             console=common.PipeSafe(sys.stdout.buffer),  # type: ignore[arg-type]
@@ -169,13 +187,15 @@ def run(args: argparse.Namespace) -> int:
             plugin=plugin,
             options=options,
         )
-        if server is not None:
+        if server is not None and not server.killed:
             server.finish(int(common.exit_status(result, timeout, limit)[0]))
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         pass
     status, message = common.exit_status(result, timeout, limit)
+    if server is not None and server.killed:
+        status, message = KILLED, "killed from gdb"
     if message:
         print(f"sevx86 run: {message}", file=sys.stderr)
     if args.verbose:

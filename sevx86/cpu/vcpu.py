@@ -486,6 +486,11 @@ class VCpu:
         physical interrupt gives it: an INTR exit (an AE under SEV-ES).
         """
         while True:
+            debug = self.debug
+            if debug is not None:
+                debug.before_entry()  # may stop here for the debugger, and change RIP
+                if self._entry != STUB:
+                    self._entry = self.rip()
             self._exit = None
             self.filler.pending = None
             error: UcError | None = None
@@ -496,11 +501,6 @@ class VCpu:
                     return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
                 self._kicked = False
                 return self._interrupted(StopReason.KICKED, "the host took the CPU back")
-            debug = self.debug
-            if debug is not None:
-                debug.before_entry()  # may stop here for the debugger, and change RIP
-                if self._entry != STUB:
-                    self._entry = self.rip()
             world = self.world
             if world is not None:
                 world.enter(self)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import queue
 import socket
 import sys
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
 from sevx86.arch.vmsa import VMSA_SIZE
@@ -89,6 +90,8 @@ class GdbServer:
         self._c_thread = -1  # vCPU index of Hc (-1: any)
         self._notices: list[str] = []
         self._said_refusal = False
+        self.on_kill: Callable[[], None] | None = None  # ends the run (set by the CLI)
+        self.killed = False
         self._registers_refused = False
 
     # -- setup ---------------------------------------------------------------------------
@@ -164,7 +167,7 @@ class GdbServer:
             self._send_stop_reply()
         while True:
             data = self._packets.get()
-            if data == _CLOSED or self._detached:
+            if data == _CLOSED:
                 self._resume_all(step_thread=None)
                 return
             reply = self._handle(data)
@@ -252,14 +255,23 @@ class GdbServer:
                 self._resume_all(step_thread=None)
                 return None
             if head == b"k":
-                self._detach()
-                self._resume_all(step_thread=None)
+                self._kill()
                 return None
         except Unreadable:
             return b"E01"
         except (ValueError, IndexError):
             return b"E00"
         return b""  # unsupported: the empty reply (E.1)
+
+    def _kill(self) -> None:
+        """gdb's kill: end the run (the CLI's hypervisor stops at the next exit)."""
+        self._detach()
+        self.killed = True
+        if self.on_kill is not None:
+            self.on_kill()
+        for vcpu in self._machine.vcpus:
+            vcpu.kick()  # an exit now, so the hypervisor sees the end at once
+        self._resume_all(step_thread=None)
 
     def _stop_vcpu(self) -> int:
         return self._stop.vcpu if self._stop is not None else 0

@@ -221,3 +221,16 @@ def test_ctrl_c_stops_a_running_guest(tmp_path):
             assert client.ask(b"P10=" + leave.to_bytes(8, "little").hex().encode()) == b"OK"
             assert client.ask(b"c") == b"W03"  # the guest left the loop where gdb sent it
         assert proc.wait(timeout=120) == 3
+
+
+def test_kill_ends_the_run_of_a_spinning_guest(tmp_path):
+    spin = tmp_path / "spin.S"
+    spin.write_text(SPIN_S)
+    with started(spin, "--policy", "0x4", tmp_path=tmp_path) as (proc, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            client = RawClient(sock)
+            assert client.ask(b"?").startswith(b"T05")
+            client.send(b"k")  # E.3: no reply is required
+        # No --timeout (none with --gdb): only the kill can end this run.
+        rc = proc.wait(timeout=120)
+    assert rc == 137  # as a shell reports SIGKILL
