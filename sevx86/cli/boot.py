@@ -148,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--policy",
         metavar="VALUE",
         help="SEV policy given to LAUNCH_START (default 0x5, NODBG|ES, as QEMU); it must "
-        "have ES (bit 2). 0x4 launches a debuggable guest (it is measured: the digest changes)",
+        "have ES (bit 2). 0x4 launches a debuggable guest (MEASURE covers the policy)",
     )
     dbg.add_argument(
         "--gdb",
