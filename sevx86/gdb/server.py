@@ -33,7 +33,7 @@ from sevx86.cpu.debug import DebugStop, StopKind, VcpuDebug, WatchKind
 from sevx86.gdb import registers as R
 from sevx86.gdb.memory import DebugMemory, Door, Unreadable
 from sevx86.gdb.packets import PacketReader, escape_binary
-from sevx86.sp.errors import SevError
+from sevx86.sp.errors import SevApiStatus, SevError
 
 if TYPE_CHECKING:
     from sevx86.machine import Machine
@@ -92,7 +92,6 @@ class GdbServer:
         self._said_refusal = False
         self.on_kill: Callable[[], None] | None = None  # ends the run (set by the CLI)
         self.killed = False
-        self._registers_refused = False
 
     # -- setup ---------------------------------------------------------------------------
     def listen(self) -> tuple[str, int]:
@@ -261,6 +260,9 @@ class GdbServer:
             return b"E01"
         except (ValueError, IndexError):
             return b"E00"
+        except Exception as exc:  # a stub bug must not take the vCPU down with it
+            print(f"sevx86 gdb: {data[:40]!r}: {type(exc).__name__}: {exc}", file=self._log)
+            return b"E03"
         return b""  # unsupported: the empty reply (E.1)
 
     def _kill(self) -> None:
@@ -372,7 +374,8 @@ class GdbServer:
             try:
                 return self._door.decrypt(vcpu.vmsa_spa, VMSA_SIZE)
             except SevError as exc:
-                self._registers_refused = True
+                if exc.status is not SevApiStatus.POLICY_FAILURE:
+                    raise Unreadable(str(exc)) from None
                 self._refused(exc)
                 return None
         return self._debugs[index].registers()

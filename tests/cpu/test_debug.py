@@ -14,13 +14,14 @@ import time
 
 import pytest
 
+from sevx86.arch.vmcb import Intercept
 from sevx86.arch.vmsa import VMSA, VMSA_SIZE
 from sevx86.config import GuestConfig, GuestMode
 from sevx86.cpu.debug import StopKind, VcpuDebug, WatchKind
 from sevx86.harness import GuestSpec, build_machine
 from sevx86.sp.policy import GuestPolicy, PolicyFlag
 from sevx86.trace.events import Tracer
-from tests.cpu.conftest import RESULTS, Guest, make_guest
+from tests.cpu.conftest import RECORD_AND_HALT, RESULTS, Guest, make_guest
 
 PROGRAM = f"""
 start:
@@ -181,3 +182,21 @@ def test_request_stop_interrupts_a_spinning_guest():
     assert [s.kind for s in rec.stops] == [StopKind.INTERRUPT]
     assert rec.stops[0].pc == guest.symbol("start")
     assert exit.name == "HLT"
+
+
+def test_a_step_into_a_vc_stops_on_the_handlers_first_instruction():
+    # CPUID under SEV-ES is a #VC fault: the instruction does not complete and
+    # the next instruction to run is the handler's first (as QEMU's gdbstub
+    # steps into an exception handler).
+    source = "start:\n    cpuid\n    hlt\n" + RECORD_AND_HALT
+    guest = make_guest(source, "sev-es", handlers={29: "record_handler"})
+    guest.vcpu.vmcb.intercept(Intercept.CPUID)
+    rec = Recorder(lambda d, s: d.resume(step=s.kind is StopKind.BREAKPOINT))
+    debug = _attach(guest, rec)
+    debug.add_breakpoint(guest.symbol("start"))
+    guest.run()
+    assert [(s.kind, s.pc) for s in rec.stops] == [
+        (StopKind.BREAKPOINT, guest.symbol("start")),
+        (StopKind.STEP, guest.symbol("record_handler")),
+    ]
+    assert guest.results(2) == (0x72, guest.symbol("start"))  # SVM_EXIT_CPUID, the CPUID's RIP
