@@ -168,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
                 symbols = session.write_symbols(session.symbol_file(payload.program), args.symbols)
             except OSError as exc:
                 raise UsageError(f"--symbols {args.symbols}: {exc.strerror or exc}") from None
+            if args.symbols is None:
+                stack.callback(session.remove_quietly, symbols)  # our temporary file
         server = None
         if gdb_address is not None:
             try:

@@ -48,6 +48,8 @@ MONITOR_HELP = """\
 sevx86 monitor commands:
   monitor phys ADDR [LEN]   guest-physical bytes, private (through DBG_DECRYPT)
   monitor dram ADDR [LEN]   guest-physical bytes as the host's DRAM holds them
+  monitor phys-write ADDR HEXBYTES
+                            write guest-physical bytes, private (through DBG_ENCRYPT)
   monitor v2p ADDR          the guest-physical address and C-bit of a virtual one
   monitor sev               mode, policy and what the debugger can see
 """
@@ -432,6 +434,10 @@ class GdbServer:
                 size = int(words[2], 0) if len(words) == 3 else 16
                 data = self._memory.read_physical(addr, size, private=words[0] == "phys")
                 out = _hexdump(addr, data)
+            elif words[0] == "phys-write" and len(words) == 3:
+                addr, data = int(words[1], 0), bytes.fromhex(words[2])
+                self._memory.write_physical(addr, data)
+                out = f"{len(data)} bytes written at {addr:#x}\n"
             elif words[0] == "v2p" and len(words) == 2:
                 t = self._memory.translate(int(words[1], 0), self._registers(self._g_thread))
                 out = f"{int(words[1], 0):#x} -> gpa {t.gpa:#x} ({'C=1, private' if t.private else 'C=0, shared'})\n"  # noqa: E501

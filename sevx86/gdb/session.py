@@ -59,6 +59,13 @@ def write_symbols(data: bytes, path: str | None) -> str:
     return path
 
 
+def remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def start(
     machine: Machine,
     address: tuple[str, int],

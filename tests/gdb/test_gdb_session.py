@@ -177,16 +177,53 @@ def test_a_register_set_in_gdb_is_what_the_guest_runs_with(tmp_path):
     assert s.returncode == 7
 
 
-def test_monitor_phys_reads_guest_physical_memory(tmp_path):
+def test_monitor_phys_reads_and_writes_guest_physical_memory(tmp_path):
     s = run_under_gdb(
         SECRET_S,
-        ["break start", "continue", "monitor phys 0x100000 0x40", "monitor sev", "continue"],
+        [
+            "break start",
+            "continue",
+            "monitor phys 0x100000 0x40",
+            "monitor sev",
+            'printf "secret at %#lx\\n", &secret',
+            'eval "monitor phys-write %#lx 544f50", &secret',
+            "x/s &secret",
+            "set var *(char *)((long)&secret + 3) = '!'",
+            "x/s &secret",
+            "continue",
+        ],
         "--policy",
         "0x4",
         tmp_path=tmp_path,
     )
     assert "top secret 1234!" in s.gdb
     assert "debuggable" in s.gdb
+    assert '<secret>:\t"TOP secret 1234!"' in s.gdb  # written by physical address (DBG_ENCRYPT)
+    assert '<secret>:\t"TOP!secret 1234!"' in s.gdb  # and by virtual address (an M packet)
+
+
+def test_the_32_bit_phase_of_the_firmware(tmp_path):
+    # reset.S leaves real mode for 32-bit protected mode at start32 (CR0.PE, APM vol 2, 14.4).
+    s = run_under_gdb(
+        SECRET_S,
+        [
+            "break start32",
+            "continue",
+            'printf "pe %d pc-ok %d\\n", $cr0 & 1, $pc == start32',
+            "set architecture i386",
+            "x/i $pc",
+            "set architecture i386:x86-64",
+            "delete",
+            "continue",
+        ],
+        "--policy",
+        "0x4",
+        tmp_path=tmp_path,
+    )
+    assert "in start32 ()" in s.gdb
+    assert "pe 1 pc-ok 1" in s.gdb
+    assert "<start32>:" in s.gdb
+    assert s.returncode == 0
 
 
 SPIN_S = """
