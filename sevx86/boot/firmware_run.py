@@ -184,6 +184,11 @@ def _read(path_or_bytes: str | Path | bytes | None) -> bytes | None:
     return Path(path_or_bytes).read_bytes()
 
 
+def _default_policy(sev_es: bool) -> GuestPolicy:
+    """QEMU's: NODBG|ES (0x5) for SEV-ES, NODBG (0x1) for SEV."""
+    return DEFAULT_POLICY if sev_es else GuestPolicy.make(PolicyFlag.NODBG)
+
+
 class FirmwareBoot:
     """One SEV-ES (or, with ``mode="sev"``, SEV) guest booting a flash image on a ``pc`` machine."""
 
@@ -223,11 +228,7 @@ class FirmwareBoot:
             config=self.config,
             varstore=_read(varstore),
             vcpu_type=vcpu_type,
-            policy=policy
-            if policy is not None
-            else DEFAULT_POLICY
-            if sev_es
-            else GuestPolicy.make(PolicyFlag.NODBG),
+            policy=policy if policy is not None else _default_policy(sev_es),
         )
         self.tracer = tracer if tracer is not None else Tracer(keep=False)
         self.tracer.sinks.append(self._watch_trace)
