@@ -17,7 +17,10 @@ Interface with the debugger (any thread; changes take effect at the next entry):
                                                       software alike: no guest byte
                                                       is patched, the measured image
                                                       and the guest's view stay intact)
-    add_watchpoint(addr, length, kind) / remove_watchpoint(addr, length, kind)
+    add_watchpoint(addr, length, kind, gpa=...) / remove_watchpoint(addr, length, kind)
+                                                      ``addr`` as the debugger names it,
+                                                      ``gpa`` the guest-physical address
+                                                      it translates to (one page at most)
     resume(step=False)                                the next stop: after one instruction
     request_stop()                                    Ctrl-C: stop at the next instruction
     registers() -> bytes                              VMSA-layout plaintext, none/sev only
@@ -39,6 +42,9 @@ Unicorn facts this relies on (unicorn 2.1.4, checked by tests/cpu/test_debug.py)
   ``emu_stop`` inside it stops *before* that instruction;
 * a hook added while translated blocks exist is not called from them: hook
   changes are made outside ``emu_start`` and followed by a TB flush;
+* memory hooks see Unicorn *physical* addresses under ``UC_TLB_VIRTUAL`` (code
+  hooks see the linear PC): a watchpoint hooks every view of its guest-physical
+  range (private, the C=0 alias, the shared-form shadow; sevx86.memory.dram);
 * ``emu_stop`` inside a memory hook leaves RIP on the instruction although
   its store is done, so a watchpoint hit only records itself and the stop is
   taken at the next instruction's code hook (after the access, as gdb expects).
@@ -51,17 +57,28 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, Uc
+from unicorn import (
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_HOOK_CODE,
+    UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_WRITE,
+    Uc,
+)
 
 from sevx86.arch.vmsa import VMSA_SIZE
 from sevx86.config import PAGE_SIZE, GuestMode
 from sevx86.cpu import state
 from sevx86.cpu.svm import STUB
+from sevx86.memory.dram import SHADOW_BASE, SHARED_ALIAS_BASE
 
 if TYPE_CHECKING:
     from sevx86.cpu.vcpu import VCpu
 
 _STUB_PAGE = STUB & ~(PAGE_SIZE - 1)
+# Where Unicorn can see one guest-physical byte (sevx86.memory.dram): the
+# private view, the C=0 alias, the shared-form shadow.
+_VIEWS = (0, SHARED_ALIAS_BASE, SHADOW_BASE)
 
 
 class StopKind(Enum):
@@ -105,7 +122,7 @@ class VcpuDebug:
         self._listener = listener
         self._lock = threading.Lock()
         self._breakpoints: set[int] = set()
-        self._watchpoints: set[tuple[int, int, WatchKind]] = set()
+        self._watchpoints: dict[tuple[int, int, WatchKind], int] = {}  # -> its gpa
         self._stepping = False
         self._stop_requested = False
         self._first = stop_at_start
@@ -137,16 +154,17 @@ class VcpuDebug:
             self._dirty = True
             return True
 
-    def add_watchpoint(self, addr: int, length: int, kind: WatchKind) -> None:
+    def add_watchpoint(
+        self, addr: int, length: int, kind: WatchKind, *, gpa: int | None = None
+    ) -> None:
         with self._lock:
-            self._watchpoints.add((addr, length, kind))
+            self._watchpoints[(addr, length, kind)] = addr if gpa is None else gpa
             self._dirty = True
 
     def remove_watchpoint(self, addr: int, length: int, kind: WatchKind) -> bool:
         with self._lock:
-            if (addr, length, kind) not in self._watchpoints:
+            if self._watchpoints.pop((addr, length, kind), None) is None:
                 return False
-            self._watchpoints.discard((addr, length, kind))
             self._dirty = True
             return True
 
@@ -252,7 +270,7 @@ class VcpuDebug:
         with self._lock:
             self._dirty = False
             breakpoints = sorted(self._breakpoints)
-            watchpoints = sorted(self._watchpoints, key=lambda w: (w[0], w[1], w[2].value))
+            watchpoints = list(self._watchpoints.items())
             full = self._first or self._stepping or self._stop_requested or bool(watchpoints)
         self._full_range = full
         if full:
@@ -260,14 +278,23 @@ class VcpuDebug:
         else:
             for addr in breakpoints:
                 self._hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_code, None, addr, addr))
-        for addr, length, kind in watchpoints:
-            end = addr + max(length, 1) - 1
-            if kind in (WatchKind.WRITE, WatchKind.ACCESS):
-                self._hooks.append(uc.hook_add(UC_HOOK_MEM_WRITE, self._on_mem, kind, addr, end))
-            if kind in (WatchKind.READ, WatchKind.ACCESS):
-                self._hooks.append(uc.hook_add(UC_HOOK_MEM_READ, self._on_mem, kind, addr, end))
-        # Blocks translated before carry the old hook set (see the module docstring).
+        for (addr, length, kind), gpa in watchpoints:
+            for view in _VIEWS:
+                start = view + gpa
+                end = start + max(length, 1) - 1
+                data = (kind, addr, start)
+                if kind in (WatchKind.WRITE, WatchKind.ACCESS):
+                    self._hooks.append(
+                        uc.hook_add(UC_HOOK_MEM_WRITE, self._on_mem, data, start, end)
+                    )
+                if kind in (WatchKind.READ, WatchKind.ACCESS):
+                    self._hooks.append(
+                        uc.hook_add(UC_HOOK_MEM_READ, self._on_mem, data, start, end)
+                    )
+        # Blocks translated, and TLB entries filled, before carry the old hook set
+        # (see the module docstring); the engine's fill hook refills the TLB.
         uc.ctl_flush_tb()
+        uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def _on_code(self, uc: Uc, addr: int, _size: int, _data: object) -> None:
         if addr & ~(PAGE_SIZE - 1) == _STUB_PAGE:
@@ -301,7 +328,8 @@ class VcpuDebug:
         uc.emu_stop()
 
     def _on_mem(
-        self, uc: Uc, _access: int, addr: int, _size: int, _value: int, kind: WatchKind
+        self, uc: Uc, _access: int, addr: int, _size: int, _value: int, data: tuple
     ) -> None:
+        kind, reported, start = data
         if self._watch_hit is None:
-            self._watch_hit = (kind, addr)
+            self._watch_hit = (kind, reported + max(addr - start, 0))

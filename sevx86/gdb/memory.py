@@ -168,7 +168,9 @@ class DebugMemory:
             if leaf:
                 size = 1 << shift
                 frame = entry & self._frame & ~(size - 1)
-                return Translated(frame | (vaddr & (size - 1)), bool(entry & self._c_bit))
+                # The leaf's C-bit decides; without encryption all is private.
+                private = not self._c_bit or bool(entry & self._c_bit)
+                return Translated(frame | (vaddr & (size - 1)), private)
             table = entry & self._frame
         raise AssertionError("unreachable")
 

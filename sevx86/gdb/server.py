@@ -91,6 +91,7 @@ class GdbServer:
         self._g_thread = 0  # vCPU index of Hg
         self._c_thread = -1  # vCPU index of Hc (-1: any)
         self._notices: list[str] = []
+        self._watches: dict[tuple[WatchKind, int, int], list[tuple[int, int, int]]] = {}
         self._said_refusal = False
         self.on_kill: Callable[[], None] | None = None  # ends the run (set by the CLI)
         self.killed = False
@@ -153,6 +154,7 @@ class GdbServer:
 
     def _detach(self) -> None:
         self._detached = True
+        self._watches.clear()
         for debug in self._debugs:
             debug.clear()
 
@@ -327,14 +329,28 @@ class GdbServer:
                     debug.remove_breakpoint(addr)
             return b"OK"
         if kind in (2, 3, 4):
-            watch = WatchKind(kind)
-            for debug in self._debugs:
-                if insert:
-                    debug.add_watchpoint(addr, length, watch)
-                else:
-                    debug.remove_watchpoint(addr, length, watch)
-            return b"OK"
+            return self._watchpoint(insert, WatchKind(kind), addr, length)
         return b""
+
+    def _watchpoint(self, insert: bool, kind: WatchKind, addr: int, length: int) -> bytes:
+        """Z2-Z4: the engine watches guest-physical bytes, so translate each page now
+        (with the stopped vCPU's page tables, as gdb sets them while stopped)."""
+        key = (kind, addr, length)
+        if not insert:
+            for piece_addr, piece_len, _ in self._watches.pop(key, ()):
+                for debug in self._debugs:
+                    debug.remove_watchpoint(piece_addr, piece_len, kind)
+            return b"OK"
+        regs = self._registers(self._g_thread)
+        pieces = []
+        for piece_addr, piece_len in _page_pieces(addr, max(length, 1)):
+            gpa = self._memory.translate(piece_addr, regs).gpa  # Unreadable: E01
+            pieces.append((piece_addr, piece_len, gpa))
+        for piece_addr, piece_len, gpa in pieces:
+            for debug in self._debugs:
+                debug.add_watchpoint(piece_addr, piece_len, kind, gpa=gpa)
+        self._watches[key] = pieces
+        return b"OK"
 
     def _query(self, data: bytes) -> bytes:
         if data.startswith(b"qSupported"):
@@ -465,6 +481,16 @@ class GdbServer:
         else:
             lines.append("debuggable: private memory and the VMSA through DBG_DECRYPT")
         return "\n".join(lines) + "\n"
+
+
+def _page_pieces(addr: int, size: int) -> list[tuple[int, int]]:
+    out = []
+    end = addr + size
+    while addr < end:
+        n = min(end, (addr | 0xFFF) + 1) - addr
+        out.append((addr, n))
+        addr += n
+    return out
 
 
 def _hexdump(addr: int, data: bytes) -> str:

@@ -200,3 +200,43 @@ def test_a_step_into_a_vc_stops_on_the_handlers_first_instruction():
         (StopKind.STEP, guest.symbol("record_handler")),
     ]
     assert guest.results(2) == (0x72, guest.symbol("start"))  # SVM_EXIT_CPUID, the CPUID's RIP
+
+
+SHARED_PAGE = 0x60000
+
+SHARED_STORE = f"""
+start:
+    mov rdi, {SHARED_PAGE:#x}
+    mov rax, 0x1234
+    mov [rdi + 8], rax
+after_shared_store:
+    hlt
+"""
+
+
+def test_a_watchpoint_on_a_shared_page_sees_the_c0_access():
+    # A C=0 store reaches DRAM through the shared alias, not the private view
+    # (APM vol 2, 15.34.5); the watch is on the guest-physical bytes either way.
+    guest = make_guest(SHARED_STORE, "sev-es", shared_pages=[SHARED_PAGE])
+    rec = Recorder()
+    debug = _attach(guest, rec)
+    debug.add_watchpoint(SHARED_PAGE + 8, 8, WatchKind.WRITE)
+    guest.run()
+    assert [(s.kind, s.pc, s.watch) for s in rec.stops] == [
+        (
+            StopKind.WATCHPOINT,
+            guest.symbol("after_shared_store"),
+            (WatchKind.WRITE, SHARED_PAGE + 8),
+        )
+    ]
+
+
+def test_a_watchpoint_reports_the_debuggers_address_for_the_gpa_it_watches():
+    guest = make_guest(PROGRAM, "none")
+    rec = Recorder()
+    debug = _attach(guest, rec)
+    linear = 0xFFFF_8000_0007_0000  # a name the debugger used for the page at RESULTS
+    debug.add_watchpoint(linear, 8, WatchKind.WRITE, gpa=RESULTS)
+    guest.run()
+    assert rec.stops[0].watch == (WatchKind.WRITE, linear)
+    assert rec.stops[0].pc == guest.symbol("after_store")

@@ -271,3 +271,28 @@ def test_kill_ends_the_run_of_a_spinning_guest(tmp_path):
         # No --timeout (none with --gdb): only the kill can end this run.
         rc = proc.wait(timeout=120)
     assert rc == 137  # as a shell reports SIGKILL
+
+
+def test_read_watchpoint_on_the_shared_ghcb(tmp_path):
+    # After VMGEXIT the handler reads the hypervisor's RAX from the GHCB
+    # (offset 0x1F8, a C=0 page): a read watchpoint there stops in vc_do_cpuid.
+    s = run_under_gdb(
+        SECRET_S,
+        [
+            "break the_cpuid",
+            "continue",
+            "break vc_hv_call",
+            "continue",
+            f'eval "rwatch *(unsigned int *)%#lx", $rbx + {GHCB_RAX:#x}',  # a fixed address
+            "continue",
+            "info symbol $pc",
+            "delete",
+            "continue",
+        ],
+        "--policy",
+        "0x4",
+        tmp_path=tmp_path,
+    )
+    assert "read watchpoint" in s.gdb.lower(), s.gdb
+    assert re.search(r"vc_do_cpuid(\.\w+)? \+ \d+ in section", s.gdb), s.gdb
+    assert s.returncode == 0
