@@ -45,6 +45,8 @@ examples:
   sevx86 run guest.bin --memory 256M --timeout 5
   sevx86 run example:hello --vcpus 4            the firmware starts 3 APs first
   sevx86 run example:smp --vcpus 4 --seed 7     ...then wakes them through the AP jump table
+  sevx86 run guest.S --policy 0x4 --gdb 1234    a debuggable SEV-ES guest, stopped for gdb:
+      gdb -ex 'symbol-file FILE' -ex 'target remote :1234'   (FILE: as printed; break vc_do_cpuid)
 
 a minimal PROGRAM (guest.S):
   start:  mov edx, 0xF4       ; the debug-exit port
@@ -90,7 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stop before the first instruction and wait for gdb's 'target remote' on "
         "HOST:PORT (loopback unless HOST is given; port 0 picks a free one). Under "
         "sev/sev-es the debugger sees private memory and the VMSA only through the SP's "
-        "DBG_DECRYPT: launch with a policy without NODBG (e.g. --policy 0x4) to debug",
+        "DBG_DECRYPT: launch with a policy without NODBG to debug (--policy 0x4 under "
+        "sev-es, 0x0 under sev)",
     )
     dbg.add_argument(
         "--symbols",
