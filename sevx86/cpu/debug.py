@@ -234,6 +234,16 @@ class VcpuDebug:
         if vcpu.mode is GuestMode.SEV_ES:
             self._publish_vmsa()
         self._pending_regs = None
+        if vcpu.tracer.enabled:
+            detail = f" ({stop.watch[0].name.lower()} {stop.watch[1]:#x})" if stop.watch else ""
+            vcpu.tracer.emit(
+                "cpu",
+                "debug-stop",
+                f"stopped for the debugger: {stop.kind.value} at {stop.pc:#x}{detail}",
+                vcpu=vcpu.index,
+                reason=stop.kind.value,
+                pc=stop.pc,
+            )
         self._listener.on_stop(stop)
         if vcpu.mode is GuestMode.SEV_ES:
             self._reload_if_written()

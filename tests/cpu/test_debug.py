@@ -83,6 +83,8 @@ def test_breakpoint_stops_before_its_instruction_and_the_run_goes_on(mode):
         (StopKind.BREAKPOINT, guest.symbol("after_store"))
     ]
     assert seen == [(1).to_bytes(8, "little")]  # the store before it ran, the add not yet
+    (event,) = guest.tracer.of_kind("debug-stop")
+    assert event.data["pc"] == guest.symbol("after_store") and event.vcpu == 0
     assert guest.results(2) == (1, 3)
 
 
