@@ -135,6 +135,7 @@ class VcpuDebug:
         self._restart = False
         self._pending_regs: bytes | None = None
         self._published: bytes | None = None
+        self._in_stop = False  # inside listener.on_stop for this vCPU
 
     @property
     def index(self) -> int:
@@ -204,12 +205,23 @@ class VcpuDebug:
         return bytes(self._vcpu.capture())
 
     def write_registers(self, page: bytes) -> None:
-        """New registers (VMSA layout), loaded before the vCPU goes on: none and sev only."""
-        if self._vcpu.mode is GuestMode.SEV_ES:
+        """New registers (VMSA layout), loaded before the vCPU goes on: none and sev only.
+
+        The vCPU that stopped loads them when the stop returns; another one, parked
+        at an exit while the stopped one holds the debugger, at once. A vCPU never
+        entered has no live state yet (its first VMRUN loads its initial state).
+        """
+        vcpu = self._vcpu
+        if vcpu.mode is GuestMode.SEV_ES:
             raise PermissionError("under SEV-ES the registers are in the VMSA (DBG_ENCRYPT)")
         if len(page) != VMSA_SIZE:
             raise ValueError(f"a register page is {VMSA_SIZE} bytes")
-        self._pending_regs = bytes(page)
+        if self._in_stop:
+            self._pending_regs = bytes(page)
+        elif vcpu.status.value == "running":
+            state.apply(vcpu.uc, vcpu.ctx, page)
+        else:
+            raise PermissionError(f"vCPU {vcpu.index} has not run yet (or is dead)")
 
     # -- the engine's calls -------------------------------------------------------------
     def before_entry(self) -> None:
@@ -244,7 +256,11 @@ class VcpuDebug:
                 reason=stop.kind.value,
                 pc=stop.pc,
             )
-        self._listener.on_stop(stop)
+        self._in_stop = True
+        try:
+            self._listener.on_stop(stop)
+        finally:
+            self._in_stop = False
         if vcpu.mode is GuestMode.SEV_ES:
             self._reload_if_written()
         elif self._pending_regs is not None:

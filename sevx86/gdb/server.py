@@ -416,9 +416,10 @@ class GdbServer:
                 self._refused(exc)
                 return b"E01"
             return b"OK"
-        if index != self._stop_vcpu():
-            return b"E01"  # none/sev: only the stopped vCPU's registers are loaded back
-        self._debugs[index].write_registers(bytes(page))
+        try:
+            self._debugs[index].write_registers(bytes(page))
+        except PermissionError:
+            return b"E01"  # a vCPU that has not run yet has no registers to change
         return b"OK"
 
     # -- the policy's voice --------------------------------------------------------------

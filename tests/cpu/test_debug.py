@@ -242,3 +242,32 @@ def test_a_watchpoint_reports_the_debuggers_address_for_the_gpa_it_watches():
     guest.run()
     assert rec.stops[0].watch == (WatchKind.WRITE, linear)
     assert rec.stops[0].pc == guest.symbol("after_store")
+
+
+SMP_STORE = f"""
+start:
+    mov rdi, {RESULTS:#x}
+    mov [rdi + 8], rax          ; what the vCPU has in RAX when it gets here
+    hlt
+"""
+
+
+def test_registers_of_a_parked_vcpu_are_loaded_at_once():
+    # vCPU 1 parked at an exit (as while vCPU 0 holds the debugger) takes new
+    # registers at once; one never entered has none to change yet.
+    machine, program = build_machine(
+        GuestSpec(SMP_STORE), GuestConfig(mode=GuestMode.NONE, memory=8 << 20, vcpus=2)
+    )
+    other = machine.vcpus[1]
+    debug1 = VcpuDebug(other, Recorder(), stop_at_start=False)
+    other.debug = debug1
+    with pytest.raises(PermissionError):
+        debug1.write_registers(bytes(VMSA_SIZE))
+    host = machine.host_view()
+    assert host.vcpus[1].vmrun(timeout=10).name == "HLT"  # entered once, parked at its HLT
+    page = bytearray(debug1.registers())
+    VMSA.write(page, "rax", 0x77)
+    VMSA.write(page, "rip", program.symbol("start"))
+    debug1.write_registers(bytes(page))
+    assert host.vcpus[1].vmrun(timeout=10).name == "HLT"
+    assert int.from_bytes(machine.memory.read_private(RESULTS + 8, 8), "little") == 0x77
