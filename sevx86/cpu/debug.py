@@ -7,9 +7,17 @@ Interface with the engine (``sevx86.cpu.vcpu.VCpu``)::
 
     vcpu.debug = VcpuDebug(vcpu, listener)   # registration: hooks on vcpu.uc
     # in the run loop, in the vCPU's thread, outside emu_start:
-    vcpu.debug.before_entry()                # report a pending stop, apply changes
-    vcpu.debug.take_restart() -> bool        # after emu_start returned: a debug stop,
-                                             # so re-enter at RIP (no exit for the host)
+    vcpu.debug.before_entry()                # first thing of each iteration (before the
+                                             # kick/timeout checks): report a pending stop,
+                                             # apply changes; then re-read RIP, which the
+                                             # debugger may have changed
+    vcpu.debug.take_restart() -> bool        # after emu_start returned without an exit:
+                                             # a debug stop, so re-enter at RIP (no exit
+                                             # for the host)
+
+It uses only public names of the vCPU: ``uc``, ``ctx``, ``mode``, ``index``,
+``status``, ``memory``, ``machine`` (``vmsa_seal``/``vmsa_check``), ``tracer``,
+``vmsa_spa``, ``capture()``, ``linear_rip()``.
 
 Interface with the debugger (any thread; changes take effect at the next entry)::
 
@@ -21,11 +29,13 @@ Interface with the debugger (any thread; changes take effect at the next entry):
                                                       ``addr`` as the debugger names it,
                                                       ``gpa`` the guest-physical address
                                                       it translates to (one page at most)
-    resume(step=False)                                the next stop: after one instruction
-    request_stop()                                    Ctrl-C: stop at the next instruction
+    resume(step=False)                                when the stop returns; step: stop
+                                                      again after one instruction
+    request_stop() / cancel_stop()                    Ctrl-C: stop at the next instruction
+    clear()                                           the debugger left: nothing set
     registers() -> bytes                              VMSA-layout plaintext, none/sev only
     write_registers(page)                             none/sev: loaded before the guest goes on
-    reload_vmsa()                                     SEV-ES: the VMSA was written (DBG_ENCRYPT)
+    (SEV-ES: the debugger writes the VMSA with DBG_ENCRYPT; the stop reloads it)
 
 ``listener.on_stop(stop)`` is called in the vCPU's thread while the vCPU is
 stopped between two instructions, and the vCPU goes on when it returns.
@@ -33,10 +43,11 @@ stopped between two instructions, and the vCPU goes on when it returns.
 Under SEV-ES the registers are in the encrypted VMSA only (APM vol 2
 15.35.1): at a stop the engine writes the state into the VMSA and has the
 Secure Processor seal it, exactly as at an automatic exit, so a debugger
-reads them with DBG_DECRYPT of the VMSA page (SEV API 55766, 6.x DBG_DECRYPT)
+reads them with DBG_DECRYPT of the VMSA page (SEV API 55766, DBG_DECRYPT)
 and the guest owner's NODBG policy decides. ``registers()`` refuses there.
 
-Unicorn facts this relies on (unicorn 2.1.4, checked by tests/cpu/test_debug.py):
+Unicorn facts this relies on (measured on unicorn 2.1.4; tests/cpu/test_debug.py fails
+without them):
 
 * a code hook sees the linear address of the instruction before it runs, and
   ``emu_stop`` inside it stops *before* that instruction;
