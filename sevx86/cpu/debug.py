@@ -15,9 +15,11 @@ Interface with the engine (``sevx86.cpu.vcpu.VCpu``)::
                                              # a debug stop, so re-enter at RIP (no exit
                                              # for the host)
 
-It uses only public names of the vCPU: ``uc``, ``ctx``, ``mode``, ``index``,
-``status``, ``memory``, ``machine`` (``vmsa_seal``/``vmsa_check``), ``tracer``,
-``vmsa_spa``, ``capture()``, ``linear_rip()``.
+It uses only public names of the vCPU: ``add_code_hook``/``remove_hook`` (the
+engine's extension hooks, docs/engine.md), ``uc`` (memory hooks for watchpoints,
+the TB flush), ``flush_tlb()``, ``ctx``, ``mode``, ``index``, ``status``,
+``tracer``, ``switch`` (``save_vmsa``/``reload_vmsa``: the world switch's VMSA
+write, seal and checked load), ``capture()``, ``linear_rip()``.
 
 Interface with the debugger (any thread; changes take effect at the next entry)::
 
@@ -69,9 +71,6 @@ from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 from unicorn import (
-    UC_CTL_IO_WRITE,
-    UC_CTL_TLB_FLUSH,
-    UC_HOOK_CODE,
     UC_HOOK_MEM_READ,
     UC_HOOK_MEM_WRITE,
     Uc,
@@ -82,6 +81,7 @@ from sevx86.config import PAGE_SIZE, GuestMode
 from sevx86.cpu import state
 from sevx86.cpu.svm import STUB
 from sevx86.memory.dram import SHADOW_BASE, SHARED_ALIAS_BASE
+from sevx86.trace.events import TraceKind
 
 if TYPE_CHECKING:
     from sevx86.cpu.vcpu import VCpu
@@ -145,7 +145,6 @@ class VcpuDebug:
         self._skip: int | None = None  # resume here without stopping again
         self._restart = False
         self._pending_regs: bytes | None = None
-        self._published: bytes | None = None
         self._in_stop = False  # inside listener.on_stop for this vCPU
 
     @property
@@ -261,7 +260,7 @@ class VcpuDebug:
             detail = f" ({stop.watch[0].name.lower()} {stop.watch[1]:#x})" if stop.watch else ""
             vcpu.tracer.emit(
                 "cpu",
-                "debug-stop",
+                TraceKind.DEBUG_STOP,
                 f"stopped for the debugger: {stop.kind.value} at {stop.pc:#x}{detail}",
                 vcpu=vcpu.index,
                 reason=stop.kind.value,
@@ -281,28 +280,19 @@ class VcpuDebug:
 
     def _publish_vmsa(self) -> None:
         """Write the state into the VMSA and seal it, as the CPU does at an automatic exit."""
-        vcpu = self._vcpu
-        assert vcpu.vmsa_spa is not None
-        current = bytearray(vcpu.memory.read_private(vcpu.vmsa_spa, VMSA_SIZE))
-        page = state.capture(vcpu.uc, vcpu.ctx, current)
-        vcpu.memory.write_private(vcpu.vmsa_spa, page)
-        vcpu.machine.vmsa_seal(vcpu)
-        self._published = bytes(page)
+        self._vcpu.switch.save_vmsa()
 
     def _reload_if_written(self) -> None:
         """A debugger wrote the VMSA (DBG_ENCRYPT): load it, checked as VMRUN checks it."""
-        vcpu = self._vcpu
-        assert vcpu.vmsa_spa is not None
-        if not vcpu.machine.vmsa_check(vcpu):
-            return  # not a sealed write: the next VMRUN refuses it, as for the host
-        page = vcpu.memory.read_private(vcpu.vmsa_spa, VMSA_SIZE)
-        if page != self._published:
-            state.apply(vcpu.uc, vcpu.ctx, page)
+        # Not a sealed write: nothing is loaded, and the next VMRUN refuses it
+        # as it refuses any host write.
+        self._vcpu.switch.reload_vmsa()
 
     def _rebuild_hooks(self) -> None:
         uc = self._uc
+        vcpu = self._vcpu
         for h in self._hooks:
-            uc.hook_del(h)
+            vcpu.remove_hook(h)
         self._hooks = []
         with self._lock:
             self._dirty = False
@@ -311,10 +301,10 @@ class VcpuDebug:
             full = self._first or self._stepping or self._stop_requested or bool(watchpoints)
         self._full_range = full
         if full:
-            self._hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_code))
+            self._hooks.append(vcpu.add_code_hook(self._on_code))
         else:
             for addr in breakpoints:
-                self._hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_code, None, addr, addr))
+                self._hooks.append(vcpu.add_code_hook(self._on_code, addr, addr))
         for (addr, length, kind), gpa in watchpoints:
             for view in _VIEWS:
                 start = view + gpa
@@ -331,7 +321,7 @@ class VcpuDebug:
         # Blocks translated, and TLB entries filled, before carry the old hook set
         # (see the module docstring); the engine's fill hook refills the TLB.
         uc.ctl_flush_tb()
-        uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        vcpu.flush_tlb()
 
     def _on_code(self, uc: Uc, addr: int, _size: int, _data: object) -> None:
         if addr & ~(PAGE_SIZE - 1) == _STUB_PAGE:

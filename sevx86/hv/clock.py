@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-_U64 = (1 << 64) - 1
+from sevx86.arch.bits import U64_MASK as _U64
 
 
 class TscClock:

@@ -35,9 +35,7 @@ guest RAM as one block from address 0, so it must end below QEMU's PCI hole
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 
-from sevx86.arch.apic import decode_icr
 from sevx86.arch.e820 import E820Type, encode_e820
 from sevx86.arch.fw_cfg import FwCfgKey
 from sevx86.hv.clock import VirtualClock
@@ -52,11 +50,9 @@ from sevx86.hv.devices.i440fx import (
     i440fx_host_bridge,
     piix3_isa_bridge,
 )
-from sevx86.hv.devices.lapic import APIC_BASE, APIC_SIZE, LocalApic, describe_ipi
 from sevx86.hv.devices.pci import PCI_IO_BASE, PCI_IO_LENGTH, PciHost
 from sevx86.hv.devices.pflash import PFlashCfi01
-from sevx86.hv.hypervisor import EXIT_TABLE, Hypervisor
-from sevx86.hv.smp import send_ipi
+from sevx86.hv.hypervisor import EXIT_TABLE, ExitEvent, Hypervisor, Proceed
 
 # QEMU's pc machine keeps RAM below 3.5 GiB; the rest would go above 4 GiB.
 PC_BELOW_4G_LIMIT = 0xE000_0000
@@ -107,7 +103,7 @@ class QemuPc:
                 f"memory {self.memory:#x} reaches QEMU's PCI hole at {PC_BELOW_4G_LIMIT:#x}: "
                 "sevx86 maps guest RAM in one block from 0"
             )
-        self.clock = clock if clock is not None else VirtualClock()
+        self.clock = clock if clock is not None else hv.platform_clock
         log = hv.host.log
 
         self.fw_cfg = FwCfg(hv.host.memory, log=log)
@@ -125,12 +121,9 @@ class QemuPc:
         self.pm = self.pci.add(*PIIX4_PM_SLOT, Piix4Pm(hv.io_bus, self.acpi_pm))
         hv.io_bus.register(PCI_IO_BASE, PCI_IO_LENGTH, self.pci)
 
-        # QEMU's pc has one local APIC per vCPU with the full register file and
-        # timer; its IPIs go through the hypervisor's SMP model (INIT/SIPI,
-        # fixed interrupts), which owned the xAPIC page until now.
-        self.lapic = PcLocalApics(hv, self.clock, self.vcpus)
-        hv.mmio_bus.unregister(hv.lapic)
-        hv.mmio_bus.register(APIC_BASE, APIC_SIZE, self.lapic)
+        # QEMU's pc has one local APIC per vCPU: the hypervisor's, timed by this clock.
+        self.lapic = hv.lapic
+        self.lapic.use_clock(self.clock)
 
         # The varstore flash (QEMU's pflash1, hw/i386/pc_sysfw.c): a CFI device
         # over the RAM the launch mapped for it, writable. pflash0 (the code)
@@ -168,7 +161,7 @@ class QemuPc:
             fw.add_file(name, data)
 
     # -- platform events ----------------------------------------------------------------
-    def _tick(self, _event: object, proceed) -> None:  # type: ignore[no-untyped-def]
+    def _tick(self, _event: ExitEvent, proceed: Proceed) -> None:
         self.clock.advance()
         proceed()
 
@@ -184,35 +177,4 @@ class QemuPc:
         self.hv.stop(f"guest asked for a reset (port 0xCF9 <- {value:#x})")
 
 
-class PcLocalApics:
-    """The xAPIC page of every vCPU: registers and timer per vCPU, IPIs to the SMP model."""
-
-    name = "lapic"
-
-    def __init__(self, hv: Hypervisor, clock: VirtualClock, vcpus: int):
-        self.hv = hv
-        self.apics = [LocalApic(clock, apic_id=i, on_ipi=self._sender(i)) for i in range(vcpus)]
-
-    def _current(self) -> LocalApic:
-        return self.apics[self.hv.current_vcpu or 0]
-
-    def _sender(self, source: int) -> Callable[[int, int], None]:
-        def ipi(low: int, high: int) -> None:
-            self.hv.host.log(
-                "ipi",
-                f"local APIC {source}: {describe_ipi(low, high)}",
-                vcpu=source,
-                icr=low | high << 32,
-            )
-            send_ipi(self.hv, source, decode_icr(high << 32 | low, x2apic=False))
-
-        return ipi
-
-    def mmio_read(self, offset: int, size: int) -> int:
-        return self._current().mmio_read(offset, size)
-
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
-        self._current().mmio_write(offset, size, value)
-
-
-__all__ = ["PC_BELOW_4G_LIMIT", "PcLocalApics", "QemuPc", "system_states"]
+__all__ = ["PC_BELOW_4G_LIMIT", "QemuPc", "system_states"]

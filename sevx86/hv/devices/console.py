@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import IO
 
 LogFn = Callable[..., None]
+LineListener = Callable[[str, str], None]  # (device, the line without its newline)
 
 
 class Console:
@@ -21,6 +22,9 @@ class Console:
         # e.g. the serial port to stdout and the firmware's debug console away.
         self.routes: dict[str, IO[bytes] | None] = {}
         self.log = log
+        # Called with every completed line, e.g. a boot watching for a banner:
+        # the guest's own text, whatever the trace's wording.
+        self.listeners: list[LineListener] = []
         self.outputs: dict[str, bytearray] = {}
         self._lines: dict[str, bytearray] = {}
         self.all = bytearray()
@@ -34,18 +38,22 @@ class Console:
         if stream is not None:
             stream.write(data)
             stream.flush()
-        if self.log is None:
+        if self.log is None and not self.listeners:
             return
         line = self._lines.setdefault(source, bytearray())
         line.extend(data)
         while b"\n" in line:
-            text, _, rest = bytes(line).partition(b"\n")
-            self.log("console", f"{source}: {text.decode('utf-8', 'replace')}", device=source)
+            raw, _, rest = bytes(line).partition(b"\n")
             line[:] = rest
+            text = raw.decode("utf-8", "replace")
+            if self.log is not None:
+                self.log("console", f"{source}: {text}", device=source)
+            for listener in self.listeners:
+                listener(source, text)
 
     def text(self, source: str | None = None) -> str:
         data = self.all if source is None else self.outputs.get(source, b"")
         return bytes(data).decode("utf-8", "replace")
 
 
-__all__ = ["Console"]
+__all__ = ["Console", "LineListener"]
