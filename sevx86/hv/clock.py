@@ -10,6 +10,7 @@ wall-clock source is available for users who prefer it.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 _U64 = (1 << 64) - 1
 
@@ -38,6 +39,12 @@ class TscClock:
         self.offset = (self.offset + value - now) & _U64
 
 
+class TimeSource(Protocol):
+    """What a timer device reads: platform time in nanoseconds, never going back."""
+
+    def now_ns(self) -> int: ...
+
+
 class VirtualClock:
     """Platform time in nanoseconds for the timer devices (ACPI PM timer, RTC, APIC timer).
 
@@ -58,4 +65,4 @@ class VirtualClock:
         return self.ns
 
 
-__all__ = ["TscClock", "VirtualClock"]
+__all__ = ["TimeSource", "TscClock", "VirtualClock"]
