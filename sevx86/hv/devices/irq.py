@@ -14,8 +14,29 @@ Sinks are ``(level: bool) -> None`` callables, usually
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 IrqSink = Callable[[bool], None]
+
+
+@dataclass(frozen=True)
+class ApicInterrupt:
+    """An interrupt message to local APICs, as an IOAPIC (or an MSI) sends it.
+
+    ``delivery`` is the 3-bit delivery mode of the redirection entry
+    (``sevx86.arch.ioapic.IoApicDelivery``); ``level`` says it is
+    level-triggered, so the receiving local APIC owes the IOAPIC an EOI for
+    ``vector`` (``IoApic.eoi``).
+    """
+
+    vector: int
+    delivery: int
+    destination: int
+    logical: bool
+    level: bool
+
+
+ApicSink = Callable[[ApicInterrupt], None]
 
 
 class IrqLine:
@@ -48,4 +69,4 @@ class IrqLine:
         self.set_level(False)
 
 
-__all__ = ["IrqLine", "IrqSink"]
+__all__ = ["ApicInterrupt", "ApicSink", "IrqLine", "IrqSink"]
