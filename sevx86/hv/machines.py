@@ -14,6 +14,10 @@ PCI configuration         I/O 0xCF8 address, 0xCFC data (0xCF9 reset control)
   PIIX3 ISA bridge        00:01.0  8086:7000
   PIIX4 power management  00:01.3  8086:7113 -> ACPI PM block where PMBA says
 ACPI PM block + timer     I/O PMBA + 0..0x3F (OVMF puts it at 0x600: timer 0x608)
+8259 PIC pair + ELCR      I/O 0x20/0x21, 0xA0/0xA1, 0x4D0/0x4D1
+8254 PIT, port 0x61       I/O 0x40-0x43 (channel 0 on IRQ0), 0x61
+IOAPIC                    MMIO 0xFEC0_0000 (IRQ0 on pin 2, IRQ n on pin n)
+COM1 interrupt            IRQ4 (the hypervisor's 16550A)
 local APIC (xAPIC)        MMIO 0xFEE0_0000
 pflash1 (CFI flash)       the varstore below the code flash, if the launch mapped
                           one (RAM region ``pflash1``): ``PFlashCfi01``
@@ -23,8 +27,11 @@ Every one of them is reached only through exits -- the GHCB (IOIO, MMIO
 requests) for an SEV-ES guest, direct IOIO/NPF exits for the other modes.
 
 Time is a ``VirtualClock`` that advances by ``clock.step_ns`` at every exit
-the hypervisor handles: the PM timer, the RTC and the APIC timer all read
-it, so a guest polling a timer sees it move and every run is identical.
+the hypervisor handles: the PIT, the PM timer, the RTC and the APIC timer all
+read it, so a guest polling a timer sees it move and every run is identical.
+After each step the timers are polled (``poll``), so a timer interrupt is
+raised at the first exit after it is due. Interrupt lines are wired by
+``sevx86.hv.devices.routing.PcInterrupts`` as QEMU's ``pc`` wires them.
 
 The memory map follows QEMU: RAM from 0 (``etc/e820`` type 1, CMOS 0x34/0x35)
 and the 16 KiB KVM reserves below the BIOS area (0xFEFF_C000). sevx86 maps
@@ -40,6 +47,10 @@ from collections.abc import Callable
 from sevx86.arch.apic import decode_icr
 from sevx86.arch.e820 import E820Type, encode_e820
 from sevx86.arch.fw_cfg import FwCfgKey
+from sevx86.arch.ioapic import IOAPIC_BASE, IOAPIC_SIZE
+from sevx86.arch.pic import ELCR_PORT, ELCR_PORT_COUNT, PIC_MASTER, PIC_PORT_COUNT, PIC_SLAVE
+from sevx86.arch.pit import PIT_PORT_BASE, PIT_PORT_COUNT, PORT_61
+from sevx86.arch.uart import COM1_IRQ
 from sevx86.hv.clock import VirtualClock
 from sevx86.hv.devices.acpi_pm import AcpiPmBlock
 from sevx86.hv.devices.cmos import CMOS_INDEX_PORT, DEFAULT_START, CmosRtc
@@ -55,6 +66,8 @@ from sevx86.hv.devices.i440fx import (
 from sevx86.hv.devices.lapic import APIC_BASE, APIC_SIZE, LocalApic, describe_ipi
 from sevx86.hv.devices.pci import PCI_IO_BASE, PCI_IO_LENGTH, PciHost
 from sevx86.hv.devices.pflash import PFlashCfi01
+from sevx86.hv.devices.pit import Pit8254, Port61
+from sevx86.hv.devices.routing import PcInterrupts
 from sevx86.hv.hypervisor import EXIT_TABLE, Hypervisor
 from sevx86.hv.smp import send_ipi
 
@@ -118,6 +131,20 @@ class QemuPc:
         self.cmos.set_pc_memory(self.memory, 0, self.vcpus)
         hv.io_bus.register(CMOS_INDEX_PORT, 2, self.cmos)
 
+        # Interrupt controllers and the PIT (QEMU pc: i8259 x2, ioapic, i8254, pcspk's 0x61).
+        self.irq = PcInterrupts(hv, self.vcpus, log=log)
+        for base in (PIC_MASTER, PIC_SLAVE):
+            hv.io_bus.register(base, PIC_PORT_COUNT, self.irq.pic)
+        hv.io_bus.register(ELCR_PORT, ELCR_PORT_COUNT, self.irq.pic)
+        hv.mmio_bus.register(IOAPIC_BASE, IOAPIC_SIZE, self.irq.ioapic)
+        self.pit = Pit8254(self.clock, self.irq.isa(0))
+        hv.io_bus.register(PIT_PORT_BASE, PIT_PORT_COUNT, self.pit)
+        hv.io_bus.register(PORT_61, 1, Port61(self.pit, self.clock))
+        serial = getattr(hv, "serial", None)
+        if serial is not None:
+            serial.irq.connect(self.irq.isa(COM1_IRQ).set_level)
+        self.timers = [self.pit]
+
         self.acpi_pm = AcpiPmBlock(self.clock, on_sleep=self._sleep)
         self.pci = PciHost(on_reset=self._reset)
         self.pci.add(*HOST_BRIDGE_SLOT, i440fx_host_bridge())
@@ -170,6 +197,8 @@ class QemuPc:
     # -- platform events ----------------------------------------------------------------
     def _tick(self, _event: object, proceed) -> None:  # type: ignore[no-untyped-def]
         self.clock.advance()
+        for timer in self.timers:
+            timer.poll()
         proceed()
 
     def _sleep(self, slp_typ: int) -> None:
