@@ -18,6 +18,7 @@ ACPI PM block + timer     I/O PMBA + 0..0x3F (OVMF puts it at 0x600: timer 0x608
 8254 PIT, port 0x61       I/O 0x40-0x43 (channel 0 on IRQ0), 0x61
 IOAPIC                    MMIO 0xFEC0_0000 (IRQ0 on pin 2, IRQ n on pin n)
 COM1 interrupt            IRQ4 (the hypervisor's 16550A)
+RTC / ACPI SCI            IRQ8 / IRQ9
 local APIC (xAPIC)        MMIO 0xFEE0_0000
 pflash1 (CFI flash)       the varstore below the code flash, if the launch mapped
                           one (RAM region ``pflash1``): ``PFlashCfi01``
@@ -75,6 +76,9 @@ from sevx86.hv.smp import send_ipi
 PC_BELOW_4G_LIMIT = 0xE000_0000
 # KVM's identity-map and TSS pages, reserved in the e820 map by QEMU on KVM.
 KVM_RESERVED = (0xFEFF_C000, 0x4000)
+# ISA IRQs of the RTC and of the PIIX4's SCI (QEMU pc; the FADT's SCI_INT).
+RTC_IRQ = 8
+SCI_IRQ = 9
 # ACPI sleep type 0 is S5 (soft off) on QEMU's PIIX4 (``acpi_pm1_cnt_write``).
 PIIX4_SLP_TYP_S5 = 0
 # "etc/system-states": one byte per S0..S5, bit 7 = the state is available,
@@ -127,12 +131,13 @@ class QemuPc:
         self._fill_fw_cfg(s3=s3, s4=s4, files=fw_cfg_files or {})
         hv.io_bus.register(FW_CFG_IO_BASE, FW_CFG_IO_LENGTH, self.fw_cfg)
 
-        self.cmos = CmosRtc(self.clock, start=rtc_start)
+        # Interrupt controllers and the PIT (QEMU pc: i8259 x2, ioapic, i8254, pcspk's 0x61).
+        self.irq = PcInterrupts(hv, self.vcpus, log=log)
+
+        self.cmos = CmosRtc(self.clock, start=rtc_start, irq=self.irq.isa(RTC_IRQ))
         self.cmos.set_pc_memory(self.memory, 0, self.vcpus)
         hv.io_bus.register(CMOS_INDEX_PORT, 2, self.cmos)
 
-        # Interrupt controllers and the PIT (QEMU pc: i8259 x2, ioapic, i8254, pcspk's 0x61).
-        self.irq = PcInterrupts(hv, self.vcpus, log=log)
         for base in (PIC_MASTER, PIC_SLAVE):
             hv.io_bus.register(base, PIC_PORT_COUNT, self.irq.pic)
         hv.io_bus.register(ELCR_PORT, ELCR_PORT_COUNT, self.irq.pic)
@@ -143,9 +148,9 @@ class QemuPc:
         serial = getattr(hv, "serial", None)
         if serial is not None:
             serial.irq.connect(self.irq.isa(COM1_IRQ).set_level)
-        self.timers = [self.pit]
+        self.acpi_pm = AcpiPmBlock(self.clock, on_sleep=self._sleep, sci=self.irq.isa(SCI_IRQ))
+        self.timers = [self.pit, self.cmos, self.acpi_pm]
 
-        self.acpi_pm = AcpiPmBlock(self.clock, on_sleep=self._sleep)
         self.pci = PciHost(on_reset=self._reset)
         self.pci.add(*HOST_BRIDGE_SLOT, i440fx_host_bridge())
         self.pci.add(*PIIX3_ISA_SLOT, piix3_isa_bridge())
