@@ -17,6 +17,7 @@ ACPI PM block + timer     I/O PMBA + 0..0x3F (OVMF puts it at 0x600: timer 0x608
 8259 PIC pair + ELCR      I/O 0x20/0x21, 0xA0/0xA1, 0x4D0/0x4D1
 8254 PIT, port 0x61       I/O 0x40-0x43 (channel 0 on IRQ0), 0x61
 IOAPIC                    MMIO 0xFEC0_0000 (IRQ0 on pin 2, IRQ n on pin n)
+HPET                      MMIO 0xFED0_0000 (3 timers, 100 MHz; legacy route IRQ0/8)
 COM1 interrupt            IRQ4 (the hypervisor's 16550A)
 RTC / ACPI SCI            IRQ8 / IRQ9
 local APIC (xAPIC)        MMIO 0xFEE0_0000
@@ -48,6 +49,7 @@ from collections.abc import Callable
 from sevx86.arch.apic import decode_icr
 from sevx86.arch.e820 import E820Type, encode_e820
 from sevx86.arch.fw_cfg import FwCfgKey
+from sevx86.arch.hpet import HPET_BASE, HPET_SIZE
 from sevx86.arch.ioapic import IOAPIC_BASE, IOAPIC_SIZE
 from sevx86.arch.pic import ELCR_PORT, ELCR_PORT_COUNT, PIC_MASTER, PIC_PORT_COUNT, PIC_SLAVE
 from sevx86.arch.pit import PIT_PORT_BASE, PIT_PORT_COUNT, PORT_61
@@ -56,6 +58,7 @@ from sevx86.hv.clock import VirtualClock
 from sevx86.hv.devices.acpi_pm import AcpiPmBlock
 from sevx86.hv.devices.cmos import CMOS_INDEX_PORT, DEFAULT_START, CmosRtc
 from sevx86.hv.devices.fw_cfg import FW_CFG_IO_BASE, FW_CFG_IO_LENGTH, FwCfg
+from sevx86.hv.devices.hpet import Hpet
 from sevx86.hv.devices.i440fx import (
     HOST_BRIDGE_SLOT,
     PIIX3_ISA_SLOT,
@@ -64,6 +67,7 @@ from sevx86.hv.devices.i440fx import (
     i440fx_host_bridge,
     piix3_isa_bridge,
 )
+from sevx86.hv.devices.irq import IrqLine
 from sevx86.hv.devices.lapic import APIC_BASE, APIC_SIZE, LocalApic, describe_ipi
 from sevx86.hv.devices.pci import PCI_IO_BASE, PCI_IO_LENGTH, PciHost
 from sevx86.hv.devices.pflash import PFlashCfi01
@@ -77,6 +81,7 @@ PC_BELOW_4G_LIMIT = 0xE000_0000
 # KVM's identity-map and TSS pages, reserved in the e820 map by QEMU on KVM.
 KVM_RESERVED = (0xFEFF_C000, 0x4000)
 # ISA IRQs of the RTC and of the PIIX4's SCI (QEMU pc; the FADT's SCI_INT).
+PIT_IRQ = 0
 RTC_IRQ = 8
 SCI_IRQ = 9
 # ACPI sleep type 0 is S5 (soft off) on QEMU's PIIX4 (``acpi_pm1_cnt_write``).
@@ -134,7 +139,12 @@ class QemuPc:
         # Interrupt controllers and the PIT (QEMU pc: i8259 x2, ioapic, i8254, pcspk's 0x61).
         self.irq = PcInterrupts(hv, self.vcpus, log=log)
 
-        self.cmos = CmosRtc(self.clock, start=rtc_start, irq=self.irq.isa(RTC_IRQ))
+        # The HPET; its legacy replacement route takes IRQ0 and IRQ8 from the PIT and
+        # the RTC (HPET spec 2.3.8.1; QEMU hpet_pit_disable and the RTC's irq gate).
+        self.hpet = Hpet(self.clock, self._set_gsi)
+        hv.mmio_bus.register(HPET_BASE, HPET_SIZE, self.hpet)
+
+        self.cmos = CmosRtc(self.clock, start=rtc_start, irq=self._legacy_line(RTC_IRQ))
         self.cmos.set_pc_memory(self.memory, 0, self.vcpus)
         hv.io_bus.register(CMOS_INDEX_PORT, 2, self.cmos)
 
@@ -142,14 +152,14 @@ class QemuPc:
             hv.io_bus.register(base, PIC_PORT_COUNT, self.irq.pic)
         hv.io_bus.register(ELCR_PORT, ELCR_PORT_COUNT, self.irq.pic)
         hv.mmio_bus.register(IOAPIC_BASE, IOAPIC_SIZE, self.irq.ioapic)
-        self.pit = Pit8254(self.clock, self.irq.isa(0))
+        self.pit = Pit8254(self.clock, self._legacy_line(PIT_IRQ))
         hv.io_bus.register(PIT_PORT_BASE, PIT_PORT_COUNT, self.pit)
         hv.io_bus.register(PORT_61, 1, Port61(self.pit, self.clock))
         serial = getattr(hv, "serial", None)
         if serial is not None:
             serial.irq.connect(self.irq.isa(COM1_IRQ).set_level)
         self.acpi_pm = AcpiPmBlock(self.clock, on_sleep=self._sleep, sci=self.irq.isa(SCI_IRQ))
-        self.timers = [self.pit, self.cmos, self.acpi_pm]
+        self.timers = [self.pit, self.cmos, self.acpi_pm, self.hpet]
 
         self.pci = PciHost(on_reset=self._reset)
         self.pci.add(*HOST_BRIDGE_SLOT, i440fx_host_bridge())
@@ -198,6 +208,21 @@ class QemuPc:
         fw.add_file("etc/system-states", system_states(s3=s3, s4=s4))
         for name, data in files.items():
             fw.add_file(name, data)
+
+    # -- interrupt lines ----------------------------------------------------------------
+    def _set_gsi(self, gsi: int, level: bool) -> None:
+        self.irq.gsi[gsi].set_level(level)
+
+    def _legacy_line(self, isa_irq: int) -> IrqLine:
+        """The output of the PIT or the RTC: on its ISA IRQ unless the HPET took it over."""
+        line = IrqLine(f"irq{isa_irq}-source")
+
+        def forward(level: bool) -> None:
+            if not self.hpet.legacy:
+                self.irq.isa(isa_irq).set_level(level)
+
+        line.connect(forward)
+        return line
 
     # -- platform events ----------------------------------------------------------------
     def _tick(self, _event: object, proceed) -> None:  # type: ignore[no-untyped-def]
