@@ -28,11 +28,15 @@ pflash1 (CFI flash)       the varstore below the code flash, if the launch mappe
 Every one of them is reached only through exits -- the GHCB (IOIO, MMIO
 requests) for an SEV-ES guest, direct IOIO/NPF exits for the other modes.
 
-Time is a ``VirtualClock`` that advances by ``clock.step_ns`` at every exit
-the hypervisor handles: the PIT, the PM timer, the RTC and the APIC timer all
-read it, so a guest polling a timer sees it move and every run is identical.
-After each step the timers are polled (``poll``), so a timer interrupt is
-raised at the first exit after it is due. Interrupt lines are wired by
+Time is one platform clock (``sevx86.hv.clock``): a deterministic
+``VirtualClock`` (the default) that advances by ``clock.step_ns`` at every
+exit, or a ``RealtimeClock``. The TSC, the PIT, the HPET, the PM timer, the
+RTC and the APIC timer all read it, so they agree, and with the virtual clock
+every run is identical. After each exit's step the timers are polled
+(``poll``), so a timer interrupt is raised at the first exit after it is due.
+When a HLT leaves every vCPU halted, the clock jumps (virtual) or sleeps
+(realtime) to the next timer deadline and the timers are polled again: a
+guest waiting on a timer wakes at the right guest time. Interrupt lines are wired by
 ``sevx86.hv.devices.routing.PcInterrupts`` as QEMU's ``pc`` wires them.
 
 The memory map follows QEMU: RAM from 0 (``etc/e820`` type 1, CMOS 0x34/0x35)
@@ -48,13 +52,14 @@ from collections.abc import Callable
 
 from sevx86.arch.apic import decode_icr
 from sevx86.arch.e820 import E820Type, encode_e820
+from sevx86.arch.exits import SvmExit
 from sevx86.arch.fw_cfg import FwCfgKey
 from sevx86.arch.hpet import HPET_BASE, HPET_SIZE
 from sevx86.arch.ioapic import IOAPIC_BASE, IOAPIC_SIZE
 from sevx86.arch.pic import ELCR_PORT, ELCR_PORT_COUNT, PIC_MASTER, PIC_PORT_COUNT, PIC_SLAVE
 from sevx86.arch.pit import PIT_PORT_BASE, PIT_PORT_COUNT, PORT_61
 from sevx86.arch.uart import COM1_IRQ
-from sevx86.hv.clock import VirtualClock
+from sevx86.hv.clock import RealtimeClock, TscClock, VirtualClock
 from sevx86.hv.devices.acpi_pm import AcpiPmBlock
 from sevx86.hv.devices.cmos import CMOS_INDEX_PORT, DEFAULT_START, CmosRtc
 from sevx86.hv.devices.fw_cfg import FW_CFG_IO_BASE, FW_CFG_IO_LENGTH, FwCfg
@@ -73,8 +78,8 @@ from sevx86.hv.devices.pci import PCI_IO_BASE, PCI_IO_LENGTH, PciHost
 from sevx86.hv.devices.pflash import PFlashCfi01
 from sevx86.hv.devices.pit import Pit8254, Port61
 from sevx86.hv.devices.routing import PcInterrupts
-from sevx86.hv.hypervisor import EXIT_TABLE, Hypervisor
-from sevx86.hv.smp import send_ipi
+from sevx86.hv.hypervisor import EXIT_TABLE, ExitEvent, Hypervisor
+from sevx86.hv.smp import MpState, send_ipi
 
 # QEMU's pc machine keeps RAM below 3.5 GiB; the rest would go above 4 GiB.
 PC_BELOW_4G_LIMIT = 0xE000_0000
@@ -115,7 +120,7 @@ class QemuPc:
         *,
         memory: int | None = None,
         vcpus: int | None = None,
-        clock: VirtualClock | None = None,
+        clock: VirtualClock | RealtimeClock | None = None,
         rtc_start: dt.datetime = DEFAULT_START,
         s3: bool = False,
         s4: bool = False,
@@ -130,6 +135,8 @@ class QemuPc:
                 "sevx86 maps guest RAM in one block from 0"
             )
         self.clock = clock if clock is not None else VirtualClock()
+        # One clock: the TSC the guest reads derives from the platform clock too.
+        hv.msrs.clock = TscClock(source=self.clock)
         log = hv.host.log
 
         self.fw_cfg = FwCfg(hv.host.memory, log=log)
@@ -225,11 +232,46 @@ class QemuPc:
         return line
 
     # -- platform events ----------------------------------------------------------------
-    def _tick(self, _event: object, proceed) -> None:  # type: ignore[no-untyped-def]
-        self.clock.advance()
+    def _tick(self, event: ExitEvent, proceed: Callable[[], None]) -> None:
+        instructions = event.exit.data.get("instructions")
+        self.clock.on_exit(instructions if isinstance(instructions, int) else None)
+        self._poll_timers()
+        proceed()
+        if event.code == SvmExit.HLT and self._idle():
+            self._wait_for_timer()
+
+    def _poll_timers(self) -> None:
         for timer in self.timers:
             timer.poll()
-        proceed()
+
+    def _idle(self) -> bool:
+        """No vCPU can run and none has an event waiting: only a timer can end the wait."""
+        for index in range(len(self.hv.host.vcpus)):
+            st = self.hv.vcpu_state(index)
+            if st.dead is not None:
+                continue
+            if st.mp_state is MpState.RUNNABLE or st.irr or st.nmi_pending:
+                return False
+        return True
+
+    def next_deadline_ns(self) -> int | None:
+        """The earliest time a platform timer will interrupt, if any is armed."""
+        due = [d for t in self.timers if (d := t.next_event_ns()) is not None]
+        return min(due) if due else None
+
+    def _wait_for_timer(self) -> None:
+        deadline = self.next_deadline_ns()
+        if deadline is None:
+            return  # nothing will wake the guest: the run ends "halted"
+        before = self.clock.now_ns()
+        self.clock.idle_until(deadline)
+        self._poll_timers()
+        how = "slept" if self.clock.realtime else "warped"
+        self.hv.host.log(
+            "clock",
+            f"every vCPU halted: {how} {max(deadline - before, 0)} ns to the next timer",
+            deadline_ns=deadline,
+        )
 
     def _sleep(self, slp_typ: int) -> None:
         if slp_typ == PIIX4_SLP_TYP_S5:
@@ -248,7 +290,7 @@ class PcLocalApics:
 
     name = "lapic"
 
-    def __init__(self, hv: Hypervisor, clock: VirtualClock, vcpus: int):
+    def __init__(self, hv: Hypervisor, clock: VirtualClock | RealtimeClock, vcpus: int):
         self.hv = hv
         self.apics = [LocalApic(clock, apic_id=i, on_ipi=self._sender(i)) for i in range(vcpus)]
 

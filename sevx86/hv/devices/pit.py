@@ -86,7 +86,10 @@ class PitChannel:
 
     def __init__(self, clock: TimeSource, *, gate: bool = True):
         self.clock = clock
-        self.mode = PitMode.INTERRUPT_ON_TERMINAL_COUNT
+        # The data sheet leaves the state after power-up undefined; as QEMU's
+        # pit_reset_common, start in mode 3 -- but with no count, so idle with
+        # OUT high: the first control word then makes no spurious IRQ0 edge.
+        self.mode = PitMode.SQUARE_WAVE
         self.rw = RwMode.LSB_MSB
         self.bcd = False
         self.count = 0x10000  # N: the initial count (0 means 2^16, or 10^4 in BCD)
