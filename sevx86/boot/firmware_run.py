@@ -69,7 +69,7 @@ from sevx86.boot.ovmf import OvmfImage
 from sevx86.boot.reset import BSP_RESET_ADDR, reset_vmsa
 from sevx86.boot.vcpu_types import vcpu_signature
 from sevx86.config import GuestConfig, GuestMode, MiB
-from sevx86.hv.clock import VirtualClock
+from sevx86.hv.clock import RealtimeClock, VirtualClock
 from sevx86.hv.hypervisor import Hypervisor, RunResult
 from sevx86.hv.machines import QemuPc
 from sevx86.machine import Machine
@@ -197,7 +197,7 @@ class FirmwareBoot:
         vcpu_type: str = DEFAULT_VCPU_TYPE,
         tracer: Tracer | None = None,
         console: IO[bytes] | None = None,
-        clock: VirtualClock | None = None,
+        clock: VirtualClock | RealtimeClock | None = None,
         until: str | None = None,
         watch_entries: bool = True,
         sp: SecureProcessor | None = None,

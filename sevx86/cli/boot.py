@@ -16,7 +16,7 @@ from sevx86.boot.ovmf import OvmfError
 from sevx86.boot.vcpu_types import VCPU_TYPES
 from sevx86.cli.main import UsageError
 from sevx86.config import ConfigError, parse_size
-from sevx86.hv.clock import VirtualClock
+from sevx86.hv.clock import ClockChoice, ClockMode, RealtimeClock, VirtualClock
 from sevx86.trace.events import JsonLinesSink, TraceEvent, Tracer
 from sevx86.trace.render import mermaid, table
 
@@ -48,8 +48,12 @@ milestones (in boot order; --until stops at the first exit after one):
     + "\n".join(f"  {name:<13} {text}" for name, text in MILESTONES.items())
     + """
 
-time: the devices read a virtual clock that advances --clock-step per exit
-(default 10 us), so a run and its trace are the same every time.
+time (--clock): one platform clock drives the TSC, PIT, HPET, PM timer, RTC
+and APIC timer. realtime (default): guest time is the host's, a 5-second
+countdown takes 5 s. icount: deterministic -- each exit advances guest time
+by --clock-step ns (default 10 us), or 2**SHIFT ns with icount:SHIFT, and a
+machine whose vCPUs all halt jumps to its next timer; a run and its trace
+are then the same every time.
 
 exit status: 0 if the --until milestone was reached (without --until: if
 the guest powered off), 1 if the run ended otherwise (timeout, instruction
@@ -134,14 +138,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"trace as a Mermaid sequence diagram (first {MERMAID_EVENTS} events)",
     )
     p.add_argument(
+        "--clock",
+        default="realtime",
+        metavar="realtime|icount[:SHIFT]",
+        help="guest time: the host's (default) or deterministic per exit (see below)",
+    )
+    p.add_argument(
         "--clock-step",
         metavar="NS",
         type=int,
         default=10_000,
-        help="virtual nanoseconds per exit (default 10000)",
+        help="with --clock icount: virtual nanoseconds per exit (default 10000)",
     )
     p.add_argument("--quiet", action="store_true", help="do not echo the guest's console")
     p.set_defaults(func=run)
+
+
+def _clock(args: argparse.Namespace) -> VirtualClock | RealtimeClock:
+    try:
+        choice = ClockChoice.parse(args.clock)
+    except ValueError as exc:
+        raise UsageError(f"--clock {exc}") from None
+    if args.clock_step <= 0:
+        raise UsageError(f"--clock-step {args.clock_step} must be positive")
+    if choice.mode is ClockMode.ICOUNT and choice.shift is None:
+        return VirtualClock(step_ns=args.clock_step)
+    return choice.make()
 
 
 def _read(path: str, what: str) -> bytes:
@@ -209,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--vcpus {args.vcpus} must be at least 1")
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    clock = _clock(args)
     if args.save_varstore and not args.varstore:
         raise UsageError("--save-varstore needs --varstore (there is no flash to save)")
     tracer, close = _trace_writer(args)
@@ -222,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
             vcpu_type=args.vcpu_type,
             tracer=tracer,
             console=console,
-            clock=VirtualClock(step_ns=args.clock_step),
+            clock=clock,
             until=args.until,
         )
     except (OvmfError, ConfigError, ValueError) as exc:
