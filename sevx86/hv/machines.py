@@ -14,6 +14,8 @@ PCI configuration         I/O 0xCF8 address, 0xCFC data (0xCF9 reset control)
   PIIX3 ISA bridge        00:01.0  8086:7000
   PIIX4 power management  00:01.3  8086:7113 -> ACPI PM block where PMBA says
 ACPI PM block + timer     I/O PMBA + 0..0x3F (OVMF puts it at 0x600: timer 0x608)
+APM control (SMI_CMD)     I/O 0xB2/0xB3: ACPI_ENABLE 0xF1 sets SCI_EN
+ACPI tables               fw_cfg etc/table-loader, etc/acpi/tables, etc/acpi/rsdp
 8259 PIC pair + ELCR      I/O 0x20/0x21, 0xA0/0xA1, 0x4D0/0x4D1
 8254 PIT, port 0x61       I/O 0x40-0x43 (channel 0 on IRQ0), 0x61
 IOAPIC                    MMIO 0xFEC0_0000 (IRQ0 on pin 2, IRQ n on pin n)
@@ -60,7 +62,8 @@ from sevx86.arch.pic import ELCR_PORT, ELCR_PORT_COUNT, PIC_MASTER, PIC_PORT_COU
 from sevx86.arch.pit import PIT_PORT_BASE, PIT_PORT_COUNT, PORT_61
 from sevx86.arch.uart import COM1_IRQ
 from sevx86.hv.clock import RealtimeClock, TscClock, VirtualClock
-from sevx86.hv.devices.acpi_pm import AcpiPmBlock
+from sevx86.hv.devices.acpi_pm import APM_CONTROL_PORT, APM_PORT_COUNT, AcpiPmBlock, ApmControl
+from sevx86.hv.devices.acpi_tables import AcpiBlobs, AcpiConfig, build_acpi
 from sevx86.hv.devices.cmos import CMOS_INDEX_PORT, DEFAULT_START, CmosRtc
 from sevx86.hv.devices.fw_cfg import FW_CFG_IO_BASE, FW_CFG_IO_LENGTH, FwCfg
 from sevx86.hv.devices.hpet import Hpet
@@ -86,6 +89,8 @@ PC_BELOW_4G_LIMIT = 0xE000_0000
 # KVM's identity-map and TSS pages, reserved in the e820 map by QEMU on KVM.
 KVM_RESERVED = (0xFEFF_C000, 0x4000)
 # ISA IRQs of the RTC and of the PIIX4's SCI (QEMU pc; the FADT's SCI_INT).
+# OVMF's PIIX4 PMBA (OvmfPkg I440FxPiix4.h), until the firmware has programmed one.
+OVMF_PIIX4_PMBA = 0xB000
 PIT_IRQ = 0
 RTC_IRQ = 8
 SCI_IRQ = 9
@@ -125,6 +130,7 @@ class QemuPc:
         s3: bool = False,
         s4: bool = False,
         fw_cfg_files: dict[str, bytes] | None = None,
+        acpi: bool = True,
     ):
         self.hv = hv
         self.memory = hv.config.memory if memory is None else memory
@@ -172,6 +178,10 @@ class QemuPc:
         self.pci.add(*HOST_BRIDGE_SLOT, i440fx_host_bridge())
         self.pci.add(*PIIX3_ISA_SLOT, piix3_isa_bridge())
         self.pm = self.pci.add(*PIIX4_PM_SLOT, Piix4Pm(hv.io_bus, self.acpi_pm))
+        self.apm = ApmControl(self.acpi_pm)
+        hv.io_bus.register(APM_CONTROL_PORT, APM_PORT_COUNT, self.apm)
+        if acpi:
+            self._add_acpi_tables()
         hv.io_bus.register(PCI_IO_BASE, PCI_IO_LENGTH, self.pci)
 
         # QEMU's pc has one local APIC per vCPU with the full register file and
@@ -215,6 +225,19 @@ class QemuPc:
         fw.add_file("etc/system-states", system_states(s3=s3, s4=s4))
         for name, data in files.items():
             fw.add_file(name, data)
+
+    # -- ACPI ---------------------------------------------------------------------------
+    def acpi_blobs(self) -> AcpiBlobs:
+        """The tables as they describe the machine now (the PM base the firmware chose)."""
+        pm_base = self.acpi_pm.base if self.acpi_pm.base is not None else OVMF_PIIX4_PMBA
+        hpet_id = self.hpet.capabilities & 0xFFFF_FFFF
+        return build_acpi(AcpiConfig(self.vcpus, pm_base, hpet_id))
+
+    def _add_acpi_tables(self) -> None:
+        # As QEMU's acpi_build_update: rebuilt whenever the firmware selects one.
+        for name, data in self.acpi_blobs().files().items():
+            self.fw_cfg.add_file(name, data)
+            self.fw_cfg.on_select(name, lambda name=name: self.acpi_blobs().files()[name])
 
     # -- interrupt lines ----------------------------------------------------------------
     def _set_gsi(self, gsi: int, level: bool) -> None:

@@ -118,4 +118,42 @@ class AcpiPmBlock:
             self.cnt = (self.cnt & ~(0xFF << shift)) | byte << shift
 
 
-__all__ = ["ACPI_PM_BLOCK_SIZE", "AcpiPmBlock", "PM_TIMER_HZ", "PM_TMR"]
+APM_CONTROL_PORT = 0xB2  # the FADT's SMI_CMD
+APM_PORT_COUNT = 2  # control at 0xB2, status at 0xB3
+APM_ACPI_ENABLE = 0xF1  # the FADT's ACPI_ENABLE / ACPI_DISABLE values (QEMU's PIIX4)
+APM_ACPI_DISABLE = 0xF0
+
+
+class ApmControl:
+    """The APM control/status ports (0xB2/0xB3): the FADT's SMI_CMD on a PIIX4.
+
+    On QEMU's PIIX4 a write to 0xB2 raises an SMI, whose handler switches
+    between legacy and ACPI mode; without SMM, QEMU (``piix4_apm_ctrl_changed``)
+    does it directly: ACPI_ENABLE sets PM1_CNT.SCI_EN, ACPI_DISABLE clears it --
+    what an OS's ``acpi_enable()`` writes and then waits to see (ACPI 6.x
+    4.8.2.5, 16.3.1). 0xB3 is a scratch status byte; 0xB2 reads back.
+    """
+
+    name = "apm"
+
+    def __init__(self, pm: AcpiPmBlock):
+        self.pm = pm
+        self.control = 0
+        self.status = 0
+
+    def io_read(self, port: int, size: int) -> int:
+        return self.control if port == APM_CONTROL_PORT else self.status
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        value &= 0xFF
+        if port != APM_CONTROL_PORT:
+            self.status = value
+            return
+        self.control = value
+        if value == APM_ACPI_ENABLE:
+            self.pm.cnt |= PM1_CNT_SCI_EN
+        elif value == APM_ACPI_DISABLE:
+            self.pm.cnt &= ~PM1_CNT_SCI_EN
+
+
+__all__ = ["ACPI_PM_BLOCK_SIZE", "AcpiPmBlock", "ApmControl", "PM_TIMER_HZ", "PM_TMR"]
