@@ -16,6 +16,7 @@ from sevx86.boot.ovmf import OvmfError
 from sevx86.boot.vcpu_types import VCPU_TYPES
 from sevx86.cli.main import UsageError
 from sevx86.config import ConfigError, parse_size
+from sevx86.hv import RunReason
 from sevx86.hv.clock import ClockChoice, ClockMode, RealtimeClock, VirtualClock
 from sevx86.trace.events import JsonLinesSink, TraceEvent, Tracer
 from sevx86.trace.render import mermaid, table
@@ -265,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + result.report(), file=sys.stderr)
     if args.until is not None:
         return EXIT_REACHED if result.milestone(args.until).reached else EXIT_NOT_REACHED
-    return EXIT_REACHED if "S5" in result.run.detail else EXIT_NOT_REACHED
+    return EXIT_REACHED if result.run.reason is RunReason.POWERED_OFF else EXIT_NOT_REACHED
 
 
 def _save_varstore(boot: FirmwareBoot, path: str) -> None:

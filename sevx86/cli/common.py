@@ -436,6 +436,8 @@ def exit_status(result: RunResult, timeout: float | None, limit: int | None) -> 
         if 0 <= status <= 0xFF:
             return status, ""
         return 0xFF, f"the guest's exit status {status:#x} does not fit 0..255"
+    if reason is RunReason.POWERED_OFF:
+        return 0, ""
     if reason is RunReason.TERMINATED:
         term = result.termination
         if term is not None and term.by == "guest":

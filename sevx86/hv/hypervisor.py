@@ -92,7 +92,8 @@ class RunReason(StrEnum):
     INSTRUCTION_LIMIT = "instruction-limit"  # the per-entry instruction budget
     EMULATION_ERROR = "emulation-error"  # the CPU engine (or the MMIO decoder) gave up
     HYPERVISOR_ERROR = "hypervisor-error"  # a bug in a handler or hook (see detail)
-    STOPPED = "stopped"  # a device or hook ended the run (power off, a milestone reached)
+    STOPPED = "stopped"  # a device or hook ended the run (a milestone reached, a reset)
+    POWERED_OFF = "powered-off"  # the guest switched the machine off (ACPI S5): a clean end
 
 
 @dataclass(frozen=True)
@@ -389,6 +390,10 @@ class Hypervisor:
     def stop(self, detail: str, *, vcpu: int | None = None) -> None:
         """End the run after the exit being handled (a device powered off, a watcher is done)."""
         self._end(RunReason.STOPPED, detail, vcpu=vcpu)
+
+    def power_off(self, detail: str) -> None:
+        """The platform powered off at the guest's request (ACPI S5): the run ends cleanly."""
+        self._end(RunReason.POWERED_OFF, detail, exit_status=0)
 
     def _end(self, reason: RunReason, detail: str, **kw: Any) -> None:
         if self._result is None:

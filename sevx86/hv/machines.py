@@ -299,7 +299,7 @@ class QemuPc:
     def _sleep(self, slp_typ: int) -> None:
         if slp_typ == PIIX4_SLP_TYP_S5:
             self.hv.host.log("power", "guest powered off (ACPI S5)")
-            self.hv.stop("guest powered off (ACPI S5)")
+            self.hv.power_off("guest powered off (ACPI S5)")
         else:
             self.hv.host.log("power", f"guest asked for sleep type {slp_typ}: ignored")
 
