@@ -33,6 +33,9 @@ event kinds (actor -> target):
   console         hv           a line of guest output (serial, debugcon) and its vCPU
   ipi             hv           INIT, SIPI and other IPIs between vCPUs (--vcpus N)
   ap-reset-hold   hv           an AP parked in AP reset hold (GHCB spec)
+  irq-request     hv           an interrupt requested for a vCPU (a device, an IPI)
+  irq-dropped     hv           an interrupt no vCPU could take (illegal vector, no target)
+  clock           hv           every vCPU halted: the clock warped or slept to a timer
   terminate, halt, shutdown, vmrun-failed, emulation-error, run-end
   world-switch, vmsa-check, ghcb-msr-write   (shown with --all)"""
 
