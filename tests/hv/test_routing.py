@@ -107,3 +107,11 @@ def test_level_gsi_redelivers_after_the_eoi_broadcast():
     irq.gsi[20].lower()
     irq.eoi(0x80)
     assert target.requests == [(0, 0x80), (0, 0x80)]
+
+
+def test_an_uninitialized_8259_interrupts_nobody():
+    # At reset LINT0 is masked and the 8259 has no vector base: an edge on IRQ0
+    # before the firmware initialized it must not become "vector 0".
+    irq, target = make()
+    irq.isa(0).pulse()
+    assert target.requests == [] and irq.dropped == 0

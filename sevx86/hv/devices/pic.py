@@ -65,6 +65,7 @@ class Pic8259:
         self.master = master
         self.elcr_mask = elcr_mask
         self.elcr = 0
+        self.initialized = False  # an ICW1-ICW2(-ICW4) sequence has completed
         self._reset()
 
     def _reset(self) -> None:
@@ -141,6 +142,7 @@ class Pic8259:
             self.imr = value  # OCW1
         elif self.init_step == 1:
             self.vector_base = value & ICW2_VECTOR_MASK
+            self.initialized = True
             if not self.single:
                 self.init_step = 2
             else:

@@ -18,8 +18,8 @@
 What this needs from the local APIC model (which owns acceptance,
 IRR/ISR/TPR, LINT0 and the EOI): ``Hypervisor.request_interrupt(vcpu,
 vector)`` and ``request_nmi(vcpu)`` to deliver; a way to ask whether LINT0
-accepts ExtINT (``extint_accepted``; until then the 8259 output is always
-taken, which is what a BIOS's virtual-wire set-up gives); and a call to
+accepts ExtINT (``extint_accepted``; until then the 8259 output is taken
+once the 8259 is initialized, which is what a BIOS's virtual-wire set-up gives); and a call to
 ``PcInterrupts.eoi(vector)`` when the guest EOIs a level-triggered vector
 (the EOI broadcast that clears the IOAPIC's Remote IRR). The 8259's INTA
 happens when its output rises, because the request API takes a vector: a
@@ -71,7 +71,7 @@ class PcInterrupts:
         self.target = target
         self.vcpus = vcpus
         self.log = log
-        self.extint_accepted = extint_accepted or (lambda: True)
+        self.extint_accepted = extint_accepted or self._virtual_wire_set_up
         self.pic = DualPic(on_output=self._pic_output)
         self.ioapic = IoApic(self._deliver)
         self.gsi = [IrqLine(f"gsi{n}") for n in range(IOAPIC_PINS)]
@@ -80,6 +80,14 @@ class PcInterrupts:
                 line.connect(partial(self.pic.set_irq, n))
             line.connect(partial(self.ioapic.set_irq, ioapic_pin(n)))
         self.dropped = 0  # interrupt messages no vCPU could take
+
+    def _virtual_wire_set_up(self) -> bool:
+        """Until the local APIC model says what LINT0 is: once the 8259 has a vector base.
+
+        At reset LINT0 is masked (SDM 10.5.1) and the 8259 has no vectors; a BIOS
+        sets up virtual wire while it initializes the 8259.
+        """
+        return self.pic.master.initialized
 
     def isa(self, irq: int) -> IrqLine:
         return self.gsi[irq]
