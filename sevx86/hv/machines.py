@@ -13,7 +13,7 @@ PCI configuration         I/O 0xCF8 address, 0xCFC data (0xCF9 reset control)
   i440FX host bridge      00:00.0  8086:1237
   PIIX3 ISA bridge        00:01.0  8086:7000
   PIIX4 power management  00:01.3  8086:7113 -> ACPI PM block where PMBA says
-ACPI PM block + timer     I/O PMBA + 0..0x3F (OVMF puts it at 0x600: timer 0x608)
+ACPI PM block + timer     I/O PMBA + 0..0x3F (OVMF puts it at 0xB000: timer 0xB008)
 APM control (SMI_CMD)     I/O 0xB2/0xB3: ACPI_ENABLE 0xF1 sets SCI_EN
 ACPI tables               fw_cfg etc/table-loader, etc/acpi/tables, etc/acpi/rsdp
 8259 PIC pair + ELCR      I/O 0x20/0x21, 0xA0/0xA1, 0x4D0/0x4D1
