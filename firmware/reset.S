@@ -22,6 +22,8 @@
 ;      - copy the 64-bit runtime and the payload from the flash into RAM;
 ;      - 4-level page tables: all RAM with the C-bit, the GHCB page without,
 ;        the device window (3..4 GiB) shared, the flash private read-only;
+;      - verify the C-bit with paging on, as Linux's sev_verify_cbit does
+;        (see `cbit_verify`): CPUID and the SEV information may agree on a lie;
 ;      - CR4.PAE, CR3, EFER.LME, CR0.PG: long mode (APM vol 2, 14.6.1).
 ;   3. Far jump to the runtime (runtime.S) in RAM, 64-bit.
 ;
@@ -82,6 +84,7 @@ start32:
     call sev_detect
     call load_images
     call build_page_tables
+    call cbit_verify
 
     ; Long mode (APM vol 2, 14.6.1): PAE, CR3, EFER.LME, then CR0.PG.
     ; OSFXSR/OSXMMEXCPT let the payload use SSE (compiled C does).
@@ -383,6 +386,149 @@ build_page_tables:
     cmp ecx, (FW_FLASH_TOP >> PT_LEVEL2_SHIFT)
     jb .device_page
     ret
+
+; ---------------------------------------------------------------------------
+; cbit_verify: does the C-bit position we were told really encrypt?
+;
+; sev_detect checks that the hypervisor's answers agree; a hypervisor can
+; still make them agree on a wrong position. Page tables built with it would
+; map RAM shared (the real C-bit clear) or elsewhere (an address bit), and
+; the guest would put its data in the clear. Linux checks the position after
+; switching page tables (arch/x86/kernel/sev_verify_cbit.S): a random value
+; written through the encrypted mapping must read back through the new one.
+; Here paging is still off, so every write is private (APM vol 2, 15.34.5):
+;   1. plant a random value (RDRAND: the hypervisor cannot predict it) at
+;      FW_CBIT_CHECK_NONCE;
+;   2. enter long mode on small check tables: the flash's top 2 MiB without
+;      any C-bit (instruction fetches and table walks are private whatever
+;      the entries say, 15.34.5), GiB 0 identity-mapped shared, and GiB 1
+;      mapping RAM from GPA 0 with the claimed C-bit;
+;   3. read the value back at FW_CBIT_CHECK_VA + the nonce's GPA. With the
+;      right position the read is private and equal; with a wrong one it is
+;      shared (ciphertext), another address, or a reserved-bit #PF;
+;   4. paging off again, the check pages zeroed; build_page_tables' tables
+;      are then entered as before.
+; Faults during step 3 must not become a triple fault: a long-mode IDT (and
+; the GDT and stack it needs) is written through the shared mapping, so the
+; CPU reads them back consistently, and every vector leads to cbit_fault64.
+; A mismatch or a fault terminates with FW_REASON_CBIT_VERIFY.
+; Changes EAX, ECX, EDX, ESI, EDI; no-op without SEV (no C-bit).
+%define CBIT_PML4 FW_CBIT_CHECK_PML4
+%define CBIT_PDPT (FW_CBIT_CHECK_PML4 + 0x1000)
+%define CBIT_PD0 (FW_CBIT_CHECK_PML4 + 0x2000)
+%define CBIT_PD1 (FW_CBIT_CHECK_PML4 + 0x3000)
+%define CBIT_PD3 (FW_CBIT_CHECK_PML4 + 0x4000)
+%define CBIT_GDTR (FW_CBIT_CHECK_SHARED + 0x100)
+%define CBIT_IDTR (FW_CBIT_CHECK_SHARED + 0x110)
+%define CBIT_IDT (FW_CBIT_CHECK_SHARED + 0x200)
+%define CBIT_STACK_TOP (FW_CBIT_CHECK_SHARED + PAGE_SIZE_4K)
+cbit_verify:
+    mov ebp, [FW_BOOT_INFO_GPA + BI_CBIT_MASK + 4]     ; claimed C-bit, high dword
+    test ebp, ebp
+    jz .done
+    push ebx
+    mov edi, FW_CBIT_CHECK_GPA
+    mov ecx, FW_CBIT_CHECK_SIZE / 4
+    xor eax, eax
+    rep stosd
+    ; Check tables: PML4 -> PDPT -> the PDs of GiB 0, 1 and 3.
+    mov dword [CBIT_PML4], CBIT_PDPT | PTE_P | PTE_RW
+    mov dword [CBIT_PDPT], CBIT_PD0 | PTE_P | PTE_RW
+    mov dword [CBIT_PDPT + 8], CBIT_PD1 | PTE_P | PTE_RW
+    mov dword [CBIT_PDPT + 3 * 8], CBIT_PD3 | PTE_P | PTE_RW
+    mov dword [CBIT_PD0], PTE_P | PTE_RW | PTE_PS               ; GiB 0, shared
+    mov dword [CBIT_PD1], PTE_P | PTE_RW | PTE_PS               ; GiB 1 ...
+    mov [CBIT_PD1 + 4], ebp                                     ; ... with the C-bit
+    mov dword [CBIT_PD3 + (PT_ENTRIES - 1) * 8], (FW_FLASH_TOP - PAGE_SIZE_2M) | PTE_P | PTE_PS
+.rand_lo:
+    rdrand esi
+    jnc .rand_lo
+.rand_hi:
+    rdrand edi
+    jnc .rand_hi
+    mov [FW_CBIT_CHECK_NONCE], esi
+    mov [FW_CBIT_CHECK_NONCE + 4], edi
+
+    mov eax, cr4
+    or eax, CR4_PAE
+    mov cr4, eax                        ; SEV-ES: CR4 write trap
+    mov eax, CBIT_PML4
+    mov cr3, eax
+    mov ecx, MSR_EFER
+    rdmsr
+    or eax, EFER_LME
+    wrmsr                               ; SEV-ES: EFER write trap
+    mov ebx, esp                        ; the stack is private: not touched until paging is off
+    mov eax, cr0
+    or eax, CR0_PG
+    mov cr0, eax                        ; long mode, compatibility mode (CS is 32-bit)
+
+    ; Written and read shared (GiB 0): the GDT (same descriptors as the
+    ; flash's), a 64-bit IDT sending every vector to cbit_fault64, a stack.
+    mov dword [FW_CBIT_CHECK_SHARED + FW_SEL_CODE64], FW_GDT_CODE64 & 0xFFFFFFFF
+    mov dword [FW_CBIT_CHECK_SHARED + FW_SEL_CODE64 + 4], FW_GDT_CODE64 >> 32
+    mov dword [FW_CBIT_CHECK_SHARED + FW_SEL_DATA], FW_GDT_DATA & 0xFFFFFFFF
+    mov dword [FW_CBIT_CHECK_SHARED + FW_SEL_DATA + 4], FW_GDT_DATA >> 32
+    mov dword [FW_CBIT_CHECK_SHARED + FW_SEL_CODE32], FW_GDT_CODE32 & 0xFFFFFFFF
+    mov dword [FW_CBIT_CHECK_SHARED + FW_SEL_CODE32 + 4], FW_GDT_CODE32 >> 32
+    mov word [CBIT_GDTR], FW_SEL_CODE32 + 7
+    mov dword [CBIT_GDTR + 2], FW_CBIT_CHECK_SHARED
+    mov word [CBIT_IDTR], 32 * 16 - 1
+    mov dword [CBIT_IDTR + 2], CBIT_IDT
+    mov edx, CBIT_IDT
+    mov ecx, 32
+.gate:
+    ; A 64-bit interrupt gate (APM vol 2, 4.8.4): offset 15:0, selector,
+    ; attributes, offset 31:16, offset 63:32 (0), reserved.
+    mov dword [edx], (cbit_fault64 & 0xFFFF) | (FW_SEL_CODE64 << 16)
+    mov dword [edx + 4], (cbit_fault64 & 0xFFFF0000) | (FW_GATE_ATTR << 8)
+    mov dword [edx + 8], 0              ; zeroed privately before: ciphertext here
+    mov dword [edx + 12], 0
+    add edx, 16
+    loop .gate
+    lgdt [CBIT_GDTR]
+    lidt [CBIT_IDTR]
+    mov esp, CBIT_STACK_TOP
+
+    mov eax, [FW_CBIT_CHECK_VA + FW_CBIT_CHECK_NONCE]
+    mov edx, [FW_CBIT_CHECK_VA + FW_CBIT_CHECK_NONCE + 4]
+    cmp eax, esi
+    jne cbit_abort32
+    cmp edx, edi
+    jne cbit_abort32
+
+    mov eax, cr0
+    btr eax, CR0_PG_BIT
+    mov cr0, eax                        ; paging off: private again (long mode off)
+    mov esp, ebx
+    lgdt [gdt_desc]
+    lidt [idt32_desc]
+    mov edi, FW_CBIT_CHECK_GPA          ; leave no trace of the value or the tables
+    mov ecx, FW_CBIT_CHECK_SIZE / 4
+    xor eax, eax
+    rep stosd
+    pop ebx
+.done:
+    ret
+
+; A fault during the check: back to compatibility mode (a far return to
+; FW_SEL_CODE32), and from there out of long mode (APM vol 2, 14.7).
+bits 64
+cbit_fault64:
+    mov eax, cbit_abort32
+    push FW_SEL_CODE32
+    push rax
+    db 0x48, 0xCB                       ; RETFQ (REX.W RETF)
+bits 32
+cbit_abort32:
+    mov eax, cr0
+    btr eax, CR0_PG_BIT
+    mov cr0, eax                        ; paging and long mode off: all private
+    lgdt [gdt_desc]
+    lidt [idt32_desc]
+    mov esp, FW_STACK_TOP
+    mov ebx, (FW_REASON_SET << 8) | FW_REASON_CBIT_VERIFY
+    jmp fw_fail32
 
 ; ---------------------------------------------------------------------------
 ; Early exceptions (32-bit IDT). The #VC gate is vc_early32 (guest_asm).

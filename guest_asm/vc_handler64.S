@@ -408,14 +408,17 @@ vc_decode_prefixes:
     ret
 
 ; =============================================================================
-; CPUID (exit 0x72): RAX, RCX, XCR0 in; RAX, RBX, RCX, RDX out.
+; CPUID (exit 0x72): EAX, ECX, XCR0 in; RAX, RBX, RCX, RDX out.
+; CPUID reads only EAX and ECX: the GHCB gets them zero-extended, so bits
+; 63:32 of the guest's RAX/RCX never reach the host (guest_asm/README.md,
+; "What the handler sends"). Linux and OVMF send the whole registers.
 vc_do_cpuid:
     cmp word [r14], 0xA20F          ; 0F A2
     jne vc_decode_failed
     call vc_ghcb_begin
-    mov rax, [rbp + VC_RAX]
+    mov eax, [rbp + VC_RAX]
     ghcb_set RAX, rax
-    mov rax, [rbp + VC_RCX]
+    mov eax, [rbp + VC_RCX]
     ghcb_set RCX, rax
     ; Leaf 0xD answers depend on XCR0. XGETBV raises #UD unless
     ; CR4.OSXSAVE; then XCR0 has its reset value 1 (Linux vc_handle_cpuid).
@@ -451,18 +454,19 @@ vc_do_cpuid:
 
 ; =============================================================================
 ; RDMSR / WRMSR (exit 0x7C): SW_EXITINFO1 0 = read, 1 = write; RCX (and
-; RAX, RDX for a write) in; RAX, RDX out for a read.
+; RAX, RDX for a write) in; RAX, RDX out for a read. The instructions read
+; only ECX (and EDX:EAX), so only those 32-bit halves are sent.
 vc_do_msr:
     call vc_ghcb_begin
-    mov rax, [rbp + VC_RCX]
+    mov eax, [rbp + VC_RCX]
     ghcb_set RCX, rax
     cmp word [r14], 0x320F          ; 0F 32 RDMSR
     je .read
     cmp word [r14], 0x300F          ; 0F 30 WRMSR
     jne vc_decode_failed
-    mov rax, [rbp + VC_RAX]
+    mov eax, [rbp + VC_RAX]
     ghcb_set RAX, rax
-    mov rax, [rbp + VC_RDX]
+    mov eax, [rbp + VC_RDX]
     ghcb_set RDX, rax
     mov edi, SVM_EXIT_MSR
     mov esi, MSR_EXITINFO1_WRMSR
@@ -523,12 +527,12 @@ vc_tsc_result:
     inc rax
     jmp vc_done_advance
 
-; RDPMC (0x6F): RCX in; RAX, RDX out.
+; RDPMC (0x6F): ECX in (zero-extended); RAX, RDX out.
 vc_do_rdpmc:
     cmp word [r14], 0x330F          ; 0F 33
     jne vc_decode_failed
     call vc_ghcb_begin
-    mov rax, [rbp + VC_RCX]
+    mov eax, [rbp + VC_RCX]
     ghcb_set RCX, rax
     mov edi, SVM_EXIT_RDPMC
     xor esi, esi
@@ -592,8 +596,10 @@ vc_do_vmmcall:
     vc_length_to r14 + 3
     jmp vc_done_advance
 
-; MONITOR / MONITORX (0x8A): RAX (address, passed as the guest has it, like
-; OVMF; Linux treats MONITOR as a NOP instead), RCX, RDX in.
+; MONITOR / MONITORX (0x8A): RAX (the linear address, all 64 bits with the
+; 64-bit address size this decoder accepts; passed as the guest has it, like
+; OVMF; Linux treats MONITOR as a NOP instead), ECX, EDX in (zero-extended:
+; the instruction reads only their low halves, APM vol 3 "MONITOR").
 vc_do_monitor:
     cmp word [r14], 0x010F          ; 0F 01 C8, or 0F 01 FA (MONITORX)
     jne vc_decode_failed
@@ -605,9 +611,9 @@ vc_do_monitor:
     call vc_ghcb_begin
     mov rax, [rbp + VC_RAX]
     ghcb_set RAX, rax
-    mov rax, [rbp + VC_RCX]
+    mov eax, [rbp + VC_RCX]
     ghcb_set RCX, rax
-    mov rax, [rbp + VC_RDX]
+    mov eax, [rbp + VC_RDX]
     ghcb_set RDX, rax
     mov edi, SVM_EXIT_MONITOR
     xor esi, esi
@@ -616,7 +622,7 @@ vc_do_monitor:
     vc_length_to r14 + 3
     jmp vc_done_advance
 
-; MWAIT / MWAITX (0x8B): RAX, RCX in.
+; MWAIT / MWAITX (0x8B): EAX, ECX in (zero-extended).
 vc_do_mwait:
     cmp word [r14], 0x010F          ; 0F 01 C9, or 0F 01 FB (MWAITX)
     jne vc_decode_failed
@@ -626,9 +632,9 @@ vc_do_mwait:
     jne vc_decode_failed
 .ok:
     call vc_ghcb_begin
-    mov rax, [rbp + VC_RAX]
+    mov eax, [rbp + VC_RAX]
     ghcb_set RAX, rax
-    mov rax, [rbp + VC_RCX]
+    mov eax, [rbp + VC_RCX]
     ghcb_set RCX, rax
     mov edi, SVM_EXIT_MWAIT
     xor esi, esi

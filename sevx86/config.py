@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 
 
 class GuestMode(StrEnum):
-    """What the host can see (DESIGN.md, "Trust boundary")."""
+    """What the host can see (docs/design.md, "Trust boundary")."""
 
     NONE = "none"  # plain VM: memory and registers visible to the host
     SEV = "sev"  # memory encrypted, registers in the plaintext VMCB save area

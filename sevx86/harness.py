@@ -31,7 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sevx86.arch.cr import Cr0, Cr4, Rflags
-from sevx86.arch.descriptors import ATTR_P, code_segment, data_segment
+from sevx86.arch.descriptors import (
+    ATTR_P,
+    TSS64_SIZE,
+    SystemType,
+    code_segment,
+    data_segment,
+    tss32_stack_offsets,
+    tss64_ist_offset,
+    tss64_rsp_offset,
+    tss_descriptor,
+)
 from sevx86.arch.msr import Efer
 from sevx86.arch.vmsa import VMSA
 from sevx86.asm import Program, assemble
@@ -39,6 +49,7 @@ from sevx86.config import GuestConfig, GuestMode
 from sevx86.machine import Machine
 from sevx86.memory.dram import PhysicalMemory
 from sevx86.memory.pagetables import PageTableBuilder
+from sevx86.sp.launch import GuestLaunch
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import Tracer
 
@@ -91,13 +102,10 @@ def _gdt(long_mode: bool, vcpus: int = 1) -> bytes:
         data_segment(dpl=3).encode(),
         code_segment(dpl=3, long=long_mode).encode(),
     ]
-    # Available TSS (type 9), present; 16 bytes in long mode. One per vCPU.
+    # An available TSS per vCPU; its 16-byte long-mode form in either mode
+    # (the upper half reads as a null descriptor to a 32-bit guest).
     for index in range(vcpus):
-        tss = percpu_base(index)
-        low = (TSS_LIMIT & 0xFFFF) | ((tss & 0xFFFFFF) << 16) | ((0x89) << 40)
-        low |= ((tss >> 24) & 0xFF) << 56
-        entries.append(low.to_bytes(8, "little"))
-        entries.append((tss >> 32).to_bytes(8, "little"))
+        entries.append(tss_descriptor(percpu_base(index), TSS_LIMIT))
     return b"".join(entries)
 
 
@@ -184,8 +192,8 @@ def initial_state(
         "tr.selector": TSS_SELECTOR + 16 * index,
         "tr.base": percpu_base(index),
         "tr.limit": TSS_LIMIT,
-        "tr.attrib": ATTR_P | 0xB,  # busy TSS
-        "ldtr.attrib": ATTR_P | 0x2,
+        "tr.attrib": ATTR_P | SystemType.TSS_BUSY,  # LTR marks it busy
+        "ldtr.attrib": ATTR_P | SystemType.LDT,
         "ldtr.limit": 0xFFFF,
         "rip": program.symbol(entry),
         "rsp": stacks(index)[0],
@@ -236,7 +244,10 @@ def build_machine(
         defines=spec.defines,
     )
     long_mode = spec.bits == 64
-    machine = Machine(config, tracer=tracer, sp=sp)
+    # Images -> launch -> machine, as every stack builder does (sevx86.sp.launch).
+    launch = GuestLaunch(config, sp=sp, tracer=tracer)
+    launch.start()
+    machine = Machine(config, launch=launch, tracer=tracer)
     idt = bytearray(256 * (16 if long_mode else 8))
     user = set(spec.user_gates)
     for vector, label in spec.handlers.items():
@@ -247,12 +258,14 @@ def build_machine(
             ist=spec.ist.get(vector, 0),
         )
         idt[vector * len(gate) : (vector + 1) * len(gate)] = gate
-    tss = bytearray(0x68)
-    tss[4:12] = STACK_TOP.to_bytes(8, "little")  # RSP0
-    tss[0x24:0x2C] = IST1_TOP.to_bytes(8, "little")  # IST1
-    if not long_mode:
-        tss[4:8] = STACK_TOP.to_bytes(4, "little")  # ESP0
-        tss[8:10] = KERNEL_DS.to_bytes(2, "little")  # SS0
+    tss = bytearray(TSS64_SIZE)
+    if long_mode:
+        _put(tss, tss64_rsp_offset(0), STACK_TOP, 8)
+        _put(tss, tss64_ist_offset(1), IST1_TOP, 8)
+    else:
+        esp0, ss0 = tss32_stack_offsets(0)
+        _put(tss, esp0, STACK_TOP, 4)
+        _put(tss, ss0, KERNEL_DS, 2)
     shared = set(spec.shared_pages) | {gpa & ~0xFFF for gpa in spec.ghcbs.values()}
     cr3, tables = (
         build_tables(config, shared, spec.mmio, user=spec.user_pages) if long_mode else (0, b"")
@@ -273,6 +286,10 @@ def build_machine(
     return machine, program
 
 
+def _put(buf: bytearray, offset: int, value: int, size: int) -> None:
+    buf[offset : offset + size] = value.to_bytes(size, "little")
+
+
 def _percpu_areas(spec: GuestSpec, vcpus: int) -> bytes:
     """Each vCPU's TSS (its stacks) and, after it, its #VC handler block."""
     from sevx86.asm.guest_abi import DR7_RESET, VC_PERCPU_TSS_OFFSET, VcPercpu
@@ -281,8 +298,8 @@ def _percpu_areas(spec: GuestSpec, vcpus: int) -> bytes:
     for index in range(vcpus):
         base = index * PERCPU_STRIDE
         rsp0, ist1 = stacks(index)
-        out[base + 4 : base + 12] = rsp0.to_bytes(8, "little")  # RSP0
-        out[base + 0x24 : base + 0x2C] = ist1.to_bytes(8, "little")  # IST1
+        _put(out, base + tss64_rsp_offset(0), rsp0, 8)
+        _put(out, base + tss64_ist_offset(1), ist1, 8)
         block = base + VC_PERCPU_TSS_OFFSET
         ghcb = spec.ghcbs.get(index, 0)
         for off, value in (

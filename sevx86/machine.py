@@ -2,7 +2,7 @@
 
 ``Machine`` is the trusted side -- guest memory with its AES engine, the
 vCPUs (Unicorn), the Secure Processor context. ``HostView`` is everything an
-untrusted hypervisor may touch (DESIGN.md, "Trust boundary"):
+untrusted hypervisor may touch (docs/design.md, "Trust boundary"):
 
 * DRAM as the host sees it (ciphertext for every private page),
 * each vCPU's VMCB control area and permission maps,
@@ -12,31 +12,59 @@ untrusted hypervisor may touch (DESIGN.md, "Trust boundary"):
 It holds no Unicorn handle, no key, no Secure Processor object on any public
 attribute; ``tests/cpu/test_boundary.py`` walks its object graph to prove it.
 
-Launch follows the SEV API order (sevx86.sp): LAUNCH_START when the machine
-is created, LAUNCH_UPDATE_DATA per loaded image, LAUNCH_UPDATE_VMSA per
-SEV-ES vCPU, then LAUNCH_MEASURE and LAUNCH_FINISH in ``finish()``.
+The launch is ``sevx86.sp.launch.GuestLaunch``'s: a machine adopts one (or
+starts its own when created), and ``load``/``add_vcpu``/``finish`` are its
+LAUNCH_UPDATE_DATA, LAUNCH_UPDATE_VMSA and LAUNCH_MEASURE + LAUNCH_FINISH.
 """
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sevx86.arch.vmsa import VMSA_SIZE
-from sevx86.config import PAGE_SIZE, GuestConfig, GuestMode
+from sevx86.config import GuestConfig, GuestMode
 from sevx86.cpu.vcpu import VCpu
 from sevx86.cpu.vmcb import Vmcb
 from sevx86.memory.dram import PhysicalMemory, RamRegion
-from sevx86.sp.policy import GuestPolicy, PolicyFlag
+from sevx86.sp.launch import GuestLaunch, LaunchError
+from sevx86.sp.policy import GuestPolicy
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import NullTracer, Tracer
 from sevx86.vmexit import VmExit
 
-DEFAULT_ASID = 1
+# The host-side objects below hold only a token; the trusted object behind it
+# lives here. So no attribute of a boundary object -- private or not, nor a
+# bound method's ``__self__`` -- leads to the memory, its key, a vCPU or the
+# Machine (tests/cpu/test_boundary.py walks them all). This is not a wall
+# inside one Python process: a hostile ``--hv`` file can import this module
+# or walk ``gc`` (README, Limits); it keeps honest host code from stumbling
+# onto trusted state, and makes every such reach an explicit import.
+_TRUSTED: dict[int, object] = {}
+_TOKENS = itertools.count(1)
 
 
-class LaunchError(RuntimeError):
-    """The machine cannot be launched as asked."""
+def _memory(token: int) -> PhysicalMemory:
+    return _TRUSTED[token]  # type: ignore[return-value]
+
+
+def _vcpu(token: int) -> VCpu:
+    return _TRUSTED[token]  # type: ignore[return-value]
+
+
+def _machine(token: int) -> Machine:
+    return _TRUSTED[token]  # type: ignore[return-value]
+
+
+def _bind(owner: object, trusted: object) -> int:
+    """A token for ``trusted``, released when ``owner`` goes away."""
+    token = next(_TOKENS)
+    _TRUSTED[token] = trusted
+    weakref.finalize(owner, _TRUSTED.pop, token, None)
+    return token
+
 
 
 class Machine:
@@ -51,6 +79,7 @@ class Machine:
         tracer: Tracer | None = None,
         memory: PhysicalMemory | None = None,
         handle: int | None = None,
+        launch: GuestLaunch | None = None,
     ):
         self.config = config
         self.mode = config.mode
@@ -61,75 +90,46 @@ class Machine:
         self._finished = False
         self._sp: SecureProcessor | None = None
         self._handle = 0
+        self._launch: GuestLaunch | None = None
         if memory is not None:
             # Launched elsewhere (sevx86.boot.launch): adopt its memory and handle.
             if config.mode.encrypted and (sp is None or handle is None):
                 raise LaunchError("an adopted encrypted guest needs its SP and handle")
             self._sp, self._handle, self.memory = sp, handle or 0, memory
             return
-        if config.mode.encrypted:
-            self._sp = sp if sp is not None else SecureProcessor()
-            if policy is None:
-                flags = PolicyFlag.NODBG | (PolicyFlag.ES if config.mode is GuestMode.SEV_ES else 0)
-                policy = GuestPolicy.make(flags)
-            policy = policy if isinstance(policy, GuestPolicy) else GuestPolicy(int(policy))
-            if policy.es != (config.mode is GuestMode.SEV_ES):
-                raise LaunchError(f"policy {policy} does not match mode {config.mode.value}")
-            self._handle = self._sp.launch_start(policy)
-            self._sp.activate(self._handle, DEFAULT_ASID)
-            self.memory = PhysicalMemory(config, self._sp.memory_cipher(self._handle))
-            self.tracer.emit(
-                "sp",
-                "launch",
-                f"LAUNCH_START policy {policy.value:#x}",
-                target="hv",
-                policy=policy.value,
-            )
-        else:
-            self.memory = PhysicalMemory(config)
+        # The launch (sevx86.sp.launch) issues every SP command; the machine adopts it.
+        if launch is None:
+            launch = GuestLaunch(config, sp=sp, policy=policy, tracer=self.tracer)
+            launch.start()
+        assert launch.memory is not None
+        self._launch = launch
+        self._sp, self._handle, self.memory = launch.sp, launch.handle, launch.memory
+        self._finished = launch.finished
 
     # -- launch ----------------------------------------------------------------------
     def load(self, gpa: int, data: bytes, *, name: str | None = None) -> None:
         """Place an image in guest memory: the host writes it, the SP encrypts and measures it."""
-        if self._finished:
-            raise LaunchError("the launch is finished; images can no longer be loaded")
-        data = bytes(data)
-        start = gpa & ~(PAGE_SIZE - 1)
-        end = (gpa + len(data) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        if self.memory.guest_ram_at(start, end - start) is None:
-            if any(start < r.end and r.base < end for r in self.memory.regions):
-                raise LaunchError(f"image at {gpa:#x}+{len(data):#x} straddles a RAM region")
-            self.memory.add_region(name or f"image@{start:#x}", start, end - start)
-        self.memory.write_dram(gpa, data)
-        if self._sp is not None:
-            self._sp.launch_update_data(self._handle, self.memory, start, end - start)
-        self.tracer.emit(
-            "hv",
-            "load",
-            f"image {name or ''} at {gpa:#x}, {len(data)} bytes",
-            target="sp" if self._sp else None,
-            gpa=gpa,
-            size=len(data),
-        )
+        self._launching("images can no longer be loaded").update_data(gpa, data, name=name)
 
     def add_vcpu(self, initial_state: bytes) -> VCpu:
         """A vCPU starting from ``initial_state`` (a VMSA-layout page)."""
-        if self._finished:
-            raise LaunchError("the launch is finished; vCPUs can no longer be added")
-        index = len(self.vcpus)
-        spa = None
-        if self.mode is GuestMode.SEV_ES:
-            assert self._sp is not None
-            page = self.memory.allocate_host_page(f"vmsa{index}")
-            self.memory.write_dram(page.base, bytes(initial_state))
-            self._sp.launch_update_vmsa(self._handle, self.memory, page.base, index)
-            spa = page.base
-            self.tracer.emit(
-                "sp", "launch", f"LAUNCH_UPDATE_VMSA vCPU {index}", vcpu=index, target="hv"
-            )
-        vcpu = VCpu(self, index, initial_state, spa)
+        launch = self._launching("vCPUs can no longer be added")
+        spa = launch.update_vmsa(initial_state) if self.mode is GuestMode.SEV_ES else None
+        vcpu = self._new_vcpu(len(self.vcpus), bytes(initial_state), spa)
         self.vcpus.append(vcpu)
         return vcpu
+
+    def _launching(self, what: str) -> GuestLaunch:
+        if self._finished or self._launch is None:
+            raise LaunchError(f"the launch is finished; {what}")
+        return self._launch
+
+    def _new_vcpu(self, index: int, initial_state: bytes, vmsa_spa: int | None) -> VCpu:
+        guard = None
+        if vmsa_spa is not None:
+            assert self._sp is not None
+            guard = _SpVmsaGuard(self._sp, self._handle, self.memory, index, vmsa_spa)
+        return VCpu(self.config, self.memory, self.tracer, index, initial_state, vmsa_spa, guard)
 
     def adopt_vcpus(self, vmsa_spas: tuple[int, ...] = (), *, states: Sequence[bytes] = ()) -> None:
         """vCPUs for a guest launched by sevx86.boot.
@@ -141,25 +141,18 @@ class Machine:
         if states and (vmsa_spas or self.mode is GuestMode.SEV_ES):
             raise LaunchError("an SEV-ES vCPU starts from its measured VMSA, not a host state")
         for index, spa in enumerate(vmsa_spas):
-            self.vcpus.append(VCpu(self, index, self.memory.read_private(spa, VMSA_SIZE), spa))
+            self.vcpus.append(self._new_vcpu(index, self.memory.read_private(spa, VMSA_SIZE), spa))
         for index, state in enumerate(states, start=len(self.vcpus)):
-            self.vcpus.append(VCpu(self, index, bytes(state)))
+            self.vcpus.append(self._new_vcpu(index, bytes(state), None))
         self._finished = True
 
     def finish(self) -> None:
         """LAUNCH_MEASURE + LAUNCH_FINISH (encrypted modes)."""
         if self._finished:
             return
-        if self._sp is not None:
-            self.measurement = self._sp.launch_measure(self._handle)
-            self._sp.launch_finish(self._handle)
-            self.tracer.emit(
-                "sp",
-                "launch",
-                "LAUNCH_MEASURE + LAUNCH_FINISH",
-                target="hv",
-                digest=self._sp.launch_digest(self._handle).hex(),
-            )
+        if self._launch is not None:
+            self.measurement = self._launch.measure()
+            self._launch.finish()
         self._finished = True
 
     @property
@@ -185,25 +178,34 @@ class Machine:
         self.memory.exclusive = world.exclusive
         for vcpu in self.vcpus:
             vcpu.world = world
-            vcpu.atomics = AtomicWatch(vcpu, world)
+            vcpu.atomics = AtomicWatch(vcpu.memory, vcpu.uc, world)
         # Translations made while shadowing was on may point at shadow pages,
         # and pages already scanned for atomics must be seen by the watch.
         self.memory.flush_tlbs()
-
-    # -- the CPU's calls into the Secure Processor ---------------------------------------
-    def vmsa_seal(self, vcpu: VCpu) -> None:
-        assert self._sp is not None and vcpu.vmsa_spa is not None
-        self._sp.vmsa_seal(self._handle, vcpu.index, self.memory, vcpu.vmsa_spa)
-
-    def vmsa_check(self, vcpu: VCpu) -> bool:
-        assert self._sp is not None and vcpu.vmsa_spa is not None
-        return self._sp.vmsa_check(self._handle, vcpu.index, self.memory, vcpu.vmsa_spa)
 
     # -- the host's side ------------------------------------------------------------------
     def host_view(self) -> HostView:
         if not self._finished:
             self.finish()
         return HostView(self)
+
+
+class _SpVmsaGuard:
+    """The CPU's calls into the Secure Processor for one vCPU's VMSA (``VmsaGuard``)."""
+
+    __slots__ = ("_sp", "_handle", "_memory", "_index", "_spa")
+
+    def __init__(
+        self, sp: SecureProcessor, handle: int, memory: PhysicalMemory, index: int, spa: int
+    ):
+        self._sp, self._handle, self._memory = sp, handle, memory
+        self._index, self._spa = index, spa
+
+    def seal(self, page: bytes) -> None:
+        self._sp.vmsa_seal(self._handle, self._index, self._memory, self._spa, page=page)
+
+    def check(self) -> bytes | None:
+        return self._sp.vmsa_verified(self._handle, self._index, self._memory, self._spa)
 
 
 @dataclass(frozen=True)
@@ -219,23 +221,23 @@ class RegionInfo:
 class HostMemory:
     """Guest DRAM through the host's eyes: ciphertext for private pages."""
 
-    __slots__ = ("_memory",)
+    __slots__ = ("_token", "__weakref__")
 
     def __init__(self, memory: PhysicalMemory):
-        self._memory = memory
+        self._token = _bind(self, memory)
 
     def read(self, gpa: int, size: int) -> bytes:
-        return self._memory.read_dram(gpa, size)
+        return _memory(self._token).read_dram(gpa, size)
 
     def write(self, gpa: int, data: bytes) -> None:
-        self._memory.write_dram(gpa, bytes(data))
+        _memory(self._token).write_dram(gpa, bytes(data))
 
     def regions(self) -> list[RegionInfo]:
-        return [_info(r) for r in self._memory.regions]
+        return [_info(r) for r in _memory(self._token).regions]
 
     def contains(self, gpa: int, size: int = 1) -> bool:
         """Is ``[gpa, gpa+size)`` guest RAM (a host must check before touching it)?"""
-        return self._memory.guest_ram_at(gpa, size) is not None
+        return _memory(self._token).guest_ram_at(gpa, size) is not None
 
     def set_trapping(self, gpa: int, size: int, on: bool = True) -> bool:
         """Take whole pages of guest RAM back for emulation, or give them back.
@@ -247,7 +249,7 @@ class HostMemory:
         them. A flash device in command mode works this way (QEMU's ROMD
         regions). Returns whether anything changed.
         """
-        return self._memory.set_trapping(gpa, size, on)
+        return _memory(self._token).set_trapping(gpa, size, on)
 
     def set_readonly(self, gpa: int, size: int, on: bool = True) -> bool:
         """Map whole pages of guest RAM read-only for the guest (KVM_MEM_READONLY).
@@ -260,16 +262,16 @@ class HostMemory:
         are encrypted), which is why OVMF writes its flash with explicit GHCB
         MMIO requests. Returns whether anything changed.
         """
-        return self._memory.set_readonly(gpa, size, on)
+        return _memory(self._token).set_readonly(gpa, size, on)
 
     def is_trapping(self, gpa: int) -> bool:
-        return self._memory.is_trapping(gpa)
+        return _memory(self._token).is_trapping(gpa)
 
     def is_readonly(self, gpa: int) -> bool:
-        return self._memory.is_readonly(gpa)
+        return _memory(self._token).is_readonly(gpa)
 
     def image(self) -> Iterator[tuple[RegionInfo, bytes]]:
-        for region, data in self._memory.dram_image():
+        for region, data in _memory(self._token).dram_image():
             yield _info(region), data
 
 
@@ -280,60 +282,59 @@ def _info(r: RamRegion) -> RegionInfo:
 class HostVcpu:
     """One vCPU as the host drives it: its VMCB, and VMRUN."""
 
-    __slots__ = ("index", "vmcb", "_vcpu")
+    __slots__ = ("index", "vmcb", "_token", "__weakref__")
 
     def __init__(self, vcpu: VCpu):
         self.index = vcpu.index
         self.vmcb: Vmcb = vcpu.vmcb
-        self._vcpu = vcpu
+        self._token = _bind(self, vcpu)
 
     def vmrun(self, *, timeout: float | None = None, max_instructions: int | None = None) -> VmExit:
-        return self._vcpu.vmrun(timeout=timeout, max_instructions=max_instructions)
+        return _vcpu(self._token).vmrun(timeout=timeout, max_instructions=max_instructions)
 
     def kick(self) -> None:
         """Take the physical CPU back: a running VMRUN returns soon (INTR exit)."""
-        self._vcpu.kick()
+        _vcpu(self._token).kick()
 
     def load_state(self, page: bytes) -> None:
         """Write the state this vCPU first runs from (not under SEV-ES: ``VCpu.load_state``)."""
-        self._vcpu.load_state(page)
+        _vcpu(self._token).load_state(page)
 
     @property
     def vmsa_gpa(self) -> int | None:
         """Where the VMSA is (the host allocated it; it sees only ciphertext there)."""
-        return self._vcpu.vmsa_spa
+        return _vcpu(self._token).vmsa_spa
 
     @property
     def entered(self) -> bool:
         """Has this vCPU run yet (VMRUN entered it once)?"""
-        return self._vcpu.status.value != "new"
+        return _vcpu(self._token).status.value != "new"
 
     @property
     def alive(self) -> bool:
-        return self._vcpu.status.value != "dead"
+        return _vcpu(self._token).status.value != "dead"
 
 
 class HostView:
     """What the untrusted hypervisor gets. No keys, no Unicorn, no SP."""
 
-    __slots__ = ("mode", "config", "memory", "vcpus", "_tracer", "_parallel")
+    __slots__ = ("mode", "config", "memory", "vcpus", "_token", "__weakref__")
 
     def __init__(self, machine: Machine):
         self.mode: GuestMode = machine.mode
         self.config: GuestConfig = machine.config
         self.memory = HostMemory(machine.memory)
         self.vcpus: tuple[HostVcpu, ...] = tuple(HostVcpu(v) for v in machine.vcpus)
-        self._tracer = machine.tracer
-        self._parallel = machine.enable_parallel
+        self._token = _bind(self, machine)
 
     def enable_parallel(self) -> None:
         """Run the vCPUs on several host threads from now on (the host's choice)."""
-        self._parallel()
+        _machine(self._token).enable_parallel()
 
     @property
     def tracing(self) -> bool:
         """Is anyone recording? (Lets the host skip building messages.)"""
-        return self._tracer.enabled
+        return _machine(self._token).tracer.enabled
 
     def log(
         self,
@@ -345,4 +346,4 @@ class HostView:
         **data: object,
     ) -> None:
         """Add a host event to the trace (write-only: the host cannot read the trace)."""
-        self._tracer.emit("hv", kind, summary, vcpu=vcpu, target=target, **data)
+        _machine(self._token).tracer.emit("hv", kind, summary, vcpu=vcpu, target=target, **data)

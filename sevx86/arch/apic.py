@@ -19,7 +19,7 @@ Two register interfaces:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
 from sevx86.arch.msr import APIC_DEFAULT_BASE, X2APIC_FIRST
 
@@ -32,17 +32,58 @@ class ApicReg(IntEnum):
     ID = 0x020
     VERSION = 0x030
     TPR = 0x080
+    APR = 0x090
+    PPR = 0x0A0
     EOI = 0x0B0
+    RRD = 0x0C0
     LDR = 0x0D0
+    DFR = 0x0E0  # xAPIC only
     SVR = 0x0F0
+    ISR = 0x100  # eight registers, 0x100..0x170 (256 bits)
+    TMR = 0x180  # eight registers, 0x180..0x1F0
+    IRR = 0x200  # eight registers, 0x200..0x270
     ESR = 0x280
+    LVT_CMCI = 0x2F0
     ICR_LOW = 0x300
     ICR_HIGH = 0x310  # xAPIC only: x2APIC folds it into the 64-bit ICR MSR
     LVT_TIMER = 0x320
+    LVT_THERMAL = 0x330
+    LVT_PERF = 0x340
+    LVT_LINT0 = 0x350
+    LVT_LINT1 = 0x360
+    LVT_ERROR = 0x370
     TIMER_INITIAL = 0x380
     TIMER_CURRENT = 0x390
     TIMER_DIVIDE = 0x3E0
     SELF_IPI = 0x3F0  # x2APIC only
+
+
+# The local vector table (AMD APM vol 2, 16.4 "Local Interrupts").
+LVT_REGS = (
+    ApicReg.LVT_CMCI,
+    ApicReg.LVT_TIMER,
+    ApicReg.LVT_THERMAL,
+    ApicReg.LVT_PERF,
+    ApicReg.LVT_LINT0,
+    ApicReg.LVT_LINT1,
+    ApicReg.LVT_ERROR,
+)
+LVT_MASKED = 1 << 16  # the reset value of every LVT entry
+LVT_TIMER_PERIODIC = 1 << 17
+# Reset values (APM vol 2, 16.3.1; Intel SDM vol 3, 10.4.7.1): DFR flat model, SVR
+# vector 0xFF with the APIC software-disabled.
+DFR_RESET = 0xFFFF_FFFF
+SVR_RESET = 0x0000_00FF
+# Vectors 0..15 are reserved for exceptions: an APIC refuses to send or accept them.
+APIC_FIRST_LEGAL_VECTOR = 16
+
+
+class EsrBit(IntFlag):
+    """Error status register bits (AMD APM vol 2, 16.4.6; Intel SDM vol 3, 10.5.3)."""
+
+    SEND_ILLEGAL_VECTOR = 1 << 5  # a write to the ICR or SELF IPI named vector 0..15
+    RECEIVE_ILLEGAL_VECTOR = 1 << 6  # an interrupt with vector 0..15 arrived
+    ILLEGAL_REGISTER_ADDRESS = 1 << 7
 
 
 def x2apic_msr(reg: ApicReg) -> int:
@@ -155,8 +196,15 @@ def encode_icr(
 
 
 __all__ = [
+    "APIC_FIRST_LEGAL_VECTOR",
     "APIC_VERSION",
     "ApicReg",
+    "DFR_RESET",
+    "EsrBit",
+    "LVT_MASKED",
+    "LVT_REGS",
+    "LVT_TIMER_PERIODIC",
+    "SVR_RESET",
     "DeliveryMode",
     "Icr",
     "Shorthand",

@@ -202,6 +202,12 @@ TSS32_ESP0 = 0x04  # ESPn at 4 + 8n, SSn at 8 + 8n
 TSS64_SIZE = 0x68  # the 64-bit TSS without an I/O permission bitmap (limit 0x67)
 
 
+def tss_descriptor(base: int, limit: int = TSS64_SIZE - 1, *, long_mode: bool = True) -> bytes:
+    """An available TSS descriptor: 16 bytes in long mode (base bits 63:32 in the upper 8)."""
+    low = Descriptor(base & 0xFFFF_FFFF, limit, ATTR_P | SystemType.TSS_AVAILABLE).encode()
+    return low + (base >> 32).to_bytes(8, "little") if long_mode else low
+
+
 def tss64_rsp_offset(cpl: int) -> int:
     return TSS64_RSP0 + 8 * cpl
 

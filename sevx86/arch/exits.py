@@ -224,6 +224,13 @@ def cr_write_trap(n: int) -> int:
     return SvmExit.CR0_WRITE_TRAP + n
 
 
+def cr_write_trap_number(code: int) -> int:
+    """n of the CRn write trap exit ``code`` (the inverse of ``cr_write_trap``)."""
+    n = code - SvmExit.CR0_WRITE_TRAP
+    _check(n, NUM_CONTROL_REGISTERS, "CR write trap")
+    return n
+
+
 # Every CRn write trap exit (0x90-0x9F): automatic exits under SEV-ES.
 CR_WRITE_TRAPS: tuple[int, ...] = tuple(cr_write_trap(n) for n in range(NUM_CONTROL_REGISTERS))
 

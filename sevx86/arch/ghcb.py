@@ -364,7 +364,7 @@ def msr_cpuid_response(result: int, reg: int) -> int:
     """CPUID response: the 32-bit register value in 63:32.
 
     The register select is echoed in bits 31:30 as KVM does; OVMF's early
-    #VC handler checks it (see DESIGN.md).
+    #VC handler checks it (docs/design.md, "Exit path").
     """
     _fits(result, 32, "CPUID result")
     _fits(reg, 2, "CPUID register select")

@@ -21,6 +21,10 @@ SEGMENT_PARTS: tuple[tuple[str, int, int], ...] = (
 )
 SEGMENT_SIZE = 16
 
+# Register widths: a value kept to 64 or 32 bits (x86 register arithmetic wraps there).
+U64_MASK = (1 << 64) - 1
+U32_MASK = (1 << 32) - 1
+
 
 @dataclass(frozen=True)
 class Field:

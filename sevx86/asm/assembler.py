@@ -32,6 +32,7 @@ from pathlib import Path
 
 from keystone import (
     KS_ARCH_X86,
+    KS_ERR_ASM_MNEMONICFAIL,
     KS_ERR_ASM_SYMBOL_MISSING,
     KS_MODE_16,
     KS_MODE_32,
@@ -54,6 +55,7 @@ from sevx86.asm.expr import (
     is_expression,
     rewrite,
     split_top_level,
+    undefined_symbol_message,
 )
 from sevx86.asm.parse import (
     Align,
@@ -480,10 +482,18 @@ class _Assembler:
                     if n.lower() not in RESERVED and n not in self.defined_at
                 ]
                 if unknown:
-                    raise quirks.QuirkError(f"undefined symbol '{unknown[0]}'")
+                    raise quirks.QuirkError(undefined_symbol_message(unknown[0]))
+            hint = ""
+            if cached.errno == KS_ERR_ASM_MNEMONICFAIL:
+                # keystone lacks some newer instructions (VPDPBUSD, ...): the
+                # bytes can always be written out.
+                hint = (
+                    f"; keystone does not know '{insn.mnemonic}': write its encoding "
+                    "with db (e.g. db 0x0f, 0x01, 0xd9), see guest_asm/README.md"
+                )
             raise quirks.QuirkError(
                 f"keystone cannot assemble '{insn.line.text}' in {self.bits}-bit mode: "
-                f"{_ks_reason(cached)}"
+                f"{_ks_reason(cached)}{hint}"
             )
         return cached
 
@@ -594,6 +604,24 @@ def _ks_reason(exc: KsError) -> str:
     return re.sub(r"\s*\(KS_ERR_\w+\)", "", text) or text
 
 
+def _read_source(path: Path) -> str:
+    """The text of a source file; a binary or unreadable file is a one-line error."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        where = SourceLocation(str(path), 1)
+        raise AsmError(where, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise AsmError(
+            SourceLocation(str(path), line),
+            f"not a text file (byte {raw[exc.start]:#04x} at offset {exc.start:#x} is not "
+            "UTF-8): a binary? Run a flat binary under a name that is not .S/.s/.asm/.nasm",
+        ) from None
+
+
 def assemble(
     source: str | None = None,
     *,
@@ -618,10 +646,7 @@ def assemble(
     if source is None:
         if path is None:
             raise ValueError("assemble() needs a source string or a path")
-        try:
-            source = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AsmError(SourceLocation(str(path), 0), f"cannot read: {exc}") from None
+        source = _read_source(Path(path))
     shown = name or (str(path) if path is not None else "<string>")
     lines = Preprocessor(include_paths, defines).run(
         source, shown, Path(path) if path is not None else None

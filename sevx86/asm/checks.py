@@ -113,9 +113,9 @@ def _check_rip(insn: CsInsn, expect: Expectations) -> None:
         sign = "+" if op.mem.disp >= 0 else "-"
         raise CheckError(
             f"keystone encoded the absolute operand {written} as RIP-relative "
-            f"([rip {sign} {abs(op.mem.disp):#x}], which is address {target:#x} here): "
-            "the instruction would touch the wrong address. Use a base register "
-            "(mov rdi, ADDRESS / [rdi]), or write [rip + label] to mean a label's address"
+            f"([rip {sign} {abs(op.mem.disp):#x}]), an address that moves with the code "
+            "instead of a fixed one, so sevx86 refuses it. For a fixed address use a "
+            "register (mov rdi, ADDRESS, then [rdi]); for a label write [rip + label]"
         )
 
 

@@ -65,8 +65,19 @@ class EvaluationError(ExprError):
 
 class UndefinedSymbol(ExprError):
     def __init__(self, name: str) -> None:
-        super().__init__(f"undefined symbol '{name}'")
+        super().__init__(undefined_symbol_message(name))
         self.name = name
+
+
+def undefined_symbol_message(name: str) -> str:
+    """The undefined-symbol message, with where the payload library's names come from."""
+    text = f"undefined symbol '{name}'"
+    if name.startswith("pl_"):
+        text += (
+            ' (pl_* are the payload library\'s routines: put %include "payload.S" '
+            "at the end of your program, see guest_asm/README.md)"
+        )
+    return text
 
 
 def parse_number(text: str) -> int:

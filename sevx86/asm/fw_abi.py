@@ -49,6 +49,20 @@ RUNTIME_MAX = 0x0001_0000
 IST_STACK_TOP = 0x0007_0000  # IST1 (#DF) stack, 0x60000..0x70000
 STACK_TOP = 0x0008_0000  # the firmware's stack and the payload's, 0x70000..0x80000
 FIRMWARE_RAM_END = 0x0008_0000  # RAM below this belongs to the firmware
+# The C-bit check (firmware/README.md, "Verifying the C-bit"): its own page
+# tables, the value it plants, and a page read and written shared. Used once,
+# before long mode, and zeroed after: usable RAM for the payload.
+CBIT_CHECK_GPA = FIRMWARE_RAM_END
+CBIT_CHECK_PML4 = CBIT_CHECK_GPA  # then the PDPT and the PDs of GiB 0, 1 and 3
+CBIT_CHECK_NONCE = CBIT_CHECK_GPA + 0x5000  # written private with paging off
+CBIT_CHECK_SHARED = CBIT_CHECK_GPA + 0x6000  # GDT, IDT and stack, C=0 throughout
+CBIT_CHECK_SIZE = 0x7000
+CBIT_CHECK_VA = 1 * GiB  # GiB 1 of the check tables: RAM from GPA 0 with the C-bit
+# Where `sevx86 run --secret-command` has the Secure Processor inject the guest
+# owner's secret (LAUNCH_SECRET, encrypted with the guest's key): one page the
+# payload reads; zero when no secret was injected.
+SECRET_GPA = 0x0008_F000
+SECRET_SIZE = 0x1000
 PAYLOAD_GPA = 0x0010_0000  # the payload is copied here and entered here
 PAYLOAD_MAX = 8 * MiB  # keeps the flash clear of the MMIO window below it
 RAM_MIN = 2 * MiB
@@ -198,6 +212,7 @@ class FwReason(IntEnum):
     SEV_STATUS = 9  # SEV_STATUS inconsistent (SEV-ES without SEV)
     AP_TIMEOUT = 0x0A  # not every AP reported in within AP_TIMEOUT_TSC
     VCPU_COUNT = 0x0B  # CPUID reports more vCPUs than MAX_VCPUS
+    CBIT_VERIFY = 0x0C  # a value written private did not read back through the C-bit mapping
     EARLY_EXCEPTION = 0x20  # an exception before long mode
     EXCEPTION = 0x40  # + vector: an exception nobody handles, in 64-bit mode
 
@@ -214,6 +229,9 @@ FW_REASON_TEXT: dict[int, str] = {
     FwReason.SEV_STATUS: "SEV_STATUS inconsistent",
     FwReason.AP_TIMEOUT: "not every AP reported in before the timeout",
     FwReason.VCPU_COUNT: f"more than {MAX_VCPUS} vCPUs",
+    FwReason.CBIT_VERIFY: (
+        "the C-bit position failed the paging check: the hypervisor lied about it"
+    ),
     FwReason.EARLY_EXCEPTION: "exception before long mode",
 }
 

@@ -36,6 +36,41 @@ class VcReason(IntEnum):
     AP_NOT_WOKEN = 14  # AP reset hold returned without a wake-up (a host error)
 
 
+# What each reason means for the person reading a failed run (guest_asm/README.md
+# has the same table): which side broke the protocol, and how.
+VC_REASON_TEXT: dict[int, str] = {
+    VcReason.UNSUPPORTED_EXIT: "the #VC carried an exit code the handler does not serve",
+    VcReason.HV_ERROR: (
+        "the hypervisor answered the request with SW_EXITINFO1 neither 0 (done) "
+        "nor 1 (inject an exception): it refused it or broke the protocol"
+    ),
+    VcReason.MISSING_OUTPUT: (
+        "the hypervisor's answer lacks the valid bit of a register the instruction "
+        "returns, so the handler will not use a stale value"
+    ),
+    VcReason.DECODE: (
+        "the bytes at RIP are not an instruction that raises that exit code "
+        "(a #VC the hypervisor injected, or code the handler cannot decode)"
+    ),
+    VcReason.MMIO_PRIVATE: "MMIO through a C=1 mapping: the access would hand private data out",
+    VcReason.BAD_EXCEPTION: (
+        "the hypervisor asked to inject an exception other than #GP or #UD, "
+        "or the guest has no IDT gate for it"
+    ),
+    VcReason.NO_GHCB: "a #VC came before the program set its GHCB address",
+    VcReason.NESTED: (
+        "a #VC inside the #VC handler (the handler is not re-entrant: an instruction "
+        "it runs, or a hypervisor that injects #VC)"
+    ),
+    VcReason.MSR_PROTOCOL: "a GHCB MSR protocol answer with the wrong code or register echo",
+    VcReason.CPUID_SANITY: "CPUID denies the SEV features the guest runs with",
+    VcReason.PAGE_WALK: "the MMIO address is not mapped in the guest's page tables",
+    VcReason.NO_CBIT: "MMIO before the C-bit position is known",
+    VcReason.AP_NO_JUMP_TABLE: "an AP was woken but the AP jump table has no entry",
+    VcReason.AP_NOT_WOKEN: "AP reset hold returned without a wake-up (a hypervisor error)",
+}
+
+
 class VcPercpu(IntEnum):
     """The per-vCPU state of ``vc_handler`` built with ``%define VC_PERCPU``.
 

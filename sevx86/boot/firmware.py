@@ -24,21 +24,21 @@ import functools
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sevx86.asm as asm_package
 from sevx86 import __version__
 from sevx86.asm import Program, assemble
 from sevx86.asm import fw_abi as abi
 from sevx86.asm.preprocess import guest_asm_dir
-from sevx86.boot.launch import DEFAULT_VCPU_TYPE, LaunchedGuest, launch_guest
-from sevx86.boot.ovmf import OvmfImage
-from sevx86.boot.reset import BSP_RESET_ADDR, reset_vmsa
-from sevx86.boot.vcpu_types import vcpu_signature
-from sevx86.config import PAGE_SIZE, GuestConfig, GuestMode
+from sevx86.boot.launch import DEFAULT_VCPU_TYPE, LaunchedGuest, adopt, launch_guest
+from sevx86.config import PAGE_SIZE, GuestConfig
 from sevx86.machine import Machine
-from sevx86.sp.policy import GuestPolicy, PolicyFlag
+from sevx86.sp.launch import LaunchError
+from sevx86.sp.policy import GuestPolicy
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import Tracer
 
@@ -192,17 +192,11 @@ class BootedGuest:
 
     machine: Machine
     image: bytes
-    launch: LaunchedGuest | None  # None in mode none (no Secure Processor)
+    launch: LaunchedGuest  # in mode none too (nothing measured: no digest)
 
     @property
     def launch_digest(self) -> bytes | None:
-        return self.launch.launch_digest if self.launch is not None else None
-
-
-def default_policy(mode: GuestMode) -> GuestPolicy:
-    """QEMU's usual policy: no debugging, plus SEV-ES for an SEV-ES guest."""
-    flags = PolicyFlag.NODBG | (PolicyFlag.ES if mode is GuestMode.SEV_ES else 0)
-    return GuestPolicy.make(flags)
+        return self.launch.launch_digest
 
 
 def boot_machine(
@@ -213,6 +207,7 @@ def boot_machine(
     tracer: Tracer | None = None,
     sp: SecureProcessor | None = None,
     vcpu_type: str = DEFAULT_VCPU_TYPE,
+    launch_options: Mapping[str, Any] | None = None,
 ) -> BootedGuest:
     """Launch the firmware with ``payload`` as QEMU launches a guest from pflash.
 
@@ -224,62 +219,21 @@ def boot_machine(
     """
     check_machine(len(payload), config.memory, config.vcpus)
     image = flash_image(payload, memory=config.memory)
-    ap_reset = OvmfImage.parse(image).sev_es_reset_addr()
-    signature = vcpu_signature(vcpu_type)
-    if config.mode is GuestMode.NONE:
-        if policy is not None:
-            raise FirmwareError("a policy needs an encrypted guest (mode sev or sev-es)")
-        machine = Machine(config, tracer=tracer)
-        machine.load(abi.FLASH_TOP - len(image), image, name="pflash0")
-        for index in range(config.vcpus):
-            machine.add_vcpu(reset_vmsa(BSP_RESET_ADDR if index == 0 else ap_reset, signature))
-        machine.finish()
-        return BootedGuest(machine, image, None)
-
-    policy = default_policy(config.mode) if policy is None else policy
-    policy = policy if isinstance(policy, GuestPolicy) else GuestPolicy(int(policy))
-    if policy.es != (config.mode is GuestMode.SEV_ES):
-        raise FirmwareError(
-            f"policy {policy.value:#x} {'has' if policy.es else 'lacks'} the SEV-ES bit "
-            f"(0x4) but the mode is {config.mode.value}"
+    try:
+        launched = launch_guest(
+            sp,
+            image,
+            config=config,
+            policy=policy,
+            vcpu_type=vcpu_type,
+            tracer=tracer,
+            # the guest owner's dh_cert/session and a secret provider, as QEMU's
+            # sev-guest object takes them
+            **(launch_options or {}),
         )
-    sp = sp if sp is not None else SecureProcessor()
-    launched = launch_guest(sp, image, config=config, policy=policy, vcpu_type=vcpu_type)
-    machine = Machine(config, sp=sp, memory=launched.memory, handle=launched.handle, tracer=tracer)
-    if config.mode is GuestMode.SEV_ES:
-        machine.adopt_vcpus(launched.vmsa_spas)
-    else:
-        # Plain SEV: the registers are not measured; KVM loads the reset state.
-        for index in range(config.vcpus):
-            machine.add_vcpu(reset_vmsa(BSP_RESET_ADDR if index == 0 else ap_reset, signature))
-        machine.adopt_vcpus(())
-    if tracer is not None:
-        _trace_launch(tracer, launched, len(image))
-    return BootedGuest(machine, image, launched)
-
-
-def _trace_launch(tracer: Tracer, launched: LaunchedGuest, size: int) -> None:
-    """The launch as the trace shows it (sevx86.boot.launch runs it untraced)."""
-    policy = launched.policy.value
-    tracer.emit("hv", "launch", f"LAUNCH_START policy {policy:#x}", target="sp", policy=policy)
-    tracer.emit(
-        "hv",
-        "launch",
-        f"LAUNCH_UPDATE_DATA flash at {launched.flash_base:#x}, {size} bytes: "
-        "encrypted in place and measured",
-        target="sp",
-        gpa=launched.flash_base,
-        size=size,
-    )
-    for index in range(len(launched.vmsa_spas)):
-        tracer.emit("hv", "launch", f"LAUNCH_UPDATE_VMSA vCPU {index}", target="sp", vcpu=index)
-    tracer.emit(
-        "sp",
-        "launch",
-        f"LAUNCH_MEASURE + LAUNCH_FINISH: digest {launched.launch_digest.hex()}",
-        target="hv",
-        digest=launched.launch_digest.hex(),
-    )
+    except (LaunchError, ValueError) as exc:
+        raise FirmwareError(str(exc)) from None
+    return BootedGuest(adopt(launched, tracer=tracer), image, launched)
 
 
 __all__ = [

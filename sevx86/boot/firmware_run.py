@@ -56,31 +56,35 @@ from typing import IO, Any
 
 from unicorn import UC_HOOK_CODE
 
+from sevx86.arch.cpuid import Leaf, decode_8000001f
 from sevx86.arch.cr import Cr0
 from sevx86.arch.exits import SvmExit, SwExit
-from sevx86.arch.ghcb import GhcbMsr
+from sevx86.arch.ghcb import (
+    CpuidReg,
+    GhcbMsr,
+    decode_cpuid_request,
+    decode_cpuid_response,
+    msr_info,
+)
 from sevx86.arch.msr import Efer
-from sevx86.arch.paging import Pte
+from sevx86.arch.paging import CR3_ADDR_MASK, Pte
 from sevx86.arch.uefi_fv import FfsFileType
 from sevx86.arch.vmcb import decode_ioio
 from sevx86.boot.fv import EntryPoint, FlashLayout
-from sevx86.boot.launch import DEFAULT_POLICY, DEFAULT_VCPU_TYPE, LaunchedGuest, launch_guest
+from sevx86.boot.launch import DEFAULT_VCPU_TYPE, LaunchedGuest, adopt, launch_guest
 from sevx86.boot.ovmf import OvmfImage
-from sevx86.boot.reset import BSP_RESET_ADDR, reset_vmsa
-from sevx86.boot.vcpu_types import vcpu_signature
 from sevx86.config import GuestConfig, GuestMode, MiB
 from sevx86.hv.clock import RealtimeClock, VirtualClock
-from sevx86.hv.hypervisor import Hypervisor, RunResult
+from sevx86.hv.hypervisor import ExitEvent, Hypervisor, Proceed
 from sevx86.hv.machines import QemuPc
-from sevx86.machine import Machine
+from sevx86.hv.msr_protocol import MsrProtocolRequest
+from sevx86.hv.requests import GhcbRequest
+from sevx86.hv.run import RunResult
 from sevx86.memory.mmu import Access, Translation
-from sevx86.sp.policy import GuestPolicy, PolicyFlag
 from sevx86.sp.secure_processor import SecureProcessor
-from sevx86.trace.events import TraceEvent, Tracer
+from sevx86.trace.events import TraceEvent, TraceKind, Tracer
 
 DEFAULT_MEMORY = 512 * MiB
-CPUID_SEV_LEAF = 0x8000_001F
-CPUID_REG_EBX = 1
 DX_PORT_MIN = 0x100  # a port above 0xFF can only be reached through DX
 
 MILESTONES: dict[str, str] = {
@@ -202,6 +206,7 @@ class FirmwareBoot:
         watch_entries: bool = True,
         sp: SecureProcessor | None = None,
         mode: GuestMode | str = GuestMode.SEV_ES,
+        on_milestone: Callable[[Milestone], None] | None = None,
     ):
         if until is not None and until not in MILESTONES:
             raise ValueError(f"unknown milestone {until!r}; known: {', '.join(MILESTONES)}")
@@ -213,35 +218,27 @@ class FirmwareBoot:
         self.until = until
         self.config = GuestConfig(mode=mode, memory=memory, vcpus=vcpus)
         self.sp = sp if sp is not None else SecureProcessor()
-        # SEV without ES (QEMU's policy 0x1): no VMSAs; the vCPUs start from
-        # QEMU's reset state in their VMCBs, and the GHCB milestones never come.
-        sev_es = mode is GuestMode.SEV_ES
+        self.milestones = {name: Milestone(name, text) for name, text in MILESTONES.items()}
+        self.first_vmrun_t: float | None = None
+        self.on_milestone = on_milestone  # called once per milestone, as it is reached
+        self.tracer = tracer if tracer is not None else Tracer(keep=False)
+        self.tracer.sinks.append(self._watch_trace)
+        # The launch traces itself; SEV without ES (QEMU's policy 0x1) has no
+        # VMSAs: the vCPUs start from their reset states in their VMCBs, and the
+        # GHCB milestones never come.
         self.launched: LaunchedGuest = launch_guest(
             self.sp,
             image,
             config=self.config,
+            policy=None,  # the mode's default (sevx86.sp.launch.default_policy)
             varstore=_read(varstore),
             vcpu_type=vcpu_type,
-            policy=DEFAULT_POLICY if sev_es else GuestPolicy.make(PolicyFlag.NODBG),
-        )
-        self.tracer = tracer if tracer is not None else Tracer(keep=False)
-        self.tracer.sinks.append(self._watch_trace)
-        self.machine = Machine(
-            self.config,
-            sp=self.sp,
-            memory=self.launched.memory,
-            handle=self.launched.handle,
             tracer=self.tracer,
         )
-        if sev_es:
-            self.machine.adopt_vcpus(self.launched.vmsa_spas)
-        else:
-            reset = reset_vmsa(BSP_RESET_ADDR, vcpu_signature(vcpu_type))
-            self.machine.adopt_vcpus(states=[bytes(reset)] * vcpus)
+        self.machine = adopt(self.launched, tracer=self.tracer)
         self.hv = Hypervisor(self.machine.host_view(), console=console)
         self.pc = QemuPc(self.hv, clock=clock)
-        self.milestones = {name: Milestone(name, text) for name, text in MILESTONES.items()}
-        self.first_vmrun_t: float | None = None
+        self.hv.console.listeners.append(self._on_console_line)
         self.entries: dict[str, EntryPoint] = {}
         self._efer_lme = False
         self._sev_info_seen = False
@@ -257,6 +254,12 @@ class FirmwareBoot:
         return BootResult(
             result, list(self.milestones.values()), dict(result.counters), self.first_vmrun_t
         )
+
+    def interrupt(self, detail: str = "interrupted") -> None:
+        """End the run soon, from any thread or a signal handler (the user's Ctrl-C)."""
+        self.hv.stop(detail)
+        for vcpu in self.hv.vcpus:
+            vcpu.kick()
 
     # -- milestones -----------------------------------------------------------------------
     def reach(self, name: str, actor: str = "hv", **detail: Any) -> None:
@@ -276,16 +279,20 @@ class FirmwareBoot:
             **detail,
         )
         m.t, m.seq = event.t, event.seq
+        if self.on_milestone is not None:
+            self.on_milestone(m)
         if name == self.until:
             self.hv.stop(f"milestone {name} reached")
 
     def _watch_trace(self, event: TraceEvent) -> None:
-        if self.first_vmrun_t is None and event.kind == "vmrun":
+        if self.first_vmrun_t is None and event.kind == TraceKind.VMRUN:
             self.first_vmrun_t = event.t
-        if event.kind == "console":
-            for name, needle in CONSOLE_MILESTONES.items():
-                if needle in event.summary:
-                    self.reach(name, line=event.summary)
+
+    def _on_console_line(self, device: str, line: str) -> None:
+        """The guest's own output (not the trace's wording) tells BDS and the shell apart."""
+        for name, needle in CONSOLE_MILESTONES.items():
+            if needle in line:
+                self.reach(name, line=f"{device}: {line}")
 
     # -- what the host sees ----------------------------------------------------------------
     def _hook_host(self) -> None:
@@ -299,41 +306,43 @@ class FirmwareBoot:
         hv.on_vmgexit(SwExit.MMIO_READ, self._on_mmio)
         hv.on_vmgexit(SwExit.MMIO_WRITE, self._on_mmio)
 
-    def _on_cpuid_msr(self, req: Any, proceed: Callable[[], None]) -> None:
+    def _on_cpuid_msr(self, req: MsrProtocolRequest, proceed: Proceed) -> None:
         proceed()
-        leaf, reg = req.value >> 32, (req.value >> 30) & 3
-        if leaf == CPUID_SEV_LEAF and reg == CPUID_REG_EBX and req.response is not None:
-            ebx = (req.response >> 32) & 0xFFFF_FFFF
-            self.reach("cbit", cbitpos=ebx & 0x3F, reduced_phys_bits=(ebx >> 6) & 0x3F)
+        leaf, reg = decode_cpuid_request(req.value)
+        if leaf == Leaf.MEM_ENCRYPT and reg == CpuidReg.EBX and req.response is not None:
+            ebx, _ = decode_cpuid_response(req.response)
+            info = decode_8000001f(0, ebx)
+            self.reach("cbit", cbitpos=info.cbitpos, reduced_phys_bits=info.reduced_phys_bits)
 
-    def _on_sev_info(self, req: Any, proceed: Callable[[], None]) -> None:
+    def _on_sev_info(self, req: MsrProtocolRequest, proceed: Proceed) -> None:
         proceed()
         self._sev_info_seen = True
 
-    def _on_efer(self, event: Any, proceed: Callable[[], None]) -> None:
+    def _on_efer(self, event: ExitEvent, proceed: Proceed) -> None:
         proceed()
         if event.exit.info1 & Efer.LME:
             self._efer_lme = True
 
-    def _on_cr0(self, event: Any, proceed: Callable[[], None]) -> None:
+    def _on_cr0(self, event: ExitEvent, proceed: Proceed) -> None:
         proceed()
         if self._efer_lme and event.exit.info1 & Cr0.PG:
             self.reach("long-mode", cr0=int(event.exit.info1))
 
-    def _on_vmgexit(self, event: Any, proceed: Callable[[], None]) -> None:
+    def _on_vmgexit(self, event: ExitEvent, proceed: Proceed) -> None:
         gpa = event.vcpu.vmcb["ghcb_gpa"]
-        if gpa and not gpa & 0xFFF and self._sev_info_seen and not self.milestones["ghcb"].reached:
+        page_gpa = gpa and not msr_info(gpa)  # a GHCB GPA, not an MSR-protocol request
+        if page_gpa and self._sev_info_seen and not self.milestones["ghcb"].reached:
             self.reach("ghcb", ghcb_gpa=gpa, **self._paging_facts(event.vcpu.index, gpa))
         proceed()
 
-    def _on_ioio(self, req: Any, proceed: Callable[[], None]) -> None:
+    def _on_ioio(self, req: GhcbRequest, proceed: Proceed) -> None:
         proceed()
         io = decode_ioio(req.info1)
         if io.port >= DX_PORT_MIN and not req.failed:
             kind = "in" if io.is_in else "out"
             self.reach("ghcb-io", port=io.port, size=io.size, direction=kind)
 
-    def _on_mmio(self, req: Any, proceed: Callable[[], None]) -> None:
+    def _on_mmio(self, req: GhcbRequest, proceed: Proceed) -> None:
         proceed()
         if not req.failed:
             self.reach("ghcb-mmio", gpa=req.info1, length=req.info2, request=req.name)
@@ -348,7 +357,8 @@ class FirmwareBoot:
         vcpu = self.machine.vcpus[index]
         state = vcpu.paging_state(cpl=0)
         c_bit = self.config.c_bit
-        pml4e = int.from_bytes(self.machine.memory.read_private(state.cr3 & ~0xFFF, 8), "little")
+        pml4_gpa = state.cr3 & CR3_ADDR_MASK
+        pml4e = int.from_bytes(self.machine.memory.read_private(pml4_gpa, 8), "little")
         ghcb = vcpu.mmu.walk(ghcb_gpa, Access.WRITE, state)
         stack = vcpu.mmu.walk(vcpu.ctx.load().gpr(4), Access.WRITE, state)
         return {

@@ -1,6 +1,7 @@
 """Launch firmware as QEMU launches an SEV(-ES) guest from pflash.
 
-The order of SP commands is QEMU's (``target/i386/sev.c``) on top of KVM:
+The SP commands are issued by ``sevx86.sp.launch.GuestLaunch``; this module
+decides what goes in, in QEMU's order (``target/i386/sev.c``) on top of KVM:
 
 1. LAUNCH_START (QEMU's ``sev_kvm_init``) with the owner's DH certificate and
    session if any, then ACTIVATE (KVM binds the new guest to an ASID);
@@ -24,17 +25,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sevx86.boot.ovmf import OvmfError, OvmfImage
-from sevx86.boot.reset import initial_vmsas
+from sevx86.boot.reset import initial_vmsas, reset_states
 from sevx86.boot.vcpu_types import vcpu_signature as signature_of
 from sevx86.config import PAGE_SIZE, GuestConfig, GuestMode
+from sevx86.machine import Machine
 from sevx86.memory.dram import PhysicalMemory
 from sevx86.sp.channel import Measurement, SecretPacket
-from sevx86.sp.policy import GuestPolicy, PolicyFlag
+from sevx86.sp.launch import GuestLaunch, LaunchError, default_policy, resolve_policy
+from sevx86.sp.policy import GuestPolicy
 from sevx86.sp.secure_processor import SecureProcessor
+from sevx86.trace.events import Tracer
 
 FLASH_TOP = 1 << 32  # the flash devices end at 4 GiB
-# QEMU's usual SEV-ES policy: no debugging, SEV-ES.
-DEFAULT_POLICY = GuestPolicy.make(PolicyFlag.NODBG | PolicyFlag.ES)
+# QEMU's usual SEV-ES policy: no debugging, SEV-ES (sevx86.sp.launch.default_policy).
+DEFAULT_POLICY = default_policy(GuestMode.SEV_ES)
 DEFAULT_VCPU_TYPE = "EPYC-v4"
 
 SecretProvider = Callable[[Measurement], SecretPacket | None]
@@ -44,27 +48,29 @@ SecretProvider = Callable[[Measurement], SecretPacket | None]
 class LaunchedGuest:
     """What a launch leaves behind for the CPU engine and the guest owner."""
 
-    handle: int
+    handle: int  # 0 in mode none (no Secure Processor)
     memory: PhysicalMemory
-    vmsa_spas: tuple[int, ...]  # one per vCPU, in vCPU order
-    measurement: Measurement
-    launch_digest: bytes
+    vmsa_spas: tuple[int, ...]  # one per vCPU, in vCPU order (SEV-ES)
+    measurement: Measurement | None  # None in mode none
+    launch_digest: bytes | None
     firmware: OvmfImage
     flash_base: int
     varstore_base: int | None
-    policy: GuestPolicy
+    policy: GuestPolicy | None
     finished: bool
+    launch: GuestLaunch  # the state machine that ran it (a Machine adopts it)
+    states: tuple[bytes, ...]  # every vCPU's reset state (VMSA layout), in vCPU order
 
 
 def launch_guest(
-    sp: SecureProcessor,
+    sp: SecureProcessor | None,
     firmware: OvmfImage | bytes,
     *,
     vcpus: int | None = None,
     vcpu_type: str = DEFAULT_VCPU_TYPE,
     vcpu_signature: int | None = None,
     config: GuestConfig | None = None,
-    policy: GuestPolicy | int = DEFAULT_POLICY,
+    policy: GuestPolicy | int | None = DEFAULT_POLICY,
     dh_cert: bytes | None = None,
     session: bytes | None = None,
     varstore: bytes | None = None,
@@ -73,17 +79,26 @@ def launch_guest(
     secret: SecretProvider | None = None,
     secret_gpa: int | None = None,
     finish: bool = True,
+    tracer: Tracer | None = None,
 ) -> LaunchedGuest:
-    """Run the launch; ``secret`` gets the measurement and may return a packet."""
+    """Run the launch (``GuestLaunch``); ``secret`` gets the measurement and may return a packet.
+
+    The mode is the config's, else the policy's (SEV-ES by default), and the
+    two must agree; ``policy=None`` is the mode's default policy. Mode none
+    writes the flash in plaintext and measures nothing.
+    """
     image = firmware if isinstance(firmware, OvmfImage) else OvmfImage.parse(firmware)
-    policy = policy if isinstance(policy, GuestPolicy) else GuestPolicy(int(policy))
-    mode = GuestMode.SEV_ES if policy.es else GuestMode.SEV
     if config is None:
+        policy = DEFAULT_POLICY if policy is None else policy
+        policy = policy if isinstance(policy, GuestPolicy) else GuestPolicy(int(policy))
+        mode = GuestMode.SEV_ES if policy.es else GuestMode.SEV
         config = GuestConfig(mode=mode, vcpus=vcpus or 1)
-    elif config.mode is not mode:
-        raise ValueError(f"policy {policy} launches {mode.value}, config says {config.mode.value}")
     elif vcpus is not None and vcpus != config.vcpus:
         raise ValueError(f"vcpus {vcpus} disagrees with the config's {config.vcpus}")
+    try:
+        resolved = resolve_policy(config.mode, policy)
+    except LaunchError as exc:
+        raise ValueError(str(exc)) from None
     vcpus = vcpus or config.vcpus
     if vcpus < 1:
         raise ValueError(f"vcpus {vcpus} must be at least 1")
@@ -93,55 +108,67 @@ def launch_guest(
             raise OvmfError(f"{name} image size {len(blob):#x} is not a multiple of 4 KiB")
     if not image.data:
         raise OvmfError("firmware image is empty")
+    es = config.mode is GuestMode.SEV_ES
     # QEMU refuses an SEV-ES launch without the reset block even for one vCPU.
-    vmsa_pages = (
+    states = (
         initial_vmsas(vcpus, image.sev_es_reset_addr(), signature, sev_features=sev_features)
-        if policy.es
-        else []
+        if es
+        else reset_states(image, vcpus, signature)
     )
     flash_base = FLASH_TOP - image.size
     varstore_base = flash_base - len(varstore) if varstore else None
 
-    handle = sp.launch_start(policy, dh_cert=dh_cert, session=session)
+    launch = GuestLaunch(config, sp=sp, policy=resolved, tracer=tracer)
+    launch.start(dh_cert=dh_cert, session=session, asid=asid)
     try:
-        memory = PhysicalMemory(config, sp.memory_cipher(handle))
-        # KVM hands out the lowest free ASID; handles are allocated the same way.
-        sp.activate(handle, handle if asid is None else asid)
-        memory.add_region("pflash0", flash_base, image.size)
-        memory.write_dram(flash_base, image.data)
-        if varstore_base is not None:
+        memory = launch.memory
+        assert memory is not None
+        launch.update_data(flash_base, image.data, name="pflash0")
+        if varstore_base is not None:  # plaintext and unmeasured, as QEMU's pflash1
             assert varstore is not None
-            memory.add_region("pflash1", varstore_base, len(varstore))
-            memory.write_dram(varstore_base, varstore)
-        sp.launch_update_data(handle, memory, flash_base, image.size)
-        spas = []
-        for vcpu_id, page in enumerate(vmsa_pages):
-            region = memory.allocate_host_page(f"vmsa{vcpu_id}")
-            memory.write_dram(region.base, page)
-            sp.launch_update_vmsa(handle, memory, region.base, vcpu_id)
-            spas.append(region.base)
-        measurement = sp.launch_measure(handle)
-        packet = secret(measurement) if secret is not None else None
+            launch.update_data(varstore_base, varstore, name="pflash1", measure=False)
+        if es:
+            for page in states:
+                launch.update_vmsa(page)
+        measurement = launch.measure()
+        packet = secret(measurement) if secret is not None and measurement else None
         if packet is not None:
             gpa = secret_gpa if secret_gpa is not None else _secret_area_base(image)
-            sp.launch_secret(handle, memory, packet.header, packet.data, gpa)
+            launch.inject_secret(packet.header, packet.data, gpa)
         if finish:
-            sp.launch_finish(handle)
+            launch.finish()
     except BaseException:
-        sp.decommission(handle)
+        launch.abort()
         raise
     return LaunchedGuest(
-        handle=handle,
+        handle=launch.handle,
         memory=memory,
-        vmsa_spas=tuple(spas),
+        vmsa_spas=tuple(launch.vmsa_spas),
         measurement=measurement,
-        launch_digest=sp.launch_digest(handle),
+        launch_digest=launch.launch_digest,
         firmware=image,
         flash_base=flash_base,
         varstore_base=varstore_base,
-        policy=policy,
+        policy=resolved,
         finished=finish,
+        launch=launch,
+        states=tuple(states),
     )
+
+
+def adopt(launched: LaunchedGuest, *, tracer: Tracer | None = None) -> Machine:
+    """The machine of a launched guest: its memory, SP context and vCPUs.
+
+    SEV-ES vCPUs start from their measured VMSAs; without SEV-ES the host
+    keeps each vCPU's reset state in its VMCB, as QEMU does (SEV measures
+    memory only, never registers).
+    """
+    machine = Machine(launched.launch.config, launch=launched.launch, tracer=tracer)
+    if launched.vmsa_spas:
+        machine.adopt_vcpus(launched.vmsa_spas)
+    else:
+        machine.adopt_vcpus(states=launched.states)
+    return machine
 
 
 def _secret_area_base(image: OvmfImage) -> int:

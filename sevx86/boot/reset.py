@@ -18,6 +18,7 @@ from sevx86.arch.cr import Cr0, Cr4, Rflags
 from sevx86.arch.msr import PAT_RESET, Efer
 from sevx86.arch.vmcb import SegAttr
 from sevx86.arch.vmsa import VMSA
+from sevx86.boot.ovmf import OvmfError, OvmfImage
 
 # BSP: CS base FFFF0000 + IP FFF0, the architectural reset vector.
 BSP_RESET_ADDR = 0xFFFF_FFF0
@@ -102,3 +103,18 @@ def initial_vmsas(
         ap = bytes(reset_vmsa(ap_reset_addr, vcpu_signature, sev_features=sev_features))
         pages.extend([ap] * (vcpus - 1))
     return pages
+
+
+def reset_states(image: OvmfImage, vcpus: int, vcpu_signature: int) -> list[bytes]:
+    """Every vCPU's reset state for a flash image, the same rule in every mode.
+
+    vCPU 0 at the reset vector; the APs at the image's AP reset address
+    (SEV-ES reset block) when it has one -- required under SEV-ES, where the
+    host cannot set an AP's state later -- else at the reset vector too,
+    where they wait for INIT-SIPI as on a real machine.
+    """
+    try:
+        ap_reset: int | None = image.sev_es_reset_addr()
+    except OvmfError:
+        ap_reset = BSP_RESET_ADDR if vcpus > 1 else None
+    return initial_vmsas(vcpus, ap_reset, vcpu_signature)

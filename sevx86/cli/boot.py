@@ -6,24 +6,46 @@ import argparse
 import json
 import sys
 import textwrap
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from sevx86.boot.firmware_run import DEFAULT_MEMORY, MILESTONES, BootResult, FirmwareBoot
+from sevx86.boot.firmware_run import (
+    DEFAULT_MEMORY,
+    MILESTONES,
+    BootResult,
+    FirmwareBoot,
+    Milestone,
+)
 from sevx86.boot.launch import DEFAULT_VCPU_TYPE
 from sevx86.boot.ovmf import OvmfError
 from sevx86.boot.vcpu_types import VCPU_TYPES
+from sevx86.cli import common
 from sevx86.cli.main import UsageError
-from sevx86.config import ConfigError, parse_size
+from sevx86.config import PAGE_SIZE, ConfigError, parse_size
 from sevx86.hv import RunReason
 from sevx86.hv.clock import ClockChoice, ClockMode, RealtimeClock, VirtualClock
+from sevx86.hv.hypervisor import EXIT_TABLE
+from sevx86.hv.machines import PC_BELOW_4G_LIMIT
 from sevx86.trace.events import JsonLinesSink, TraceEvent, Tracer
 from sevx86.trace.render import mermaid, table
 
 EXIT_REACHED = 0
 EXIT_NOT_REACHED = 1
+EXIT_INTERRUPTED = int(common.ExitStatus.INTERRUPTED)
 MERMAID_EVENTS = 400  # a diagram of the first events; more is unreadable
+DEFAULT_UNTIL = "shell"
+UNTIL_NONE = "none"
+# OVMF's X64 build keeps its SEC page tables, temporary PEI RAM and the
+# decompressed PEI and DXE volumes in MEMFD, a fixed region from 8 MiB up
+# (OvmfPkg/OvmfPkgX64.fdf, [FD.MEMFD]); PlatformPei puts the permanent PEI
+# memory and DXE above it, so a few MiB triple-fault. The floor is QEMU's
+# default RAM size (-m 128M), with which OVMF boots under QEMU.
+MIN_MEMORY = 128 << 20
+STATUS_PERIOD = 0.5  # seconds between status-line updates (a terminal only)
 
 DESCRIPTION = """\
 Boot FIRMWARE (e.g. Debian's /usr/share/OVMF/OVMF_CODE.fd) as QEMU boots an
@@ -38,13 +60,17 @@ varstore as a CFI flash (QEMU's pflash1): the variables the guest sets land
 in it, and --save-varstore keeps them for the next boot.
 
 The guest's console (serial and debug console) is shown as it is written.
-At the end the milestones reached are printed on stderr with the wall-clock
+Each milestone is announced on stderr when it is reached; on a terminal a
+status line (elapsed time, exits per second, current phase) is kept at the
+bottom while the guest is silent. At the end -- or at Ctrl-C, which also
+writes --save-varstore -- the milestones are printed with the wall-clock
 time from the first VMRUN, then the exits by kind.
 """
 
 EPILOG = (
     """\
-milestones (in boot order; --until stops at the first exit after one):
+milestones (in boot order; --until stops at the first exit after one,
+default shell: the boot stops at the UEFI shell banner; --until none runs on):
 """
     + "\n".join(f"  {name:<13} {text}" for name, text in MILESTONES.items())
     + """
@@ -56,9 +82,9 @@ by --clock-step ns (default 10 us), or 2**SHIFT ns with icount:SHIFT, and a
 machine whose vCPUs all halt jumps to its next timer; a run and its trace
 are then the same every time.
 
-exit status: 0 if the --until milestone was reached (without --until: if
+exit status: 0 if the --until milestone was reached (with --until none: if
 the guest powered off), 1 if the run ended otherwise (timeout, instruction
-limit, guest dead), 2 for bad usage.
+limit, guest dead), 2 for bad usage, 130 for Ctrl-C.
 
 examples:
   sevx86 boot /usr/share/OVMF/OVMF_CODE.fd --varstore /usr/share/OVMF/OVMF_VARS.fd \\
@@ -94,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--memory",
         metavar="SIZE",
         default=f"{DEFAULT_MEMORY >> 20}M",
-        help="guest RAM, e.g. 512M or 1G (default 512M)",
+        help="guest RAM, 128M to 3584M, e.g. 512M or 1G (default 512M)",
     )
     p.add_argument("--vcpus", metavar="N", type=int, default=1, help="vCPUs (default 1)")
     p.add_argument(
@@ -106,8 +132,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--until",
         metavar="MILESTONE",
-        choices=list(MILESTONES),
-        help="stop once this milestone is reached",
+        choices=[*MILESTONES, UNTIL_NONE],
+        default=DEFAULT_UNTIL,
+        help=f"stop once this milestone is reached (default {DEFAULT_UNTIL}; none: run on)",
     )
     p.add_argument(
         "--timeout",
@@ -221,13 +248,108 @@ def summary(result: BootResult) -> dict[str, object]:
     }
 
 
+def _memory(text: str) -> int:
+    try:
+        memory = parse_size(text)
+    except ConfigError as exc:
+        raise UsageError(f"--memory: {exc}") from None
+    if memory > PC_BELOW_4G_LIMIT:
+        raise UsageError(
+            f"--memory {text}: the pc machine keeps guest RAM below QEMU's PCI hole at"
+            f" {PC_BELOW_4G_LIMIT >> 20}M (sevx86 maps RAM in one block from 0)"
+        )
+    if memory < MIN_MEMORY:
+        raise UsageError(
+            f"--memory {text}: OVMF needs at least {MIN_MEMORY >> 20}M, QEMU's default"
+            " (its MEMFD region alone reaches past 16 MiB)"
+        )
+    if memory % PAGE_SIZE:
+        raise UsageError(f"--memory {text} is not a whole number of 4 KiB pages")
+    return memory
+
+
+def _varstore(path: str) -> bytes:
+    data = _read(path, "varstore")
+    if not data or len(data) % PAGE_SIZE:
+        raise UsageError(
+            f"--varstore {path}: {len(data):#x} bytes is not a flash image"
+            " (a non-empty multiple of 4 KiB, like OVMF_VARS.fd)"
+        )
+    return data
+
+
+class Progress:
+    """Milestone lines on stderr as they come; a status line too when stderr is a terminal."""
+
+    def __init__(self, stream: IO[str], *, status: bool):
+        self.stream = stream
+        self.status = status
+        self.exits = 0
+        self.phase = "reset"
+        self.start = time.perf_counter()
+        self._lock = threading.Lock()
+        self._shown = False
+        self._done = threading.Event()
+
+    def count_exit(self, _event: object, proceed: Callable[[], None]) -> None:
+        self.exits += 1
+        proceed()
+
+    def milestone(self, m: Milestone) -> None:
+        self.phase = m.name
+        elapsed = time.perf_counter() - self.start
+        self._write(f"sevx86 boot: {elapsed:7.2f}s milestone {m.name}: {m.description}\n")
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            if self._shown:
+                self.stream.write("\r\033[K")  # clear the status line first
+                self._shown = False
+            self.stream.write(text)
+            self.stream.flush()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        thread = None
+        if self.status:
+            thread = threading.Thread(target=self._status_loop, daemon=True, name="boot-status")
+            thread.start()
+        try:
+            yield
+        finally:
+            self._done.set()
+            if thread is not None:
+                thread.join()
+                self._write("")
+
+    def _status_loop(self) -> None:
+        last_exits, last_t = 0, time.perf_counter()
+        while not self._done.wait(STATUS_PERIOD):
+            now, exits = time.perf_counter(), self.exits
+            rate = (exits - last_exits) / max(now - last_t, 1e-9)
+            last_exits, last_t = exits, now
+            line = (
+                f"[{now - self.start:7.1f}s] {exits:,} exits ({rate:,.0f}/s), phase: {self.phase}"
+            )
+            with self._lock:
+                self.stream.write("\r\033[K" + line)
+                self.stream.flush()
+                self._shown = True
+
+
+def _run_interruptibly(boot: FirmwareBoot, **limits: object) -> tuple[BootResult, bool]:
+    """The boot on a worker thread; the first Ctrl-C ends it as a device would
+    (``FirmwareBoot.interrupt``), so the summary and the varstore still come."""
+    return common.run_interruptibly(
+        lambda: boot.run(**limits),  # type: ignore[arg-type]
+        lambda: boot.interrupt(common.INTERRUPTED_DETAIL),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     firmware = _read(args.firmware, "firmware")
-    varstore = _read(args.varstore, "varstore") if args.varstore else None
-    try:
-        memory = parse_size(args.memory)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    varstore = _varstore(args.varstore) if args.varstore else None
+    memory = _memory(args.memory)
     if args.vcpus < 1:
         raise UsageError(f"--vcpus {args.vcpus} must be at least 1")
     if args.timeout <= 0:
@@ -237,6 +359,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--save-varstore needs --varstore (there is no flash to save)")
     tracer, close = _trace_writer(args)
     console = None if args.quiet else sys.stdout.buffer
+    until = None if args.until == UNTIL_NONE else args.until
+    progress = Progress(sys.stderr, status=sys.stderr.isatty())
     try:
         boot = FirmwareBoot(
             firmware,
@@ -247,13 +371,19 @@ def run(args: argparse.Namespace) -> int:
             tracer=tracer,
             console=console,
             clock=clock,
-            until=args.until,
+            until=until,
+            on_milestone=progress.milestone,
         )
     except (OvmfError, ConfigError, ValueError) as exc:
         close()
         raise UsageError(f"{args.firmware}: {exc}") from None
+    for code in EXIT_TABLE:
+        boot.hv.on_exit(code, progress.count_exit)
     try:
-        result = boot.run(timeout=args.timeout, max_instructions=args.max_instructions)
+        with progress.running():
+            result, interrupted = _run_interruptibly(
+                boot, timeout=args.timeout, max_instructions=args.max_instructions
+            )
     finally:
         close()
     if console is not None:
@@ -264,8 +394,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary(result), indent=2))
     else:
         print("\n" + result.report(), file=sys.stderr)
-    if args.until is not None:
-        return EXIT_REACHED if result.milestone(args.until).reached else EXIT_NOT_REACHED
+    if interrupted:
+        print("sevx86 boot: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if until is not None:
+        return EXIT_REACHED if result.milestone(until).reached else EXIT_NOT_REACHED
     return EXIT_REACHED if result.run.reason is RunReason.POWERED_OFF else EXIT_NOT_REACHED
 
 

@@ -14,16 +14,21 @@ import os
 import re
 import runpy
 import sys
+import threading
+import time
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Any, TypeVar
 
-from sevx86.arch.ghcb import GeneralTermReason
+from sevx86.arch.exits import SvmExit, exit_name
+from sevx86.arch.ghcb import GeneralTermReason, GhcbMsr
 from sevx86.asm import AsmError, assemble
 from sevx86.asm import fw_abi as abi
-from sevx86.asm.guest_abi import GUEST_ASM_REASON_SET, VcReason
+from sevx86.asm.guest_abi import GUEST_ASM_REASON_SET, VC_REASON_TEXT, VcReason
 from sevx86.asm.preprocess import guest_asm_dir
 from sevx86.boot.firmware import BootedGuest, FirmwareError, boot_machine, check_machine
 from sevx86.boot.ovmf import OvmfError
@@ -32,13 +37,17 @@ from sevx86.config import ConfigError, GuestConfig, GuestMode, parse_size
 from sevx86.hv import Hypervisor, RunReason, RunResult
 from sevx86.hv.clock import NS_PER_S, TSC_HZ, ClockChoice, ClockMode, RealtimeClock, TscClock
 from sevx86.hv.scheduler import DEFAULT_QUANTUM, SCHEDULERS, Scheduler, make_scheduler
-from sevx86.machine import LaunchError
+from sevx86.sp.launch import LaunchError, resolve_policy
 from sevx86.sp.policy import GuestPolicy
-from sevx86.trace.events import Tracer
+from sevx86.sp.secure_processor import SecureProcessor
+from sevx86.trace.events import TraceEvent, Tracer
 
-ASSEMBLY_SUFFIXES = (".S", ".s", ".asm")
+# Assembly sources, compared case-insensitively (MINE.ASM, guest.nasm, boot.S).
+ASSEMBLY_SUFFIXES = (".s", ".asm", ".nasm")
 EXAMPLE_PREFIX = "example:"
-DEFAULT_TIMEOUT = 30.0
+# Wall-clock limit of a run: long enough for any ordinary program (serial
+# output runs at a few KB/s under SEV-ES: thousands of lines take minutes).
+DEFAULT_TIMEOUT = 600.0
 DEFAULT_MEMORY = "64M"
 AP_START = ("sipi", "run")  # sevx86.hv.smp.initial_state
 
@@ -60,6 +69,7 @@ class ExitStatus(IntEnum):
     VMRUN_FAILED = 122  # VMRUN refused the guest state (VMSA integrity check)
     TIMEOUT = 124  # --timeout seconds passed (as coreutils timeout)
     INSTRUCTION_LIMIT = 125  # --max-instructions ran without an exit
+    INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
 EXIT_STATUS_TABLE = """\
@@ -78,6 +88,8 @@ exit status:
   122      VMRUN failed (the VMSA integrity check)
   124      --timeout reached
   125      --max-instructions reached
+  130      interrupted (Ctrl-C): the run ends at the next exit or kick, the
+           summary and the trace written so far still come
   1        internal error in sevx86"""
 
 _FATAL_LINE = re.compile(r"sevx86-fw: fatal: reason set 0x([0-9a-f]+) code 0x([0-9a-f]+)")
@@ -138,8 +150,8 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--hv",
         metavar="FILE.py",
-        help="play the hypervisor: FILE defines setup(hv) and/or a Hypervisor subclass "
-        "named Hypervisor (see sevx86.hv)",
+        help="play the hypervisor: FILE defines setup(hv) and/or a subclass of "
+        "sevx86.hv.Hypervisor, of any name (see sevx86.hv and the README)",
     )
     parser.add_argument(
         "--clock",
@@ -261,13 +273,12 @@ def guest_policy(args: argparse.Namespace, mode: GuestMode) -> GuestPolicy | Non
     value = parse_number(args.policy, "--policy")
     if not 0 <= value <= 0xFFFF_FFFF:
         raise UsageError(f"--policy {args.policy} is not a 32-bit value")
-    policy = GuestPolicy(value)
     if not mode.encrypted:
         raise UsageError("--policy needs an encrypted guest (--mode sev or sev-es)")
-    if policy.es != (mode is GuestMode.SEV_ES):
-        has = "has" if policy.es else "lacks"
-        raise UsageError(f"--policy {value:#x} {has} the SEV-ES bit (0x4) but --mode is {mode}")
-    return policy
+    try:
+        return resolve_policy(mode, value)
+    except LaunchError as exc:
+        raise UsageError(f"--{exc}") from None
 
 
 def run_limits(args: argparse.Namespace) -> tuple[float | None, int | None]:
@@ -325,6 +336,18 @@ def print_examples(stream: IO[str] | None = None) -> int:
 class Payload:
     name: str  # how messages refer to it
     code: bytes
+    symbols: dict[str, int] = field(default_factory=dict)  # labels, for fault messages
+
+    def where(self, address: int) -> str:
+        """``label+0x12`` for an address inside the program ("" outside it)."""
+        start = abi.PAYLOAD_GPA
+        if not self.symbols or not start <= address < start + len(self.code):
+            return ""
+        before = [(a, n) for n, a in self.symbols.items() if start <= a <= address]
+        if not before:
+            return ""
+        at, label = max(before)
+        return label if at == address else f"{label}+{address - at:#x}"
 
 
 def program_path(args: argparse.Namespace) -> Path:
@@ -344,6 +367,16 @@ def program_path(args: argparse.Namespace) -> Path:
     return Path(spec)
 
 
+def is_assembly(path: Path) -> bool:
+    return path.suffix.lower() in ASSEMBLY_SUFFIXES
+
+
+def looks_like_text(data: bytes) -> bool:
+    """Printable ASCII with line breaks: a source file, not x86 machine code."""
+    sample = data[:4096]
+    return b"\n" in sample and all(b in b"\t\r\n" or 0x20 <= b < 0x7F for b in sample)
+
+
 def load_program(args: argparse.Namespace) -> Payload:
     """Assemble or read PROGRAM; every failure is a one-line UsageError."""
     path = program_path(args)
@@ -353,40 +386,82 @@ def load_program(args: argparse.Namespace) -> Payload:
         raise UsageError(f"{path}: no such file")
     if path.is_dir():
         raise UsageError(f"{path}: is a folder, not a program")
-    if path.suffix in ASSEMBLY_SUFFIXES:
-        try:
-            program = assemble(
-                path=path,
-                base=abi.PAYLOAD_GPA,
-                bits=64,
-                include_paths=args.include,
-                defines=defines,
-            )
-        except AsmError as exc:
-            raise UsageError(str(exc).splitlines()[0]) from None
-        if program.base != abi.PAYLOAD_GPA:
-            raise UsageError(
-                f"{path}: starts at {program.base:#x} (org); the firmware enters "
-                f"payloads at {abi.PAYLOAD_GPA:#x}"
-            )
-        code = program.code
-    else:
+    if not is_assembly(path):
         try:
             code = path.read_bytes()
         except OSError as exc:
             raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if not code:
+        if not code:
+            raise UsageError(f"{path}: empty program")
+        if looks_like_text(code):
+            raise UsageError(
+                f"{path}: looks like text, not a flat binary; to assemble it, name it "
+                f"with one of {', '.join(ASSEMBLY_SUFFIXES)} (any case)"
+            )
+        return Payload(name, code)
+    program = _assemble_payload(path, args.include, defines)
+    if not program.code:
         raise UsageError(f"{path}: empty program")
-    return Payload(name, code)
+    return Payload(name, program.code, dict(program.symbols))
+
+
+# The firmware enters a payload at its first byte (firmware/README.md, "Payload
+# ABI"); a program whose `start` is elsewhere gets a jump there in front.
+ENTRY_LABEL = "start"
+_JMP_REL32 = 5
+
+
+def _assemble_payload(path: Path, include: list[Path], defines: dict[str, int | str]):
+    def build(base: int):
+        try:
+            return assemble(path=path, base=base, bits=64, include_paths=include, defines=defines)
+        except AsmError as exc:
+            raise UsageError(str(exc).splitlines()[0]) from None
+
+    program = build(abi.PAYLOAD_GPA)
+    if program.base != abi.PAYLOAD_GPA:
+        raise UsageError(
+            f"{path}: starts at {program.base:#x} (org); the firmware enters "
+            f"payloads at {abi.PAYLOAD_GPA:#x}"
+        )
+    entry = program.symbols.get(ENTRY_LABEL)
+    if entry is None:
+        raise UsageError(
+            f"{path}: no '{ENTRY_LABEL}:' label; the program is entered there "
+            f"(at {abi.PAYLOAD_GPA:#x} with RDI = the boot info, firmware/README.md)"
+        )
+    if entry == abi.PAYLOAD_GPA:
+        return program
+    # `start` is not the first byte (an %include at the top, data first):
+    # assemble again 5 bytes up, behind a JMP rel32 to `start`.
+    moved = build(abi.PAYLOAD_GPA + _JMP_REL32)
+    target = moved.symbols[ENTRY_LABEL] - (abi.PAYLOAD_GPA + _JMP_REL32)
+    jump = b"\xe9" + target.to_bytes(4, "little", signed=True)
+    return replace(moved, code=jump + moved.code, base=abi.PAYLOAD_GPA)
 
 
 def boot(
-    args: argparse.Namespace, payload: Payload, tracer: Tracer | None
+    args: argparse.Namespace,
+    payload: Payload,
+    tracer: Tracer | None,
+    *,
+    sp: SecureProcessor | None = None,
+    launch_options: dict[str, Any] | None = None,
 ) -> tuple[BootedGuest, GuestConfig]:
     config = guest_config(args)
     policy = guest_policy(args, config.mode)
+    if (sp is not None or launch_options) and config.mode is GuestMode.NONE:
+        raise UsageError("the guest owner's options need an encrypted guest (--mode sev or sev-es)")
     try:
-        return boot_machine(payload.code, config, policy=policy, tracer=tracer), config
+        booted = boot_machine(
+            payload.code,
+            config,
+            policy=policy,
+            tracer=tracer,
+            sp=sp,
+            launch_options=launch_options,
+        )
+        return booted, config
     except FirmwareError as exc:
         raise UsageError(f"{payload.name}: {exc}") from None
     except (LaunchError, OvmfError, ValueError) as exc:
@@ -406,8 +481,8 @@ def describe_termination(reason_set: int | None, code: int | None) -> str:
             text = "GHCB spec: unknown code"
     elif reason_set == GUEST_ASM_REASON_SET:
         try:
-            text = f"#VC handler: {VcReason(code).name}"
-        except ValueError:
+            text = f"#VC handler: {VcReason(code).name}: {VC_REASON_TEXT[code]}"
+        except (ValueError, KeyError):
             text = "#VC handler: unknown code"
     elif reason_set == abi.FW_REASON_SET:
         text = f"sevx86 firmware: {abi.describe_reason(code)}"
@@ -427,7 +502,55 @@ def firmware_fatal(console: str) -> tuple[int, int] | None:
     return int(reason_set, 16), int(code, 16)
 
 
-def exit_status(result: RunResult, timeout: float | None, limit: int | None) -> tuple[int, str]:
+_FAULT_LINE = re.compile(r"sevx86-fw: unhandled exception (#\w+).*? at RIP (0x[0-9a-f]+)")
+_RIP = re.compile(r"RIP (0x[0-9a-f]+)")
+
+
+def locate_rips(message: str, console: str, payload: Payload) -> str:
+    """Name the program's label at every RIP a failure message mentions.
+
+    The firmware reports an unhandled exception with its RIP on the console
+    (firmware/README.md, "Refusals"); the stderr line gets that RIP too, as
+    ``label+offset`` of the user's program when it lies inside it.
+    """
+    if not message:
+        return message
+    fault = _FAULT_LINE.findall(console)
+    if fault and "unhandled exception" in message and "RIP" not in message:
+        message += f" at RIP {fault[-1][1]}"
+
+    def name(m: re.Match[str]) -> str:
+        where = payload.where(int(m.group(1), 16))
+        return f"{m.group(0)} ({where} in {payload.name})" if where else m.group(0)
+
+    return _RIP.sub(name, message)
+
+
+class LastVc:
+    """A tracer sink that remembers each vCPU's last #VC: the exit code and RIP
+    the #VC handler was serving when it terminated (the operator's view --
+    the emulator sees the guest's RIP; the hypervisor under SEV-ES does not)."""
+
+    def __init__(self) -> None:
+        self.by_vcpu: dict[int, tuple[str, int]] = {}
+
+    def __call__(self, event: TraceEvent) -> None:
+        if event.kind == "vc":
+            self.by_vcpu[event.vcpu or 0] = (event.data.get("name", "?"), event.data.get("rip", 0))
+
+    def describe(self, vcpu: int | None) -> str:
+        last = self.by_vcpu.get(vcpu or 0)
+        return "" if last is None else f"; while serving the {last[0]} #VC at RIP {last[1]:#x}"
+
+
+def exit_status(
+    result: RunResult,
+    timeout: float | None,
+    limit: int | None,
+    last_vc: LastVc | None = None,
+    *,
+    vc_hint: str = "",
+) -> tuple[int, str]:
     """(exit status, message for stderr or "") of a finished run."""
     reason = result.reason
     detail = result.detail.strip().splitlines()[0] if result.detail.strip() else ""
@@ -442,6 +565,8 @@ def exit_status(result: RunResult, timeout: float | None, limit: int | None) -> 
         term = result.termination
         if term is not None and term.by == "guest":
             why = describe_termination(term.reason_set, term.reason_code)
+            if term.reason_set == GUEST_ASM_REASON_SET:
+                why += last_vc.describe(result.vcpu) if last_vc else vc_hint
             return ExitStatus.TERMINATED, f"the guest terminated: {why}"
         return ExitStatus.HV_TERMINATED, f"the hypervisor terminated the guest: {detail}"
     if reason is RunReason.HALTED:
@@ -453,6 +578,8 @@ def exit_status(result: RunResult, timeout: float | None, limit: int | None) -> 
             "the guest halted without an exit status (write it to port 0xf4, "
             "or return it in RAX from the payload)"
         )
+    if reason is RunReason.STOPPED and detail == INTERRUPTED_DETAIL:
+        return ExitStatus.INTERRUPTED, f"interrupted (Ctrl-C) after {result.exits} exits"
     if reason is RunReason.TIMEOUT:
         return ExitStatus.TIMEOUT, f"timeout: the guest ran {timeout:g} s (--timeout)"
     if reason is RunReason.INSTRUCTION_LIMIT:
@@ -462,10 +589,14 @@ def exit_status(result: RunResult, timeout: float | None, limit: int | None) -> 
     if reason is RunReason.SHUTDOWN:
         return ExitStatus.SHUTDOWN, f"shutdown (triple fault): {detail}"
     if reason is RunReason.VMRUN_FAILED:
-        return ExitStatus.VMRUN_FAILED, f"VMRUN failed: {detail}"
+        # The failed VMRUN is itself counted as an exit (SVM_EXIT_INVALID).
+        where = f"vCPU {result.vcpu or 0}, at its entry after exit {max(result.exits - 1, 0)}"
+        return ExitStatus.VMRUN_FAILED, f"VMRUN failed ({where} of the run): {detail}"
     if reason is RunReason.EMULATION_ERROR:
         return ExitStatus.EMULATION_ERROR, f"emulation error: {detail}"
-    return ExitStatus.HYPERVISOR_ERROR, f"hypervisor error: {detail}"
+    # A hook of the user's (--hv) failed: say where, from the traceback the
+    # hypervisor keeps after the first line of its detail.
+    return ExitStatus.HYPERVISOR_ERROR, f"hypervisor error: {detail}{user_frame(result.detail)}"
 
 
 @dataclass
@@ -477,24 +608,132 @@ class HvPlugin:
 
 
 def load_hv_plugin(path: str | None) -> HvPlugin:
-    """Run FILE and take its ``Hypervisor`` subclass and ``setup(hv)``, if any."""
+    """Run FILE and take its ``Hypervisor`` subclass and ``setup(hv)``, if any.
+
+    The subclass may have any name (``class LyingCbit(Hypervisor)``, as in
+    the ``sevx86.hv`` docstring): the one class FILE defines that derives
+    from ``sevx86.hv.Hypervisor``. With several, the one named
+    ``Hypervisor`` wins; otherwise FILE must say which.
+    """
     if path is None:
         return HvPlugin()
-    if not Path(path).is_file():
+    file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"--hv {path}: is a directory; give a Python file (FILE.py)")
+    if not file.is_file():
         raise UsageError(f"--hv {path}: no such file")
     try:
-        namespace = runpy.run_path(path, run_name="sevx86_hv_plugin")
+        namespace = runpy.run_path(path, run_name=HV_PLUGIN_MODULE)
     except Exception as exc:  # the user's code: say where, in one line
-        raise UsageError(f"--hv {path}: {type(exc).__name__}: {exc}") from None
-    cls = namespace.get("Hypervisor", Hypervisor)
+        where = user_frame(exc.__traceback__, path)
+        raise UsageError(f"--hv {path}{where}: {type(exc).__name__}: {exc}") from None
     setup = namespace.get("setup")
-    if not (isinstance(cls, type) and issubclass(cls, Hypervisor)):
-        raise UsageError(f"--hv {path}: Hypervisor is not a subclass of sevx86.hv.Hypervisor")
     if setup is not None and not callable(setup):
         raise UsageError(f"--hv {path}: setup is not a function")
+    named = namespace.get("Hypervisor", Hypervisor)
+    if named is not Hypervisor and not (isinstance(named, type) and issubclass(named, Hypervisor)):
+        raise UsageError(f"--hv {path}: Hypervisor is not a subclass of sevx86.hv.Hypervisor")
+    defined = [
+        v
+        for v in namespace.values()
+        if isinstance(v, type)
+        and issubclass(v, Hypervisor)
+        and v is not Hypervisor
+        and v.__module__ == HV_PLUGIN_MODULE
+    ]
+    if named is not Hypervisor:
+        cls = named
+    elif len(defined) == 1:
+        cls = defined[0]
+    elif defined:
+        names = ", ".join(sorted(c.__name__ for c in defined))
+        raise UsageError(
+            f"--hv {path}: several Hypervisor subclasses ({names}); "
+            "name the one to use Hypervisor (Hypervisor = One)"
+        )
+    else:
+        cls = Hypervisor
     if cls is Hypervisor and setup is None:
-        raise UsageError(f"--hv {path}: defines neither setup(hv) nor a Hypervisor subclass")
+        raise UsageError(
+            f"--hv {path}: defines neither setup(hv) nor a subclass of sevx86.hv.Hypervisor"
+        )
     return HvPlugin(cls, setup)
+
+
+HV_PLUGIN_MODULE = "sevx86_hv_plugin"
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
+_PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
+
+
+def user_frame(tb: TracebackType | str | None, prefer: str | None = None) -> str:
+    """ " (at FILE:LINE in FUNC)" for the innermost frame of a traceback that is
+    the user's code (outside the sevx86 package), or "" if there is none.
+
+    ``tb`` is a traceback object or a formatted traceback (the text a
+    hypervisor error carries in ``RunResult.detail``).
+    """
+    if tb is None:
+        return ""
+    if isinstance(tb, str):
+        frames = [(m["file"], int(m["line"]), m["func"]) for m in _FRAME.finditer(tb)]
+    else:
+        frames = [(f.filename, f.lineno or 0, f.name) for f in traceback.extract_tb(tb)]
+    mine = [f for f in frames if not str(Path(f[0]).resolve()).startswith(_PACKAGE_DIR)]
+    if prefer is not None:
+        mine = [f for f in mine if Path(f[0]).resolve() == Path(prefer).resolve()] or mine
+    if not mine:
+        return ""
+    file, line, func = mine[-1]
+    return f" (at {file}:{line} in {func})" if func != "<module>" else f":{line}"
+
+
+INTERRUPTED_DETAIL = "interrupted (Ctrl-C)"
+_T = TypeVar("_T")
+
+
+def run_interruptibly(work: Callable[[], _T], interrupt: Callable[[], None]) -> tuple[_T, bool]:
+    """Run ``work`` on a worker thread so that Ctrl-C reaches us even in a tight guest loop.
+
+    Python runs signal handlers in the main thread only, between bytecodes,
+    and Unicorn may execute guest code for a long time without calling back;
+    a KeyboardInterrupt raised inside one of its hooks would also tear the
+    emulation down as if the guest had failed. So the main thread waits here
+    instead, and the first Ctrl-C calls ``interrupt`` (end the run the way a
+    device would, so the summary, the trace and a varstore still come); a
+    second Ctrl-C gives up at once.
+    """
+    box: dict[str, object] = {}
+
+    def worker() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # handed to the main thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=worker, name="sevx86-run", daemon=True)
+    thread.start()
+    interrupted = False
+    # Poll with sleep, not Thread.join: a KeyboardInterrupt inside join() can
+    # leave the thread reported as finished while it still runs (CPython).
+    while "result" not in box and "error" not in box:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            interrupt()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"], interrupted  # type: ignore[return-value]
+
+
+def interrupt_hypervisor(hv: Hypervisor) -> None:
+    """End ``hv``'s run from another thread: stop after the exit in hand, kick every vCPU."""
+    hv.stop(INTERRUPTED_DETAIL)
+    for vcpu in hv.vcpus:
+        vcpu.kick()
 
 
 def run_hypervisor(
@@ -527,8 +766,44 @@ def run_hypervisor(
         try:
             plugin.setup(hv)
         except Exception as exc:  # the user's code
-            raise UsageError(f"--hv: setup(hv) raised {type(exc).__name__}: {exc}") from None
-    return hv.run(timeout=timeout, max_instructions=limit)
+            where = user_frame(exc.__traceback__)
+            raise UsageError(f"--hv: setup(hv) raised {type(exc).__name__}: {exc}{where}") from None
+    mode = booted.machine.config.mode
+    for warning in sev_es_only_hooks(hv, mode):
+        print(f"sevx86: warning: {warning}", file=sys.stderr)
+    result, _ = run_interruptibly(
+        lambda: hv.run(timeout=timeout, max_instructions=limit),
+        lambda: interrupt_hypervisor(hv),
+    )
+    return result
+
+
+def sev_es_only_hooks(hv: Hypervisor, mode: GuestMode) -> list[str]:
+    """Hooks that cannot fire in ``mode``: the GHCB and its MSR protocol exist
+    only under SEV-ES (GHCB spec 56421); in modes none and sev the same events
+    are plain exits (hook them with on_request or on_exit)."""
+    if mode is GuestMode.SEV_ES:
+        return []
+    out = []
+    for kind, code in hv.hooked():
+        if kind == "msr":
+            try:
+                name = GhcbMsr(code).name
+            except ValueError:
+                name = f"{code:#x}"
+            out.append(
+                f"on_msr_protocol({name}) never fires under --mode {mode.value}: only an "
+                "SEV-ES guest uses the GHCB MSR protocol"
+            )
+        elif kind == "vmgexit" or (kind == "exit" and code == SvmExit.VMGEXIT):
+            hook = "on_vmgexit" if kind == "vmgexit" else "on_exit(SvmExit.VMGEXIT"
+            out.append(
+                f"{hook}({exit_name(code)}) never fires under --mode {mode.value}: no "
+                "GHCB without SEV-ES (use on_request for the same event on every path)"
+                if kind == "vmgexit"
+                else f"{hook}) never fires under --mode {mode.value}: no VMGEXIT without SEV-ES"
+            )
+    return out
 
 
 class PipeSafe:

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 
 from sevx86 import __version__
 
-SUBCOMMANDS: tuple[str, ...] = ("run", "trace", "boot", "asm", "measure", "owner")
+SUBCOMMANDS: tuple[str, ...] = (
+    "run", "trace", "boot", "asm", "measure", "owner", "platform", "lab",
+)
 
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -48,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports every subcommand (Unicorn, ...): seconds
+    except KeyboardInterrupt:
+        print("sevx86: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

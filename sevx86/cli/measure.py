@@ -46,11 +46,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "measure",
         help="print the SEV-ES launch digest of a firmware image",
+        usage="sevx86 measure --firmware FILE [--vcpus N] (--vcpu-type TYPE | --vcpu-sig VALUE)"
+        "\n                      [--sev-features VALUE] [--json]",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--firmware", metavar="FILE", help="flash image with an OVMF footer table")
+    # Checked in run() (a one-line error, not argparse's usage dump); the
+    # usage line and this group show it as required.
+    need = p.add_argument_group("required")
+    need.add_argument("--firmware", metavar="FILE", help="flash image with an OVMF footer table")
     p.add_argument("--vcpus", metavar="N", default="1", help="number of vCPUs (default 1)")
     p.add_argument("--vcpu-type", metavar="TYPE", help="QEMU vCPU model, e.g. EPYC-v4, EPYC-Milan")
     p.add_argument(
@@ -83,6 +88,9 @@ def read_firmware(path: str | None) -> OvmfImage:
 
 
 def resolve_signature(vcpu_type: str | None, vcpu_sig: str | None) -> int:
+    if vcpu_type is not None and vcpu_sig is not None:
+        # Both name the CPUID signature in RDX of every VMSA: one must be chosen.
+        raise UsageError("give --vcpu-type TYPE or --vcpu-sig VALUE, not both")
     if vcpu_sig is not None:
         sig = parse_number(vcpu_sig, "--vcpu-sig")
         if not 0 <= sig <= 0xFFFF_FFFF:

@@ -1,17 +1,8 @@
 """``sevx86 owner``: the guest owner's side of an SEV(-ES) launch, offline.
 
-Three steps, each a subcommand, none of which needs the host to be trusted:
-
-  session      PDH certificate -> LAUNCH_START's DH certificate and session
-               (base64, QEMU's sev-guest dh-cert-file / session-file) and the
-               owner's transport keys (keep tek_tik.bin private)
-  verify       check a LAUNCH_MEASURE result against the digest expected for
-               the firmware and vCPUs, the policy and the platform version
-  wrap-secret  verify, then wrap a secret for LAUNCH_SECRET (QEMU's
-               sev-inject-launch-secret packet-header and secret, base64)
-
-Exit status: 0 success, 1 the measurement does not match (nothing wrapped),
-2 bad usage or unreadable input.
+The steps and a complete example are the subcommand's ``--help``
+(``DESCRIPTION`` and ``EPILOG`` below); ``sevx86 platform`` and
+``sevx86 run --secret-command`` are the platform's side of the same flow.
 """
 
 from __future__ import annotations
@@ -43,11 +34,46 @@ DH_CERT_FILE = "godh.b64"
 SESSION_FILE = "session.b64"
 
 
+DESCRIPTION = """\
+The guest owner's side of an SEV(-ES) launch, offline: none of the steps
+needs the host to be trusted.
+
+  session      PDH certificate -> LAUNCH_START's DH certificate and session
+               (base64, QEMU's sev-guest dh-cert-file / session-file) and the
+               owner's transport keys (keep tek_tik.bin private)
+  verify       check a LAUNCH_MEASURE result against the digest expected for
+               the firmware and vCPUs, the policy and the platform version
+  wrap-secret  verify, then wrap a secret for LAUNCH_SECRET (QEMU's
+               sev-inject-launch-secret packet-header and secret, base64)
+
+Exit status: 0 success, 1 the measurement does not match (nothing wrapped),
+2 bad usage or unreadable input."""
+
+EPILOG = """\
+the whole flow, from the platform's PDH to a guest that prints the secret:
+  sevx86 platform pdh --key platform.pem > pdh.b64     # the platform's PDH
+  sevx86 owner session --pdh pdh.b64 --out-dir owner   # the owner's session
+  sevx86 run example:secret --save-image secret.fd     # the image to expect
+  printf 'open sesame' > secret.txt
+  sevx86 run example:secret --platform platform.pem \\
+      --dh-cert owner/godh.b64 --session owner/session.b64 \\
+      --secret-command 'sevx86 owner wrap-secret --measurement - \\
+          --tek-tik owner/tek_tik.bin --firmware secret.fd --vcpu-type EPYC-v4 \\
+          --secret-file secret.txt --json'
+  the owner's secret: open sesame
+
+run hands LAUNCH_MEASURE's result to the command (stdin); wrap-secret
+verifies it against the image and vCPU model and answers with the packet,
+which LAUNCH_SECRET decrypts into the guest's private memory. A measurement
+that does not match refuses the launch (run exits 2, nothing is injected)."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "owner",
         help="guest owner: launch session, measurement check, secret wrapping",
-        description=__doc__,
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="owner_command", metavar="STEP")
@@ -99,7 +125,8 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
         "--measurement",
         metavar="TEXT",
         required=True,
-        help="LAUNCH_MEASURE output, MEASURE||MNONCE (48 bytes) in base64 or hex",
+        help="LAUNCH_MEASURE output, MEASURE||MNONCE (48 bytes) in base64 or hex; "
+        "- reads it from stdin",
     )
     p.add_argument(
         "--tek-tik", metavar="FILE", required=True, help=f"the {TEK_TIK_FILE} of session"
@@ -181,8 +208,10 @@ def run_session(args: argparse.Namespace) -> int:
 
 
 def _verified_owner(args: argparse.Namespace) -> tuple[GuestOwner, bytes] | None:
+    # "-": the measurement on stdin, as sevx86 run --secret-command passes it.
+    text = sys.stdin.read() if args.measurement == "-" else args.measurement
     measurement = Measurement.from_bytes(
-        _decode_blob(args.measurement.encode(), MEASUREMENT.size, "--measurement")
+        _decode_blob(text.encode(), MEASUREMENT.size, "--measurement")
     )
     try:
         keys = TransportKeys.from_bytes(_read(args.tek_tik, "TEK/TIK file"))

@@ -7,7 +7,7 @@ import sys
 from contextlib import ExitStack
 
 from sevx86.asm import fw_abi as abi
-from sevx86.cli import common
+from sevx86.cli import common, launch_owner
 from sevx86.cli.main import UsageError
 from sevx86.trace.events import JsonLinesSink, Tracer
 
@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common.add_guest_options(parser)
+    launch_owner.add_options(parser)
     out = parser.add_argument_group("output")
     out.add_argument(
         "--trace", metavar="FILE", help="write every event as JSON Lines to FILE, as it happens"
@@ -98,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
     options = common.hv_options(args)
     plugin = common.load_hv_plugin(args.hv)
     payload = common.load_program(args)
+    sp, launch_options = launch_owner.owner_launch(args)
     with ExitStack() as stack:
-        tracer = None
+        # With -v the last #VC per vCPU names the instruction a #VC handler
+        # refusal was about (tracing costs ~20% of the run, so only then).
+        last_vc = common.LastVc() if args.verbose or args.trace else None
+        sinks: list = [last_vc] if last_vc is not None else []
         if args.trace:
             try:
                 stream = stack.enter_context(open(args.trace, "w", encoding="utf-8"))
@@ -107,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--trace {args.trace}: {exc.strerror or exc}") from None
             # Each event is written and flushed as it happens: a run that
             # dies still leaves a valid JSON Lines file.
-            tracer = Tracer([JsonLinesSink(stream)], keep=False)
-        booted, _ = common.boot(args, payload, tracer)
+            sinks.append(JsonLinesSink(stream))
+        tracer = Tracer(sinks, keep=False) if sinks else None
+        booted, _ = common.boot(args, payload, tracer, sp=sp, launch_options=launch_options)
         if args.save_image:
             try:
                 with open(args.save_image, "wb") as f:
@@ -128,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         pass
-    status, message = common.exit_status(result, timeout, limit)
+    status, message = common.exit_status(
+        result, timeout, limit, last_vc, vc_hint=" (-v names the #VC)"
+    )
+    message = common.locate_rips(message, result.console, payload)
     if message:
         print(f"sevx86 run: {message}", file=sys.stderr)
     if args.verbose:

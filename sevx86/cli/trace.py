@@ -8,36 +8,26 @@ from collections.abc import Callable
 
 from sevx86.cli import common
 from sevx86.cli.main import UsageError
-from sevx86.trace.events import TraceEvent, Tracer
+from sevx86.trace import render
+from sevx86.trace.events import KIND_HELP, TraceEvent, TraceKind, Tracer, parse_kinds
 from sevx86.trace.render import mermaid, table
 
 # Three events per world switch that say the same thing each time; --all shows them.
-QUIET_KINDS = frozenset({"world-switch", "vmsa-check", "ghcb-msr-write"})
+QUIET_KINDS = frozenset({TraceKind.WORLD_SWITCH, TraceKind.VMSA_CHECK, TraceKind.GHCB_MSR_WRITE})
 
-KINDS_HELP = """\
-event kinds (actor -> target):
-  launch          hv -> sp     LAUNCH_START / UPDATE_DATA / UPDATE_VMSA / MEASURE
-  vmrun           hv -> cpu    the first VMRUN
-  cr-write        guest -> cpu a control-register write (CR0, CR3; CR4 under SEV-ES)
-  cr-trap         hv           SEV-ES CR0/CR4/EFER write trap: the new value
-  vc              cpu -> guest #VC with the exit code (CPUID, IOIO, NPF, ...)
-  exit            cpu -> hv    #VMEXIT (VMGEXIT, HLT, traps; direct exits without ES)
-  msr-protocol    hv -> guest  GHCB MSR protocol request and answer, in words
-  paging          cpu -> guest paging takes effect, with or without the C-bit
-  ghcb-register   hv -> guest  GHCB GPA registration
-  vmgexit         hv           a VMGEXIT through the GHCB page, fields decoded
-  ghcb-answer     hv -> guest  what the hypervisor answered
-  exception       cpu -> guest an exception delivered through the IDT
-  inject          hv -> guest  an event the hypervisor injects (e.g. #GP)
-  mmio            hv           an MMIO access decoded by the host (no SEV-ES)
-  console         hv           a line of guest output (serial, debugcon) and its vCPU
-  ipi             hv           INIT, SIPI and other IPIs between vCPUs (--vcpus N)
-  ap-reset-hold   hv           an AP parked in AP reset hold (GHCB spec)
-  irq-request     hv           an interrupt requested for a vCPU (a device, an IPI)
-  irq-dropped     hv           an interrupt no vCPU could take (illegal vector, no target)
-  clock           hv           every vCPU halted: the clock warped or slept to a timer
-  terminate, halt, shutdown, vmrun-failed, emulation-error, run-end
-  world-switch, vmsa-check, ghcb-msr-write   (shown with --all)"""
+
+def _kinds_help() -> str:
+    """The kinds table of ``--help``, from ``TraceKind`` (so it cannot miss one)."""
+    width = max(len(k.value) for k in TraceKind)
+    lines = ["event kinds (actor -> target):"]
+    for kind in TraceKind:
+        who, what = KIND_HELP[kind]
+        quiet = " (shown with --all)" if kind in QUIET_KINDS else ""
+        lines.append(f"  {kind.value:<{width}}  {who:<13} {what}{quiet}")
+    return "\n".join(lines)
+
+
+KINDS_HELP = _kinds_help()
 
 DESCRIPTION = """\
 Run PROGRAM like `sevx86 run` and print what happened, in order: every
@@ -87,22 +77,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--all", action="store_true", help="also world switches and VMSA checks (noisy)"
     )
     out.add_argument("--limit", metavar="N", help="at most N events")
+    out.add_argument(
+        "--focus",
+        metavar="EXIT[:N]",
+        help="only the round trip of the Nth (default 1st) #VC or exit named EXIT, "
+        "e.g. CPUID: the seed talk's slide 11 with --mermaid",
+    )
     out.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     parser.set_defaults(func=run)
 
 
-def _kinds(text: str | None) -> frozenset[str] | None:
+def _kinds(text: str | None, option: str) -> frozenset[TraceKind] | None:
     if text is None:
         return None
-    kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
-    if not kinds:
-        raise UsageError(f"no event kinds in {text!r}")
-    return kinds
+    try:
+        return parse_kinds(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def event_filter(args: argparse.Namespace) -> Callable[[TraceEvent], bool]:
-    only = _kinds(args.kinds)
-    exclude = _kinds(args.exclude) or frozenset()
+    """Which events to show; a filter that can only show nothing is a usage error."""
+    only = _kinds(args.kinds, "--kinds")
+    exclude = _kinds(args.exclude, "--exclude") or frozenset()
+    if only is not None and only <= exclude:
+        raise UsageError(
+            f"--kinds {args.kinds} and --exclude {args.exclude} leave no event kind to show"
+        )
     quiet = frozenset() if args.all or only is not None else QUIET_KINDS
 
     def keep(event: TraceEvent) -> bool:
@@ -132,6 +133,14 @@ class _LiveJsonLines:
         except BrokenPipeError:  # `| head`: stop writing, let the run end
             self.closed = True
             common.PipeSafe(sys.stdout.buffer).close_quietly()
+
+
+def _focus(text: str) -> tuple[str, int]:
+    name, _, nth = text.partition(":")
+    n = common.parse_number(nth, "--focus") if nth else 1
+    if not name or n < 1:
+        raise UsageError(f"--focus {text!r}: expected EXIT or EXIT:N (N from 1), e.g. CPUID:2")
+    return name, n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -170,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if not args.json:
             events = [e for e in tracer.events if keep(e)]
+            if args.focus:
+                events = render.focus_window(events, *_focus(args.focus))
             if limit is not None:
                 events = events[:limit]
             if args.mermaid:

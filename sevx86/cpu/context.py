@@ -6,7 +6,7 @@ attributes or CPL). ``context_update`` copies QEMU's whole ``CPUX86State``
 into a preallocated buffer in about 0.4 us, and ``context_restore`` copies it
 back; in between, every register -- including the hidden segment state, the
 CPL in ``hflags`` and the pending ``error_code`` of an exception -- is a plain
-field at a fixed offset (measured on unicorn 2.1.4, see DESIGN.md notes).
+field at a fixed offset (measured on unicorn 2.1.4, docs/unicorn-notes.md).
 
 The offsets are verified when a ``CpuContext`` is created: distinctive values
 are written through Unicorn's public API and must appear at the expected
@@ -24,6 +24,7 @@ from unicorn import Uc
 from unicorn import x86_const as ux
 
 from sevx86.arch.descriptors import ATTR_DB, ATTR_L
+from sevx86.arch.layout import U32_MASK, U64_MASK
 
 # uc_context header before CPUX86State.
 _HDR = 40
@@ -44,6 +45,7 @@ MXCSR = _HDR + 816
 XMM = _HDR + 824  # ZMMReg[], 64 bytes each
 XMM_STRIDE = 64
 SYSENTER_CS = _HDR + 4800
+XCR0 = _HDR + 4904  # env->xcr0, set by the guest's XSETBV (no Unicorn register for it)
 SYSENTER_ESP = _HDR + 4808
 SYSENTER_EIP = _HDR + 4816
 STAR = _HDR + 4824
@@ -152,13 +154,13 @@ class CpuContext:
         return _Q.unpack_from(self.view, off)[0]
 
     def set_u64(self, off: int, value: int) -> None:
-        _Q.pack_into(self.view, off, value & 0xFFFF_FFFF_FFFF_FFFF)
+        _Q.pack_into(self.view, off, value & U64_MASK)
 
     def u32(self, off: int) -> int:
         return _I.unpack_from(self.view, off)[0]
 
     def set_u32(self, off: int, value: int) -> None:
-        _I.pack_into(self.view, off, value & 0xFFFF_FFFF)
+        _I.pack_into(self.view, off, value & U32_MASK)
 
     def gpr(self, index: int) -> int:
         return self.u64(GPR + 8 * index)
@@ -229,8 +231,8 @@ class CpuContext:
             "<QQ",
             self.view,
             XMM + XMM_STRIDE * n,
-            value & 0xFFFF_FFFF_FFFF_FFFF,
-            (value >> 64) & 0xFFFF_FFFF_FFFF_FFFF,
+            value & U64_MASK,
+            (value >> 64) & U64_MASK,
         )
 
     # -- derived -----------------------------------------------------------------

@@ -17,6 +17,7 @@ from functools import cache
 
 from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, CS_MODE_64, Cs
 
+from sevx86.arch.paging import PAGE_SIZE
 from sevx86.arch.vmcb import SegReg, encode_ioio
 
 MAX_INSN = 15
@@ -78,7 +79,7 @@ def fault_address(
     gprs: tuple[int, ...],
     segment_base: Callable[[int], int],
     page: int,
-    page_size: int = 0x1000,
+    page_size: int = PAGE_SIZE,
 ) -> int:
     """The exact linear address an instruction faulted at, given the faulting page.
 
@@ -132,6 +133,28 @@ def mnemonic(insn: bytes, bits: int) -> str:
     for decoded in _capstone(bits).disasm(insn[:MAX_INSN], 0, 1):
         return f"{decoded.mnemonic} {decoded.op_str}".strip()
     return "(bad)"
+
+
+def control_flow(insn: bytes, bits: int, addr: int) -> tuple[int | None, int | None] | None:
+    """Where execution can go after the instruction at ``addr``: (next, branch target).
+
+    ``next`` is None when the instruction never falls through (JMP, RET,
+    IRET, an indirect jump); ``target`` is None unless it is a direct
+    relative branch (JMP/Jcc/LOOP/JRCXZ/CALL rel). None: undecodable.
+    """
+    from capstone import CS_GRP_CALL, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_RET, CS_OP_IMM
+
+    for d in _capstone_detail(bits).disasm(insn[:MAX_INSN], addr, 1):
+        after = addr + d.size
+        if d.group(CS_GRP_RET) or d.group(CS_GRP_IRET):
+            return None, None
+        if d.group(CS_GRP_JUMP) or d.group(CS_GRP_CALL):
+            ops = d.operands
+            target = ops[0].imm if len(ops) == 1 and ops[0].type == CS_OP_IMM else None
+            unconditional = d.mnemonic in ("jmp", "ljmp")
+            return (None if unconditional else after), target
+        return after, None
+    return None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Exception and interrupt delivery through the guest's IVT or IDT.
 
-Unicorn reports exceptions but never delivers them (DESIGN.md, "CPU"), so the
-engine does what the processor does, following AMD APM vol 2 (24593):
+Unicorn reports exceptions but never delivers them (docs/unicorn-notes.md,
+"Exceptions"), so the engine does what the processor does, following AMD APM vol 2 (24593):
 
 * 8.7 "Real-Mode Interrupt Control Transfers": IVT entry, push FLAGS, CS, IP;
 * 8.8 "Legacy Protected-Mode Interrupt Control Transfers": IDT gate checks,
@@ -29,6 +29,7 @@ from typing import Protocol
 
 from sevx86.arch.cr import Rflags
 from sevx86.arch.descriptors import (
+    ATTR_DB,
     DESCRIPTOR_SIZE,
     GATE32_SIZE,
     GATE64_SIZE,
@@ -40,6 +41,7 @@ from sevx86.arch.descriptors import (
     tss64_ist_offset,
     tss64_rsp_offset,
 )
+from sevx86.arch.layout import U64_MASK
 from sevx86.arch.vectors import Vector, has_error_code, vector_name
 
 
@@ -308,7 +310,7 @@ def _plan_protected(ctx: InterruptContext, event: Event, mem: LinearMemory) -> D
         stack_base, sp = ss.base, esp
         big = sd.big
     else:
-        stack_base, sp, big = ctx.ss.base, ctx.rsp, bool(ctx.ss.attrib & 0x400)
+        stack_base, sp, big = ctx.ss.base, ctx.rsp, bool(ctx.ss.attrib & ATTR_DB)
     if event.error_code is not None:
         values.insert(0, event.error_code)
     frame = _pack(values, width)
@@ -363,7 +365,7 @@ def _plan_long(ctx: InterruptContext, event: Event, mem: LinearMemory) -> Delive
     if event.error_code is not None:
         values.insert(0, event.error_code)
     frame = _pack(values, 8)
-    new_rsp = (rsp - len(frame)) & 0xFFFF_FFFF_FFFF_FFFF
+    new_rsp = (rsp - len(frame)) & U64_MASK
     if not _canonical(new_rsp) or not _canonical(rsp - 1):
         raise GuestFault(Vector.SS, 0, reason=f"non-canonical stack {new_rsp:#x}")
     mem.check_write(new_rsp, len(frame), user=new_cpl == 3)
@@ -379,7 +381,7 @@ def _plan_long(ctx: InterruptContext, event: Event, mem: LinearMemory) -> Delive
 
 
 def _canonical(addr: int) -> bool:
-    top = (addr & 0xFFFF_FFFF_FFFF_FFFF) >> 47
+    top = (addr & U64_MASK) >> 47
     return top in (0, 0x1FFFF)
 
 

@@ -13,7 +13,7 @@ exits into three kinds:
 * **in place**: the hardware virtualizes the access without any exit: the
   GHCB MSR and SEV_STATUS.
 
-Unicorn reports some intercepts under the wrong code (DESIGN.md notes):
+Unicorn reports some intercepts under the wrong code (docs/unicorn-notes.md):
 RDTSCP arrives as RDTSC, INVD as WBINVD, and VMGEXIT (F3 0F 01 D9) as
 VMMCALL; ``resolve`` tells them apart by the instruction bytes.
 """

@@ -22,6 +22,8 @@ import struct
 from unicorn import Uc
 from unicorn.x86_const import UC_X86_REG_RFLAGS
 
+from sevx86.arch.cr import Cr0
+from sevx86.arch.msr import Efer
 from sevx86.arch.vmsa import VMSA, VMSA_GPR_NAMES, VMSA_SIZE
 from sevx86.cpu import context as C
 from sevx86.cpu.context import CpuContext, SegmentState
@@ -52,6 +54,7 @@ _SCALARS: list[tuple[str, int, str]] = [
     ("g_pat", C.PAT, "Q"),
     ("tsc_aux", C.TSC_AUX, "I"),
     ("mxcsr", C.MXCSR, "I"),
+    ("xcr0", C.XCR0, "Q"),  # VMSA 0x3E8: how a non-SEV-ES host learns the XSETBV value
 ]
 # Segment registers: VMSA name -> blob offset of QEMU's SegmentCache
 # (u32 selector, pad, u64 base, u32 limit, u32 flags).
@@ -153,7 +156,7 @@ _PICKERS = [
 def capture(uc: Uc, ctx: CpuContext, out: bytearray | None = None) -> bytearray:
     """The vCPU's current state as a VMSA page (plaintext).
 
-    Fields sevx86 does not model (SEV_FEATURES, VMPL, XCR0, ...) keep
+    Fields sevx86 does not model (SEV_FEATURES, VMPL, ...) keep
     whatever ``out`` held: pass the previous VMSA to preserve them.
     """
     page = out if out is not None else bytearray(VMSA_SIZE)
@@ -171,18 +174,30 @@ def capture(uc: Uc, ctx: CpuContext, out: bytearray | None = None) -> bytearray:
     return page
 
 
-def apply(uc: Uc, ctx: CpuContext, page: bytes | bytearray | memoryview) -> None:
+def apply(
+    uc: Uc,
+    ctx: CpuContext,
+    page: bytes | bytearray | memoryview,
+    *,
+    skip: frozenset[str] = frozenset(),
+) -> None:
     """Load every register from a VMSA page into the vCPU.
 
     CPL and the mode bits in QEMU's hflags are recomputed from the loaded CS
-    and SS, as the segment-cache load on VMRUN does.
+    and SS, as the segment-cache load on VMRUN does. ``skip`` names VMSA
+    fields (scalars, segment registers, ``rflags``) to leave alone: the first
+    entry loads those through Unicorn's own VMRUN (sevx86.cpu.svm).
     """
     ctx.load()
     view = ctx.view
     for name, off, _code in _SCALARS:
+        if name in skip:
+            continue
         f = VMSA[name]
         view[off : off + f.size] = page[f.offset : f.offset + f.size]
     for name, off in _SEGMENTS:
+        if name in skip:
+            continue
         selector, attrib, limit, base = struct.unpack_from(
             "<HHIQ", page, VMSA[f"{name}.selector"].offset
         )
@@ -190,16 +205,19 @@ def apply(uc: Uc, ctx: CpuContext, page: bytes | bytearray | memoryview) -> None
     for name, off in _XMM:
         f = VMSA[name]
         view[off : off + 16] = page[f.offset : f.offset + 16]
-    # EFER.LMA and CR0.PE feed the mode bits; keep hflags in step with them.
-    hflags = ctx.hflags & ~(C.HF_LMA | C.HF_PE)
-    if ctx.efer & (1 << 10):
-        hflags |= C.HF_LMA
-    if ctx.cr(0) & 1:
-        hflags |= C.HF_PE
-    ctx.set_u32(C.HFLAGS, hflags)
-    ctx.recompute_hflags()
+    if not skip:
+        # EFER.LMA and CR0.PE feed the mode bits; keep hflags in step with them.
+        # (With fields skipped the mode is not the page's: leave it to VMRUN.)
+        hflags = ctx.hflags & ~(C.HF_LMA | C.HF_PE)
+        if ctx.efer & Efer.LMA:
+            hflags |= C.HF_LMA
+        if ctx.cr(0) & Cr0.PE:
+            hflags |= C.HF_PE
+        ctx.set_u32(C.HFLAGS, hflags)
+        ctx.recompute_hflags()
     ctx.store()
-    uc.reg_write(UC_X86_REG_RFLAGS, _RFLAGS.read(page))
+    if "rflags" not in skip:
+        uc.reg_write(UC_X86_REG_RFLAGS, _RFLAGS.read(page))
     ctx.invalidate()
 
 

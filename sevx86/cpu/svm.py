@@ -1,6 +1,6 @@
 """Unicorn's own SVM: the hardware VMCB that puts the vCPU in guest mode.
 
-DESIGN.md ("CPU: exits without per-instruction hooks"): Unicorn's QEMU core
+docs/engine.md ("Guest mode for good"): Unicorn's QEMU core
 still has QEMU's TCG model of AMD SVM. After one VMRUN from a 3-byte host stub
 the vCPU stays in guest mode for good, and every intercepted instruction
 reaches ``UC_HOOK_INTR`` as ``0x100 + exit code`` with RIP on it. This module
@@ -9,12 +9,12 @@ Unicorn reads, the host save area and the permission maps -- in a Unicorn
 region no guest translation can reach, and programs the intercepts from the
 host's VMCB plus what the engine itself needs.
 
-Verified behaviour it relies on (unicorn 2.1.4, see the module notes in
-sevx86.cpu.vcpu): VMRUN loads ES/CS/SS/DS with their hidden state, GDTR,
-IDTR, CR0/2/3/4, EFER, RFLAGS, RIP, RSP, RAX, DR6/7 and the CPL; QEMU loads
-CR0 before CR4, so the host needs CR4.PAE set or a paged long-mode guest
-loses CR0.PG; the MSRPM is re-read on every check, so the engine can clear a
-bit to reach an MSR itself and put it back.
+Verified behaviour it relies on (unicorn 2.1.4, docs/unicorn-notes.md):
+VMRUN loads ES/CS/SS/DS with their hidden state, GDTR, IDTR, CR0/2/3/4,
+EFER, RFLAGS, RIP, RSP, RAX, DR6/7 and the CPL; QEMU loads CR0 before CR4,
+so the host needs CR4.PAE set or a paged long-mode guest loses CR0.PG; the
+MSRPM is re-read on every check, so the engine can clear a bit to reach an
+MSR itself and put it back.
 """
 
 from __future__ import annotations
@@ -85,6 +85,27 @@ PASSTHROUGH_INTERCEPTS: tuple[Intercept, ...] = (
     Intercept.MONITOR,
     Intercept.MWAIT,
 )
+
+
+# What Unicorn's VMRUN loads from the VMCB save area (APM vol 2, 15.5.1; QEMU
+# helper_vmrun); the first entry applies everything else in host mode.
+VMRUN_SEGMENTS: tuple[str, ...] = ("es", "cs", "ss", "ds", "gdtr", "idtr")
+VMRUN_SCALARS: tuple[str, ...] = (
+    "cpl",
+    "efer",
+    "cr4",
+    "cr3",
+    "cr0",
+    "dr7",
+    "dr6",
+    "rflags",
+    "rip",
+    "rsp",
+    "rax",
+    "cr2",
+    "g_pat",
+)
+VMRUN_LOADED: frozenset[str] = frozenset(VMRUN_SEGMENTS + VMRUN_SCALARS)
 
 
 class SvmHardware:
@@ -172,24 +193,10 @@ class SvmHardware:
         After this, ``emu_start(STUB)`` executes VMRUN and the guest runs.
         """
         save = bytearray(VMCB_SAVE.size)
-        for name in ("es", "cs", "ss", "ds", "gdtr", "idtr"):
+        for name in VMRUN_SEGMENTS:
             for part, _rel, _size in SEGMENT_PARTS:
                 VMCB_SAVE.write(save, f"{name}.{part}", VMSA.read(state, f"{name}.{part}"))
-        for name in (
-            "cpl",
-            "efer",
-            "cr4",
-            "cr3",
-            "cr0",
-            "dr7",
-            "dr6",
-            "rflags",
-            "rip",
-            "rsp",
-            "rax",
-            "cr2",
-            "g_pat",
-        ):
+        for name in VMRUN_SCALARS:
             VMCB_SAVE.write(save, name, VMSA.read(state, name))
         self.uc.mem_write(HW_VMCB + VMCB_SAVE_OFFSET, bytes(save))
         uc = self.uc

@@ -69,20 +69,13 @@ tests/hv/test_malicious.py has these examples running.
 """
 
 from sevx86.hv.cpuid import CpuidQuery, CpuidTable
-from sevx86.hv.hypervisor import (
-    EXIT_TABLE,
-    ExitEvent,
-    Hypervisor,
-    RunReason,
-    RunResult,
-    Termination,
-    VcpuHvState,
-)
+from sevx86.hv.hypervisor import EXIT_TABLE, ExitEvent, Hypervisor
 from sevx86.hv.msr_policy import MsrPolicy, MsrRule
 from sevx86.hv.msr_protocol import MsrProtocolRequest
 from sevx86.hv.requests import GhcbRequest, RegisterRequest, Request
+from sevx86.hv.run import RunReason, RunResult, RunTarget, Termination
 from sevx86.hv.scheduler import DeterministicScheduler, ParallelScheduler, Scheduler
-from sevx86.hv.smp import MpState
+from sevx86.hv.vcpu_state import MpState, VcpuHvState
 
 __all__ = [
     "EXIT_TABLE",
@@ -101,6 +94,7 @@ __all__ = [
     "Request",
     "RunReason",
     "RunResult",
+    "RunTarget",
     "Scheduler",
     "Termination",
     "VcpuHvState",

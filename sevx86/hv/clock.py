@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-_U64 = (1 << 64) - 1
+from sevx86.arch.bits import U64_MASK as _U64
+
 NS_PER_S = 1_000_000_000
 DEFAULT_STEP_NS = 10_000
 # The guest's TSC rate: the platform clock's nanoseconds times 2 (a 2 GHz part).

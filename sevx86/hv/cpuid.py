@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sevx86.arch.bits import U32_MASK as _U32
 from sevx86.arch.cpuid import (
     ADDR_SIZES_ECX_NC_MASK,
     LEAF1_EBX_APIC_ID_SHIFT,
@@ -46,7 +47,6 @@ from sevx86.config import GuestConfig, GuestMode
 
 Regs = tuple[int, int, int, int]
 Key = tuple[int, int | None]
-_U32 = 0xFFFF_FFFF
 _ZERO: Regs = (0, 0, 0, 0)
 
 # Hypervisor leaves (0x4000_0000): a vendor signature so guests can tell

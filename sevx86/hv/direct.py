@@ -28,11 +28,11 @@ from functools import cache
 from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, CS_MODE_64, Cs, CsError
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 
+from sevx86.arch.bits import U64_MASK as _U64
 from sevx86.arch.cr import Rflags
 from sevx86.arch.msr import Efer
 from sevx86.arch.vmcb import IoioInfo, SegAttr
 
-_U64 = (1 << 64) - 1
 # Bytes of string I/O served per exit (then the instruction re-executes).
 STRING_IO_CHUNK = 0x10000
 _ADDR_MASK = {16: 0xFFFF, 32: 0xFFFF_FFFF, 64: _U64, 0: _U64}
@@ -57,6 +57,20 @@ class StringIo:
     data_read: Callable[[int], bytes | None]
     data_write: Callable[[bytes], bool]
     done: Callable[[], bool]  # update RSI/RDI/RCX; True if the instruction is complete
+
+
+def _assign(old: int, value: int, addr_size: int) -> int:
+    """A register after the CPU writes ``value`` as an ``addr_size``-bit result.
+
+    A 16-bit write keeps bits 63:16; a 32-bit write zero-extends into the
+    whole register (AMD APM vol 1 3.1.2.3, "zero-extension of 32-bit
+    results"), which is also how KVM's emulator assigns RSI/RDI/RCX after
+    string I/O with a 32-bit address size.
+    """
+    mask = _ADDR_MASK[addr_size]
+    if addr_size == 16:
+        return (old & ~mask & _U64) | (value & mask)
+    return value & mask
 
 
 def string_io(io: IoioInfo, regs, memory) -> StringIo:
@@ -90,11 +104,11 @@ def string_io(io: IoioInfo, regs, memory) -> StringIo:
 
     def done() -> bool:
         step = -nbytes if down else nbytes
-        regs[reg] = (regs[reg] & ~mask) | ((start + step) & mask)
+        regs[reg] = _assign(regs[reg], start + step, io.addr_size)
         if not io.rep:
             return True
         left = total - count
-        regs["rcx"] = (regs["rcx"] & ~mask) | left
+        regs["rcx"] = _assign(regs["rcx"], left, io.addr_size)
         return left == 0
 
     reachable = count == 0 or memory.contains(base, nbytes)

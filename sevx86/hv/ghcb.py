@@ -100,7 +100,7 @@ class GhcbPage:
         self._need(f.offset, f.end)
         f.write(self.buf, value & f.mask)
         if f.offset < _VALID.offset:
-            bit = f.offset // 8
+            bit = valid_bit(name)
             self.buf[_VALID.offset + bit // 8] |= 1 << (bit % 8)
             self._touch(f.offset, _VALID.end)  # the field and the bitmap, both in the head
         else:

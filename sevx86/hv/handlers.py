@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sevx86.arch.bits import U32_MASK as _U32
 from sevx86.arch.exits import AP_JUMP_TABLE_GET, SvmExit, SwExit, exit_name
 from sevx86.arch.ghcb import GhcbError, decode_sw_terminate
 from sevx86.arch.msr import Msr
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from sevx86.hv.hypervisor import Hypervisor
 
 Handler = Callable[["Hypervisor", Request], None]
-_U32 = 0xFFFF_FFFF
 # KVM's answers to a hypercall it does not know / from CPL > 0 (include/uapi/linux/kvm_para.h).
 KVM_ENOSYS = 1000
 KVM_EPERM = 1
@@ -47,9 +47,15 @@ def _set_edx_eax(req: Request, value: int) -> None:
 
 def cpuid(hv: Hypervisor, req: Request) -> None:
     st = hv.vcpu_state(req.vcpu.index)
-    xcr0 = req.reg("xcr0") if req.via_ghcb and req.has_reg("xcr0") else st.xcr0
-    xss = req.reg("xss") if req.via_ghcb and req.has_reg("xss") else st.xss
-    cr4 = st.cr4 if req.via_ghcb else req.reg("cr4")
+    # Under SEV-ES the guest reports XCR0 in the GHCB (GHCB spec 56421, CPUID
+    # NAE); without it the host reads the vCPU's own XCR0, which KVM tracks
+    # by intercepting XSETBV (arch/x86/kvm/svm/svm.c, xsetbv_interception).
+    if req.via_ghcb:
+        xcr0 = req.reg("xcr0") if req.has_reg("xcr0") else st.regs.xcr0
+    else:
+        xcr0 = st.regs.xcr0 = req.reg("xcr0")
+    xss = req.reg("xss") if req.via_ghcb and req.has_reg("xss") else st.regs.xss
+    cr4 = st.regs.cr4 if req.via_ghcb else req.reg("cr4")
     query = CpuidQuery(
         leaf=req.reg("rax") & _U32,
         subleaf=req.reg("rcx") & _U32,
@@ -148,7 +154,7 @@ def vmmcall(hv: Hypervisor, req: Request) -> None:
 
 
 def dr7_read(hv: Hypervisor, req: Request) -> None:
-    req.set_reg("rax", hv.vcpu_state(req.vcpu.index).dr7)
+    req.set_reg("rax", hv.vcpu_state(req.vcpu.index).regs.dr7)
 
 
 def dr7_write(hv: Hypervisor, req: Request) -> None:
@@ -156,7 +162,7 @@ def dr7_write(hv: Hypervisor, req: Request) -> None:
     if value >> 32:  # bits 63:32 of DR7 are reserved: #GP (APM vol 2, 13.1.1.5)
         req.inject_exception(Vector.GP, 0)
         return
-    hv.vcpu_state(req.vcpu.index).dr7 = value
+    hv.vcpu_state(req.vcpu.index).regs.dr7 = value
 
 
 def mmio_read(hv: Hypervisor, req: Request) -> None:

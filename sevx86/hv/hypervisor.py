@@ -6,7 +6,7 @@ guest ends the run (debug-exit, a termination request), dies (shutdown, a
 failed VMRUN), halts for good, or a limit is reached. It returns a
 ``RunResult``; it never raises because of anything the guest did.
 
-It only ever holds a ``HostView`` (DESIGN.md, "Trust boundary"): DRAM as the
+It only ever holds a ``HostView`` (docs/design.md, "Trust boundary"): DRAM as the
 host sees it, the VMCB control areas, VMRUN -- and in modes none/sev the
 registers an exit hands over.
 
@@ -39,18 +39,35 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import IO, Any
 
-from sevx86.arch.apic import XAPIC_BASE, XAPIC_PAGE_SIZE
-from sevx86.arch.exits import CR_WRITE_TRAPS, NAE_INSTRUCTION_EXITS, SvmExit, SwExit, exit_name
-from sevx86.arch.ghcb import GHCB_PROTOCOL_MAX, GHCB_SIZE, GhcbError, msr_sev_info_response
+from sevx86.arch.apic import X2APIC_ICR, XAPIC_BASE, XAPIC_PAGE_SIZE, ApicReg, Icr
+from sevx86.arch.bits import U64_MASK as _U64
+from sevx86.arch.exits import (
+    CR_WRITE_TRAPS,
+    NAE_INSTRUCTION_EXITS,
+    SvmExit,
+    SwExit,
+    cr_write_trap_number,
+    exit_name,
+)
+from sevx86.arch.ghcb import (
+    GHCB_PROTOCOL_MAX,
+    GHCB_SIZE,
+    ExitInfoResult,
+    GhcbError,
+    decode_answer,
+    msr_info,
+    msr_sev_info_response,
+)
 from sevx86.arch.msr import Msr
 from sevx86.arch.vectors import vector_name
-from sevx86.arch.vmcb import EventType, Intercept, decode_ioio, encode_event
+from sevx86.arch.vmcb import EventType, Intercept, decode_event, decode_ioio, encode_event
 from sevx86.config import GuestConfig, GuestMode
+from sevx86.cpu.vmcb import Vmcb
 from sevx86.hv import direct, msr_protocol, smp
+from sevx86.hv.clock import VirtualClock
 from sevx86.hv.cpuid import CpuidTable
 from sevx86.hv.devices import (
     COM1,
@@ -65,122 +82,27 @@ from sevx86.hv.devices import (
     MmioTestDevice,
     Serial16550,
 )
+from sevx86.hv.devices.lapic import LocalApic, LocalApics
 from sevx86.hv.devices.mmio_test import MMIO_TEST_SIZE
 from sevx86.hv.ghcb import GhcbPage
 from sevx86.hv.handlers import HANDLERS, Handler, handler_name
 from sevx86.hv.msr_policy import PASSTHROUGH_MSRS, PASSTHROUGH_MSRS_SEV_ES, MsrPolicy
 from sevx86.hv.requests import GhcbRequest, RegisterRequest, Request, error_name
+from sevx86.hv.run import RunReason, RunResult, Termination
 from sevx86.hv.scheduler import DeterministicScheduler, Scheduler
-from sevx86.hv.smp import HoldKind, Lapic, MpState
 from sevx86.hv.validate import Invalid, describe_request, validate_vmgexit
+from sevx86.hv.vcpu_state import MpState, VcpuHvState
 from sevx86.machine import HostVcpu, HostView
 from sevx86.vmexit import StopReason, VmExit
 
-_U64 = (1 << 64) - 1
-PAGE = 0x1000
-
-
-class RunReason(StrEnum):
-    """Why ``Hypervisor.run`` returned."""
-
-    EXIT_STATUS = "exit-status"  # the guest wrote its status to the debug-exit port
-    TERMINATED = "terminated"  # a termination request (or the hypervisor refused to go on)
-    SHUTDOWN = "shutdown"  # triple fault: the vCPU is dead
-    VMRUN_FAILED = "vmrun-failed"  # VMRUN refused the guest state (e.g. VMSA check failed)
-    HALTED = "halted"  # every vCPU halted (or parked) with nothing to wake it
-    TIMEOUT = "timeout"  # the wall-clock limit
-    INSTRUCTION_LIMIT = "instruction-limit"  # the per-entry instruction budget
-    EMULATION_ERROR = "emulation-error"  # the CPU engine (or the MMIO decoder) gave up
-    HYPERVISOR_ERROR = "hypervisor-error"  # a bug in a handler or hook (see detail)
-    STOPPED = "stopped"  # a device or hook ended the run (a milestone reached, a reset)
-    POWERED_OFF = "powered-off"  # the guest switched the machine off (ACPI S5): a clean end
-
-
-@dataclass(frozen=True)
-class Termination:
-    """Who ended the guest and why."""
-
-    by: str  # "guest" (it asked) or "hypervisor" (it could not go on)
-    reason_set: int | None = None
-    reason_code: int | None = None
-    detail: str = ""
-
-
-@dataclass
-class RunResult:
-    """The outcome of ``Hypervisor.run``."""
-
-    reason: RunReason
-    exit_status: int | None = None
-    detail: str = ""
-    vcpu: int | None = None
-    termination: Termination | None = None
-    console: str = ""  # all guest output (serial + debug console), decoded
-    outputs: dict[str, bytes] = field(default_factory=dict)  # per device
-    counters: dict[str, int] = field(default_factory=dict)  # per exit kind
-    exits: int = 0  # VMRUNs that returned in this run
-    elapsed: float = 0.0
-    # vCPUs that died while others went on (failed VMRUN): index -> how.
-    dead_vcpus: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """The guest reported success (debug-exit status 0)."""
-        return self.reason is RunReason.EXIT_STATUS and self.exit_status == 0
-
-
-@dataclass
-class VcpuHvState:
-    """What the hypervisor knows or decided about one vCPU."""
-
-    index: int
-    ghcb_registered: int | None = None  # GPA from the MSR-protocol registration
-    protocol_version: int | None = None  # last version seen in the guest's GHCB
-    cr0: int = 0  # tracked from the SEV-ES CR write traps
-    cr4: int = 0
-    cr8: int = 0
-    efer: int = 0
-    xcr0: int = 1
-    xss: int = 0
-    dr7: int = 0x400
-    dead: RunResult | None = None  # how it died (shutdown, failed VMRUN)
-    # -- several vCPUs and events (sevx86.hv.smp) --
-    mp_state: MpState = MpState.RUNNABLE
-    entered: bool = False  # has exited once (EVENTINJ is honoured from then on)
-    guest_if: bool = False  # VMCB interrupt state at the last exit: IF
-    shadow: bool = False  # ... and the interrupt shadow
-    nmi_pending: bool = False
-    nmi_masked: bool = False  # an NMI was injected and NMI_COMPLETE has not come
-    nmi_injected: bool = False
-    irr: set[int] = field(default_factory=set)  # requested interrupt vectors
-    hold_kind: HoldKind | None = None  # how the AP asked for reset hold
-    hold_ghcb: int | None = None  # its GHCB then (the wake answer goes there)
-    received_first_sipi: bool = False
-
-    @property
-    def halted(self) -> bool:
-        return self.mp_state is MpState.HALTED
-
-    @halted.setter
-    def halted(self, value: bool) -> None:
-        if value:
-            self.mp_state = MpState.HALTED
-        elif self.mp_state is MpState.HALTED:
-            self.mp_state = MpState.RUNNABLE
-
-    @property
-    def ap_hold(self) -> bool:
-        return self.mp_state is MpState.AP_RESET_HOLD
-
-    @ap_hold.setter
-    def ap_hold(self, value: bool) -> None:
-        if value:
-            self.mp_state = MpState.AP_RESET_HOLD
-        elif self.mp_state is MpState.AP_RESET_HOLD:
-            self.mp_state = MpState.RUNNABLE
-
-
-Hook = Callable[[Any, Callable[[], None]], None]
+# A hook is ``hook(ctx, proceed)``: ``proceed()`` runs the rest of the chain
+# (later hooks, then the handler); the context type depends on the hook point.
+Proceed = Callable[[], None]
+ExitHook = Callable[["ExitEvent", Proceed], None]
+RequestHook = Callable[[Request, Proceed], None]
+VmgexitHook = Callable[[GhcbRequest, Proceed], None]
+MsrProtocolHook = Callable[[msr_protocol.MsrProtocolRequest, Proceed], None]
+Hook = ExitHook | RequestHook | VmgexitHook | MsrProtocolHook
 
 # Hardware exit code -> method name. The direct NAE exits of modes none/sev
 # all go to _exit_direct, which turns them into requests for HANDLERS.
@@ -251,11 +173,26 @@ class Hypervisor:
         self.counters: Counter[str] = Counter()
         # Several vCPUs (sevx86.hv.smp, sevx86.hv.scheduler): APs wait for
         # INIT-SIPI unless ap_start="run"; the scheduler decides who runs.
-        self._states = [
-            VcpuHvState(v.index, mp_state=smp.initial_state(v.index, ap_start)) for v in host.vcpus
-        ]
+        self._states = [VcpuHvState(v.index) for v in host.vcpus]
+        for st in self._states:
+            st.events.mp_state = smp.initial_state(st.index, ap_start)
         self.scheduler: Scheduler = scheduler or DeterministicScheduler()
-        self.lapic = Lapic(self)
+        # Platform time (APIC timer; QemuPc's timers advance it at every exit).
+        self.platform_clock = VirtualClock()
+        # One local APIC per vCPU; the APIC ID of vCPU n is n (as QEMU numbers them).
+        self.lapic = LocalApics(
+            [
+                LocalApic(
+                    self.platform_clock,
+                    v.index,
+                    send_ipi=self._apic_send_ipi,
+                    deliver=self._apic_deliver,
+                    log=self.host.log,
+                )
+                for v in host.vcpus
+            ],
+            current=lambda: self.current_vcpu or 0,
+        )
         self.current_vcpu: int | None = None  # whose exit is being handled
         self._hooks: dict[tuple[str, int], list[Hook]] = {}
         self._handlers = self._handler_table()
@@ -273,25 +210,29 @@ class Hypervisor:
         self.io_bus.register(DEBUG_EXIT_PORT, 4, DebugExit(self.exit_status))
         self.mmio_test = MmioTestDevice()
         self.mmio_bus.register(MMIO_TEST_BASE, MMIO_TEST_SIZE, self.mmio_test)
-        # The xAPIC page (APIC ID, EOI, ICR) for guests that send IPIs by MMIO.
+        # The xAPIC page of the accessing vCPU's local APIC.
         self.mmio_bus.register(XAPIC_BASE, XAPIC_PAGE_SIZE, self.lapic)
 
     # ------------------------------------------------------------------ hooks
-    def on_exit(self, code: int, hook: Hook | None = None) -> Any:
+    def on_exit(self, code: int, hook: ExitHook | None = None) -> Any:
         """Hook a hardware exit (``ctx`` is an ``ExitEvent``), before any handling."""
         return self._add_hook("exit", code, hook)
 
-    def on_request(self, code: int, hook: Hook | None = None) -> Any:
+    def on_request(self, code: int, hook: RequestHook | None = None) -> Any:
         """Hook an NAE request (``ctx`` is a ``Request``) on any path (GHCB or direct)."""
         return self._add_hook("request", code, hook)
 
-    def on_vmgexit(self, sw_exitcode: int, hook: Hook | None = None) -> Any:
+    def on_vmgexit(self, sw_exitcode: int, hook: VmgexitHook | None = None) -> Any:
         """Hook a validated GHCB request (``ctx`` is a ``GhcbRequest``, SEV-ES only)."""
         return self._add_hook("vmgexit", sw_exitcode, hook)
 
-    def on_msr_protocol(self, ghcb_info: int, hook: Hook | None = None) -> Any:
+    def on_msr_protocol(self, ghcb_info: int, hook: MsrProtocolHook | None = None) -> Any:
         """Hook a GHCB MSR-protocol request (``ctx`` is a ``MsrProtocolRequest``)."""
         return self._add_hook("msr", ghcb_info, hook)
+
+    def hooked(self) -> list[tuple[str, int]]:
+        """(kind, code) of every hook registered: "exit", "request", "vmgexit", "msr"."""
+        return [key for key, hooks in self._hooks.items() if hooks]
 
     def _add_hook(self, kind: str, code: int, hook: Hook | None) -> Any:
         def register(fn: Hook) -> Hook:
@@ -339,14 +280,29 @@ class Hypervisor:
 
     def send_ipi(self, source: int, icr: int, *, x2apic: bool = True) -> None:
         """An ICR write of vCPU ``source`` (what the guest's APIC write does)."""
-        from sevx86.arch.apic import decode_icr
-
+        apic = self.lapic[source]
         with self.scheduler.lock:
-            smp.send_ipi(self, source, decode_icr(icr, x2apic=x2apic))
+            if x2apic:
+                apic.msr_write(X2APIC_ICR, icr)
+            else:
+                apic.write_reg(ApicReg.ICR_HIGH, icr >> 32)
+                apic.write_reg(ApicReg.ICR_LOW, icr)
 
-    def _wake(self, index: int) -> None:
+    def _apic_send_ipi(self, source: int, icr: Icr) -> None:
+        """A local APIC sends an IPI (an ICR write of the guest, lock held)."""
+        smp.send_ipi(self, source, icr)
+
+    def _apic_deliver(self, apic_id: int, vector: int) -> None:
+        """A local APIC accepted an interrupt: the event path injects it."""
+        smp.request_interrupt(self, apic_id, vector)
+
+    def wake(self, index: int) -> None:
         """A vCPU's state changed: let the scheduler run it (and kick it if running)."""
         self.scheduler.wake(self, index)
+
+    def log(self, kind: str, summary: str, *, vcpu: int | None = None, **data: object) -> None:
+        """Add a host event to the trace (``HostView.log``)."""
+        self.host.log(kind, summary, vcpu=vcpu, **data)
 
     def _log(self, kind: str, summary: str, *, vcpu: int | None = None, **data: object) -> None:
         self.host.log(kind, summary, vcpu=vcpu, **data)
@@ -458,7 +414,39 @@ class Hypervisor:
         self._log("run-end", f"run ended: {result.reason.value} {result.detail}".strip())
         return result
 
-    def _no_runnable_vcpu(self) -> None:
+    # ------------------------------------------------------------------ RunTarget
+    # What a scheduler drives (sevx86.hv.run.RunTarget): KVM's vcpu_enter_guest
+    # loop, with the "who runs when" part left to the scheduler.
+    @property
+    def vcpus(self) -> list[HostVcpu]:
+        return self.host.vcpus
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def wake_on_event(self, index: int) -> None:
+        smp.wake_on_event(self, self._states[index])
+
+    def runnable(self, index: int) -> bool:
+        return smp.is_runnable(self._states[index])
+
+    def dead(self, index: int) -> bool:
+        return self._states[index].dead is not None
+
+    def prepare_entry(self, index: int) -> None:
+        smp.prepare_entry(self, self.host.vcpus[index])
+
+    def preempted(self, index: int, exit: VmExit) -> None:
+        smp.note_exit(self, self.host.vcpus[index], exit)
+
+    def end(self, reason: RunReason, detail: str, *, vcpu: int | None = None) -> None:
+        self._end(reason, detail, vcpu=vcpu)
+
+    def enable_parallel(self) -> None:
+        self.host.enable_parallel()
+
+    def no_runnable_vcpu(self) -> None:
         dead = [st.dead for st in self._states if st.dead is not None]
         if len(dead) == len(self._states):
             # Every vCPU died earlier: say how again, rather than "halted".
@@ -470,8 +458,9 @@ class Hypervisor:
             f"no vCPU can run and nothing can wake one: {smp.describe_stuck(self)}",
         )
 
-    def _run_one(self, vcpu: HostVcpu, exit: VmExit) -> None:
-        """Handle one exit of ``vcpu``; a bug in a handler or hook ends the run."""
+    def handle_exit(self, index: int, exit: VmExit) -> None:
+        """Handle one exit of vCPU ``index``; a bug in a handler or hook ends the run."""
+        vcpu = self.host.vcpus[index]
         try:
             smp.note_exit(self, vcpu, exit)
             self._handle_exit(vcpu, exit)
@@ -479,8 +468,12 @@ class Hypervisor:
             self._end(
                 RunReason.HYPERVISOR_ERROR,
                 f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
-                vcpu=vcpu.index,
+                vcpu=index,
             )
+
+    def states(self) -> list[VcpuHvState]:
+        """Every vCPU's host state, by index."""
+        return list(self._states)
 
     # ------------------------------------------------------------------ exits
     def _handle_exit(self, vcpu: HostVcpu, exit: VmExit) -> None:
@@ -551,27 +544,27 @@ class Hypervisor:
             where = f" at {exit.rip:#x} with IF={int(if_flag)}"
         else:
             # SEV-ES: the CPU advanced RIP; the VMCB interrupt state gives IF.
-            where = f" with IF={int(st.guest_if)}"
-        st.mp_state = MpState.HALTED
+            where = f" with IF={int(st.events.guest_if)}"
+        st.events.mp_state = MpState.HALTED
         self._log("halt", f"vCPU {vcpu.index} halted{where}", vcpu=vcpu.index)
 
     def _exit_cr_trap(self, vcpu: HostVcpu, exit: VmExit) -> None:
         """SEV-ES CR/EFER write trap: the write happened; the new value is in EXITINFO1."""
         st = self._states[vcpu.index]
         if exit.code == SvmExit.EFER_WRITE_TRAP:
-            st.efer = exit.info1
+            st.regs.efer = exit.info1
             what = "EFER"
         else:
-            n = exit.code - 0x90
+            n = cr_write_trap_number(exit.code)
             what = f"CR{n}"
             if n in (0, 4, 8):
-                setattr(st, f"cr{n}", exit.info1)
+                setattr(st.regs, f"cr{n}", exit.info1)
         self._log("cr-trap", f"{what} <- {exit.info1:#x}", vcpu=vcpu.index, value=exit.info1)
 
     # -- SEV-ES: VMGEXIT -------------------------------------------------------------
     def _exit_vmgexit(self, vcpu: HostVcpu, exit: VmExit) -> None:
         msr = vcpu.vmcb["ghcb_gpa"]
-        if msr & 0xFFF:
+        if msr_info(msr):  # GHCBInfo set: an MSR-protocol request, not a GHCB GPA
             self._msr_protocol(vcpu, msr)
             return
         self._ghcb_request(vcpu, msr)
@@ -579,24 +572,36 @@ class Hypervisor:
     def _msr_protocol(self, vcpu: HostVcpu, value: int) -> None:
         req = msr_protocol.parse(vcpu, value)
         self.counters[f"msr-protocol:{req.name}"] += 1
+        handled: list[int | None] = []  # the response the handler chose, if it ran
 
         def serve(r: msr_protocol.MsrProtocolRequest) -> None:
             handler = self._msr_handlers.get(r.code)
             if handler is None:
                 r.note = f"unknown request {r.code:#x} -> not supported (MSR left unchanged)"
-                return
-            handler(self, r)
+            else:
+                handler(self, r)
+            handled.append(r.response)
 
         self._chain([("msr", req.code)], req, serve)
         if req.response is not None:
             vcpu.vmcb["ghcb_gpa"] = req.response & _U64
+        # The trace says what the guest receives: a hook's answer is described anew.
+        note = req.note or req.name
+        changed = None
+        if not handled:
+            changed = "answered by a hook"
+        elif handled[0] != req.response:
+            changed = "changed by a hook"
+        if changed:
+            note = f"{msr_protocol.describe_response(req)} [{changed}]"
         self._log(
             "msr-protocol",
-            f"GHCB MSR {value:#x}: {req.note or req.name}",
+            f"GHCB MSR {value:#x}: {note}",
             vcpu=vcpu.index,
             target="guest",
             request=value,
             response=req.response,
+            hook=changed,
         )
 
     def _ghcb_request(self, vcpu: HostVcpu, gpa: int) -> None:
@@ -611,22 +616,25 @@ class Hypervisor:
             self.terminate(by="hypervisor", detail=f"GHCB at {gpa:#x} is not guest RAM", vcpu=index)
             return
         st = self._states[index]
-        page = GhcbPage.read(memory, gpa)
-        if st.ghcb_registered is not None and gpa != st.ghcb_registered:
-            self._ghcb_error(
-                vcpu,
-                page,
-                Invalid(
-                    GhcbError.NOT_REGISTERED,
-                    f"GHCB {gpa:#x} is not the registered {st.ghcb_registered:#x}",
-                ),
+        if st.ghcb.registered is not None and gpa != st.ghcb.registered:
+            # GHCB spec 56421, 2.3.2 "GHCB GPA Registration": once a GHCB is
+            # registered the guest must use it, and the hypervisor terminates
+            # a guest that does not (KVM's sev_handle_vmgexit returned -EINVAL,
+            # ending the VM, from 2021; since 2026 it answers NOT_REGISTERED in
+            # that page instead). sevx86 follows the spec: no answer is written
+            # into a page the guest never registered.
+            self.terminate(
+                by="hypervisor",
+                detail=f"VMGEXIT with GHCB {gpa:#x}, not the registered {st.ghcb.registered:#x}",
+                vcpu=index,
             )
             return
+        page = GhcbPage.read(memory, gpa)
         valid = validate_vmgexit(page, max_version=self.ghcb_max_version, contains=memory.contains)
         if isinstance(valid, Invalid):
             self._ghcb_error(vcpu, page, valid)
             return
-        st.protocol_version = valid.version
+        st.ghcb.protocol_version = valid.version
         name = exit_name(valid.code)
         self.counters[f"vmgexit:{name}"] += 1
         tracing = self.host.tracing
@@ -669,16 +677,24 @@ class Hypervisor:
         )
 
     def _log_answer(self, vcpu: HostVcpu, req: Request, info1: int, info2: int) -> None:
-        if req.error_reason is not None:
-            self.counters[f"ghcb-error:{error_name(req.error_reason)}"] += 1
-            what = f"error {error_name(req.error_reason)}"
-        elif req.exception is not None:
-            what = f"inject {vector_name(req.exception[0])}"
-        else:
+        """What the guest received (after every hook), and whether a hook changed it."""
+        answer = decode_answer(info1, info2)
+        if answer.result == ExitInfoResult.ERROR:
+            reason = error_name(answer.info2)
+            self.counters[f"ghcb-error:{reason}"] += 1
+            what = f"error {reason}"
+        elif answer.result == ExitInfoResult.EXCEPTION:
+            what = f"inject {vector_name(decode_event(answer.info2).vector)}"
+        elif answer.result == ExitInfoResult.OK:
             outs = getattr(req, "outputs", {})
             what = "ok" + "".join(f" {k}={v:#x}" for k, v in outs.items())
+        else:
+            what = f"SW_EXITINFO1 {info1:#x}, SW_EXITINFO2 {info2:#x}"
         if req.detail:
             what += f" ({req.detail})"
+        changed = req.hook_changed
+        if changed:
+            what += f" [{changed}]"
         self._log(
             "ghcb-answer",
             f"{req.name} -> {what}",
@@ -686,14 +702,25 @@ class Hypervisor:
             target="guest",
             info1=info1,
             info2=info2,
+            hook=changed,
         )
+
+    def serve_request(self, req: Request) -> None:
+        """Emulate one NAE request: ``on_request`` hooks around the handler table.
+
+        Every path that emulates an instruction for the guest goes through
+        here -- GHCB requests (after the ``on_vmgexit`` hooks), direct exits,
+        MMIO, and the MSR protocol's CPUID.
+        """
+        self._chain([("request", req.code)], req, self._serve_request)
 
     def _serve_request(self, req: Request) -> None:
         handler = self._handlers.get(req.code)
         if handler is None:
             req.error(GhcbError.INVALID_EVENT, f"no handler for {req.name}")
-            return
-        handler(self, req)
+        else:
+            handler(self, req)
+        req.handled = req.answer_state()
 
     # -- modes none / sev: direct exits -------------------------------------------------
     def _exit_direct(self, vcpu: HostVcpu, exit: VmExit) -> None:
@@ -716,8 +743,8 @@ class Hypervisor:
                     self._finish_direct(vcpu, req, vcpu.vmcb["next_rip"])
                     return
                 req.count = string.count
-                req._data_read, req._data_write = string.data_read, string.data_write
-        self._chain([("request", exit.code)], req, self._serve_request)
+                req.use_data(string.data_read, string.data_write)
+        self.serve_request(req)
         if string is not None and not req.failed:
             req.retry = not string.done()
         self._finish_direct(vcpu, req, vcpu.vmcb["next_rip"])
@@ -782,7 +809,7 @@ class Hypervisor:
             vcpu, code, gpa, access.size, regs, data_read=data_read, data_write=data_write
         )
         self._log("mmio", f"{access.text} at GPA {gpa:#x}", vcpu=vcpu.index, gpa=gpa)
-        self._chain([("request", code)], req, self._serve_request)
+        self.serve_request(req)
         if not req.failed and not access.write and loaded:
             direct.load_result(access, regs, int.from_bytes(loaded[0], "little"))
         self._finish_direct(vcpu, req, rip + access.length)
@@ -801,16 +828,17 @@ class ExitEvent:
         return self.exit.code
 
     @property
-    def vmcb(self) -> Any:
+    def vmcb(self) -> Vmcb:
         return self.vcpu.vmcb
 
 
 __all__ = [
     "EXIT_TABLE",
     "ExitEvent",
+    "ExitHook",
     "Hypervisor",
-    "RunReason",
-    "RunResult",
-    "Termination",
-    "VcpuHvState",
+    "MsrProtocolHook",
+    "Proceed",
+    "RequestHook",
+    "VmgexitHook",
 ]

@@ -50,9 +50,7 @@ guest RAM as one block from address 0, so it must end below QEMU's PCI hole
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 
-from sevx86.arch.apic import decode_icr
 from sevx86.arch.e820 import E820Type, encode_e820
 from sevx86.arch.exits import SvmExit
 from sevx86.arch.fw_cfg import FwCfgKey
@@ -76,13 +74,12 @@ from sevx86.hv.devices.i440fx import (
     piix3_isa_bridge,
 )
 from sevx86.hv.devices.irq import IrqLine
-from sevx86.hv.devices.lapic import APIC_BASE, APIC_SIZE, LocalApic, describe_ipi
 from sevx86.hv.devices.pci import PCI_IO_BASE, PCI_IO_LENGTH, PciHost
 from sevx86.hv.devices.pflash import PFlashCfi01
 from sevx86.hv.devices.pit import Pit8254, Port61
 from sevx86.hv.devices.routing import PcInterrupts
-from sevx86.hv.hypervisor import EXIT_TABLE, ExitEvent, Hypervisor
-from sevx86.hv.smp import MpState, send_ipi
+from sevx86.hv.hypervisor import EXIT_TABLE, ExitEvent, Hypervisor, Proceed
+from sevx86.hv.vcpu_state import MpState
 
 # QEMU's pc machine keeps RAM below 3.5 GiB; the rest would go above 4 GiB.
 PC_BELOW_4G_LIMIT = 0xE000_0000
@@ -140,7 +137,7 @@ class QemuPc:
                 f"memory {self.memory:#x} reaches QEMU's PCI hole at {PC_BELOW_4G_LIMIT:#x}: "
                 "sevx86 maps guest RAM in one block from 0"
             )
-        self.clock = clock if clock is not None else VirtualClock()
+        self.clock = clock if clock is not None else hv.platform_clock
         # One clock: the TSC the guest reads derives from the platform clock too.
         hv.msrs.clock = TscClock(source=self.clock)
         log = hv.host.log
@@ -184,12 +181,11 @@ class QemuPc:
             self._add_acpi_tables()
         hv.io_bus.register(PCI_IO_BASE, PCI_IO_LENGTH, self.pci)
 
-        # QEMU's pc has one local APIC per vCPU with the full register file and
-        # timer; its IPIs go through the hypervisor's SMP model (INIT/SIPI,
-        # fixed interrupts), which owned the xAPIC page until now.
-        self.lapic = PcLocalApics(hv, self.clock, self.vcpus)
-        hv.mmio_bus.unregister(hv.lapic)
-        hv.mmio_bus.register(APIC_BASE, APIC_SIZE, self.lapic)
+        # QEMU's pc has one local APIC per vCPU: the hypervisor's, timed by this clock,
+        # which becomes the hypervisor's platform clock (one time base for every timer).
+        hv.platform_clock = self.clock
+        self.lapic = hv.lapic
+        self.lapic.use_clock(self.clock)
 
         # The varstore flash (QEMU's pflash1, hw/i386/pc_sysfw.c): a CFI device
         # over the RAM the launch mapped for it, writable. pflash0 (the code)
@@ -255,7 +251,7 @@ class QemuPc:
         return line
 
     # -- platform events ----------------------------------------------------------------
-    def _tick(self, event: ExitEvent, proceed: Callable[[], None]) -> None:
+    def _tick(self, event: ExitEvent, proceed: Proceed) -> None:
         instructions = event.exit.data.get("instructions")
         self.clock.on_exit(instructions if isinstance(instructions, int) else None)
         self._poll_timers()
@@ -273,7 +269,8 @@ class QemuPc:
             st = self.hv.vcpu_state(index)
             if st.dead is not None:
                 continue
-            if st.mp_state is MpState.RUNNABLE or st.irr or st.nmi_pending:
+            ev = st.events
+            if ev.mp_state is MpState.RUNNABLE or ev.irr or ev.nmi_pending:
                 return False
         return True
 
@@ -308,35 +305,4 @@ class QemuPc:
         self.hv.stop(f"guest asked for a reset (port 0xCF9 <- {value:#x})")
 
 
-class PcLocalApics:
-    """The xAPIC page of every vCPU: registers and timer per vCPU, IPIs to the SMP model."""
-
-    name = "lapic"
-
-    def __init__(self, hv: Hypervisor, clock: VirtualClock | RealtimeClock, vcpus: int):
-        self.hv = hv
-        self.apics = [LocalApic(clock, apic_id=i, on_ipi=self._sender(i)) for i in range(vcpus)]
-
-    def _current(self) -> LocalApic:
-        return self.apics[self.hv.current_vcpu or 0]
-
-    def _sender(self, source: int) -> Callable[[int, int], None]:
-        def ipi(low: int, high: int) -> None:
-            self.hv.host.log(
-                "ipi",
-                f"local APIC {source}: {describe_ipi(low, high)}",
-                vcpu=source,
-                icr=low | high << 32,
-            )
-            send_ipi(self.hv, source, decode_icr(high << 32 | low, x2apic=False))
-
-        return ipi
-
-    def mmio_read(self, offset: int, size: int) -> int:
-        return self._current().mmio_read(offset, size)
-
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
-        self._current().mmio_write(offset, size, value)
-
-
-__all__ = ["PC_BELOW_4G_LIMIT", "PcLocalApics", "QemuPc", "system_states"]
+__all__ = ["PC_BELOW_4G_LIMIT", "QemuPc", "system_states"]

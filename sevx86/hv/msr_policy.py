@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sevx86.arch.bits import U64_MASK as _U64
 from sevx86.arch.msr import Msr
 from sevx86.arch.msr_kvm import (
     CLK_CTL_VALUE,
@@ -30,8 +31,6 @@ from sevx86.arch.msr_kvm import (
     KvmMsr,
 )
 from sevx86.hv.clock import TscClock
-
-_U64 = (1 << 64) - 1
 
 # MSRs the CPU handles without an exit, as KVM's direct-access list: syscall and
 # segment-base MSRs, EFER (the engine keeps LMA read-only), and under SEV-ES PAT.

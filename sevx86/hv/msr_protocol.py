@@ -10,9 +10,10 @@ the guest's MSR at the next VMRUN (GHCB spec 56421, "GHCB MSR Protocol").
 Answered here (KVM ``sev_handle_vmgexit_msr_protocol`` for behaviour):
 
 * SEV information: protocol versions 1..max and the C-bit position;
-* CPUID: one register of one leaf, the register index echoed in 31:30;
+* CPUID: one register of one leaf, the register index echoed in 31:30,
+  served by the CPUID handler through the same hooks as a GHCB CPUID;
 * preferred GHCB GPA ("no preference") and GHCB GPA registration (recorded;
-  a later VMGEXIT with another GHCB GPA is refused with NOT_REGISTERED);
+  a later VMGEXIT with another GHCB GPA terminates the guest, GHCB spec 2.3.2);
 * hypervisor features (none of the SNP ones);
 * termination: the run ends with the guest's reason set and code;
 * AP reset hold: the AP parks until INIT + SIPI (``sevx86.hv.smp``);
@@ -27,14 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sevx86.arch.exits import SvmExit
 from sevx86.arch.ghcb import (
     GFN_MASK,
     GHCB_PROTOCOL_MIN,
     PREF_GPA_NONE,
     GhcbMsr,
     decode_cpuid_request,
+    decode_cpuid_response,
     decode_gfn,
     decode_msr,
+    decode_sev_info,
     decode_terminate,
     msr_ap_reset_hold_response,
     msr_cpuid_response,
@@ -43,14 +47,14 @@ from sevx86.arch.ghcb import (
     msr_register_gpa_response,
     msr_sev_info_response,
 )
+from sevx86.arch.paging import PAGE_SIZE
 from sevx86.hv import smp
-from sevx86.hv.cpuid import CpuidQuery, describe
+from sevx86.hv.cpuid import describe
+from sevx86.hv.requests import MsrCpuidRequest
 
 if TYPE_CHECKING:
     from sevx86.hv.hypervisor import Hypervisor
     from sevx86.machine import HostVcpu
-
-PAGE = 0x1000
 
 
 @dataclass
@@ -81,13 +85,23 @@ def sev_info(hv: Hypervisor, req: MsrProtocolRequest) -> None:
 
 
 def cpuid(hv: Hypervisor, req: MsrProtocolRequest) -> None:
+    """One register of one leaf, served by the CPUID handler like every other CPUID.
+
+    A failed CPUID (a hook refused it) leaves the MSR unchanged, as KVM does
+    when its exit handler fails.
+    """
     leaf, reg = decode_cpuid_request(req.value)
-    st = hv.vcpu_state(req.vcpu.index)
-    regs = hv.cpuid.lookup(
-        CpuidQuery(leaf, 0, req.vcpu.index, xcr0=st.xcr0, xss=st.xss, cr4=st.cr4)
-    )
-    req.response = msr_cpuid_response(regs[reg], reg)
-    req.note = describe(leaf, reg, regs[reg])
+    cpuid_req = MsrCpuidRequest(req.vcpu, SvmExit.CPUID, leaf, reg)
+    hv.serve_request(cpuid_req)
+    value = cpuid_req.answer()
+    if value is None:
+        req.note = f"CPUID {leaf:#x} -> refused ({cpuid_req.detail or 'failed'}; MSR unchanged)"
+        return
+    req.response = msr_cpuid_response(value, reg)
+    req.note = describe(leaf, reg, value)
+    changed = cpuid_req.hook_changed
+    if changed:
+        req.note += f" [CPUID {changed}]"
 
 
 def ap_reset_hold(hv: Hypervisor, req: MsrProtocolRequest) -> None:
@@ -104,14 +118,14 @@ def pref_gpa(hv: Hypervisor, req: MsrProtocolRequest) -> None:
 
 def register_gpa(hv: Hypervisor, req: MsrProtocolRequest) -> None:
     gfn = decode_gfn(req.value, GhcbMsr.REG_GPA_REQ)
-    gpa = gfn * PAGE
-    if not hv.host.memory.contains(gpa, PAGE):
+    gpa = gfn * PAGE_SIZE
+    if not hv.host.memory.contains(gpa, PAGE_SIZE):
         # A GFN that is not ours to map: answer a GFN the guest did not ask
         # for (all ones), which it must treat as a refusal.
         req.response = msr_register_gpa_response(GFN_MASK)
         req.note = f"register GHCB at {gpa:#x} -> refused (not guest RAM)"
         return
-    hv.vcpu_state(req.vcpu.index).ghcb_registered = gpa
+    hv.vcpu_state(req.vcpu.index).ghcb.registered = gpa
     req.response = msr_register_gpa_response(gfn)
     req.note = f"register GHCB at {gpa:#x} -> registered"
     hv.host.log(
@@ -151,9 +165,38 @@ MSR_PROTOCOL_HANDLERS: dict[int, MsrHandler] = {
 }
 
 
+def describe_response(req: MsrProtocolRequest) -> str:
+    """The response the guest receives, in words (for a response a hook chose)."""
+    response = req.response
+    if response is None:
+        return f"{req.name} -> no response (MSR left unchanged)"
+    code, _ = decode_msr(response)
+    try:
+        if code == GhcbMsr.SEV_INFO_RESP:
+            info = decode_sev_info(response)
+            return (
+                f"SEV information -> protocol {info.min_version}..{info.max_version},"
+                f" cbitpos {info.cbitpos}"
+            )
+        if code == GhcbMsr.CPUID_RESP and req.code == GhcbMsr.CPUID_REQ:
+            leaf, _ = decode_cpuid_request(req.value)
+            value, reg = decode_cpuid_response(response)
+            return describe(leaf, reg, value)
+    except ValueError:
+        pass
+    name = code.name if isinstance(code, GhcbMsr) else f"GHCBInfo {code:#x}"
+    return f"{req.name} -> {response:#x} ({name})"
+
+
 def parse(vcpu: HostVcpu, value: int) -> MsrProtocolRequest:
     code, data = decode_msr(value)
     return MsrProtocolRequest(vcpu, value, code, data)
 
 
-__all__ = ["MSR_PROTOCOL_HANDLERS", "MsrProtocolRequest", "MsrHandler", "parse"]
+__all__ = [
+    "MSR_PROTOCOL_HANDLERS",
+    "MsrHandler",
+    "MsrProtocolRequest",
+    "describe_response",
+    "parse",
+]

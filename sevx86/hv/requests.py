@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sevx86.arch.bits import U32_MASK as _U32
+from sevx86.arch.bits import U64_MASK as _U64
 from sevx86.arch.exits import exit_name
 from sevx86.arch.ghcb import ExitInfoResult, GhcbError
 from sevx86.arch.vectors import Vector
@@ -31,8 +33,6 @@ from sevx86.hv.validate import Scratch, ValidRequest
 if TYPE_CHECKING:
     from sevx86.cpu.state import RegisterFile
     from sevx86.machine import HostVcpu
-
-_U64 = (1 << 64) - 1
 
 
 class Request:
@@ -56,6 +56,9 @@ class Request:
         self.error_reason: int | None = None
         self.detail = ""
         self.retry = False  # direct path: do not advance RIP (re-execute, e.g. long REP)
+        # The answer as the handler left it (``Hypervisor.serve_request`` records it),
+        # so the trace can tell an answer a hook changed; None: no handler ran.
+        self.handled: tuple[object, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -101,6 +104,26 @@ class Request:
     @property
     def failed(self) -> bool:
         return self.exception is not None or self.error_reason is not None
+
+    def answer_state(self) -> tuple[object, ...]:
+        """Everything the guest will receive, to compare before and after the hooks."""
+        outputs = getattr(self, "outputs", {})
+        return (
+            self.result,
+            self.result_info2,
+            self.exception,
+            self.error_reason,
+            tuple(sorted(outputs.items())),
+        )
+
+    @property
+    def hook_changed(self) -> str | None:
+        """'answered by a hook' / 'changed by a hook', or None if the handler's answer stands."""
+        if self.handled is None:
+            return "answered by a hook"
+        if self.handled != self.answer_state():
+            return "changed by a hook"
+        return None
 
 
 class GhcbRequest(Request):
@@ -177,6 +200,57 @@ class GhcbRequest(Request):
         return info
 
 
+class MsrCpuidRequest(Request):
+    """A CPUID asked through the GHCB MSR protocol: one leaf, sub-leaf 0, one register wanted.
+
+    It is served like any CPUID request (the same handler table, hooks and
+    ``handle_cpuid``), as KVM runs its ordinary CPUID exit handler for the MSR
+    protocol's CPUID request (``sev_handle_vmgexit_msr_protocol``); only the
+    register the guest asked for goes back (GHCB spec 56421, "CPUID
+    Request"). The registers are the guest's inputs, not the host's, so it
+    counts as a GHCB-side request (``via_ghcb``) without a page.
+    """
+
+    via_ghcb = True
+    page = None
+
+    def __init__(self, vcpu: HostVcpu, code: int, leaf: int, register: int):
+        super().__init__(vcpu, code, 0, 0)
+        self.register = register
+        self.inputs: dict[str, int] = {"rax": leaf, "rcx": 0}
+        self.outputs: dict[str, int] = {}
+
+    def reg(self, name: str) -> int:
+        if name in self.outputs:
+            return self.outputs[name]
+        return self.inputs.get(name, 0)
+
+    def has_reg(self, name: str) -> bool:
+        return name in self.outputs or name in self.inputs
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.outputs[name] = value & _U64
+
+    def set_reg_part(self, name: str, value: int, size: int) -> None:
+        self.outputs[name] = value & ((1 << (8 * size)) - 1)
+
+    def read_data(self, size: int) -> bytes | None:
+        return None
+
+    def write_data(self, data: bytes) -> bool:
+        return False
+
+    def answer(self) -> int | None:
+        """The 32-bit value of the register asked for; None if the request failed."""
+        if self.failed or self.result != ExitInfoResult.OK:
+            return None
+        return self.outputs.get(_CPUID_OUTPUTS[self.register], 0) & _U32
+
+
+# CPUID request register index (GHCB MSR protocol bits 31:30) -> the register it names.
+_CPUID_OUTPUTS = ("rax", "rbx", "rcx", "rdx")
+
+
 class RegisterRequest(Request):
     """A request from a plain #VMEXIT (modes none and sev): the registers are the host's."""
 
@@ -214,6 +288,10 @@ class RegisterRequest(Request):
             value |= self.regs[name] & ~mask & _U64
         self.regs[name] = value
 
+    def use_data(self, read: Callable[[int], bytes | None], write: Callable[[bytes], bool]) -> None:
+        """Where the request's data buffer is (string I/O found it in guest memory)."""
+        self._data_read, self._data_write = read, write
+
     def read_data(self, size: int) -> bytes | None:
         return self._data_read(size) if self._data_read is not None else None
 
@@ -238,4 +316,4 @@ def error_name(reason: int) -> str:
         return f"{reason:#x}"
 
 
-__all__ = ["GhcbRequest", "RegisterRequest", "Request", "error_name"]
+__all__ = ["GhcbRequest", "MsrCpuidRequest", "RegisterRequest", "Request", "error_name"]

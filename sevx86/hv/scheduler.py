@@ -1,8 +1,9 @@
 """Who runs when: a deterministic scheduler (the default) and an opt-in parallel one.
 
-Both drive the same hypervisor: before each VMRUN the host injects what the
-vCPU can take (``sevx86.hv.smp.prepare_entry``); after it, the exit goes
-through ``Hypervisor._run_one``. They differ in how vCPUs share the host.
+Both drive a ``RunTarget`` (``sevx86.hv.run``; the ``Hypervisor`` is one)
+and nothing else of it: before each VMRUN the target prepares the entry
+(injects what the vCPU can take); after it, the target handles the exit.
+They differ in how vCPUs share the host.
 
 ``DeterministicScheduler(seed=0, quantum=..., jitter=...)``
     One vCPU at a time, in slices counted in guest instructions (Unicorn
@@ -45,28 +46,25 @@ import random
 import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from sevx86.hv import smp
+from sevx86.hv.run import RunReason, RunTarget
 from sevx86.vmexit import StopReason
-
-if TYPE_CHECKING:
-    from sevx86.hv.hypervisor import Hypervisor
 
 DEFAULT_QUANTUM = 200_000
 DEFAULT_JITTER = 0.5
 
 
 class Scheduler(Protocol):
-    """Runs the vCPUs of one hypervisor until ``hv._result`` is set."""
+    """Runs the vCPUs of one ``RunTarget`` until it is ``done``."""
 
     lock: AbstractContextManager  # held while the host changes vCPU state
 
-    def run(self, hv: Hypervisor, deadline: float | None, max_instructions: int | None) -> int:
-        """Run until the hypervisor records a result; return the number of exits."""
+    def run(self, hv: RunTarget, deadline: float | None, max_instructions: int | None) -> int:
+        """Run until the target records a result; return the number of exits."""
         ...
 
-    def wake(self, hv: Hypervisor, index: int) -> None:
+    def wake(self, hv: RunTarget, index: int) -> None:
         """vCPU ``index`` may have become runnable (or has an event to take)."""
         ...
 
@@ -93,7 +91,7 @@ class DeterministicScheduler:
         self._order: list[int] = []
         self._streak: dict[int, int] = {}
 
-    def wake(self, hv: Hypervisor, index: int) -> None:
+    def wake(self, hv: RunTarget, index: int) -> None:
         """Nothing to do: the next round looks at every vCPU again."""
 
     def _slice(self) -> int:
@@ -102,52 +100,54 @@ class DeterministicScheduler:
             return self.quantum
         return self._rng.randint(self.quantum - spread, self.quantum + spread)
 
-    def _round(self, hv: Hypervisor) -> list[int]:
-        order = [st.index for st in hv._states if smp.runnable(hv, st)]
+    def _round(self, hv: RunTarget) -> list[int]:
+        order = []
+        for index in range(len(hv.vcpus)):
+            hv.wake_on_event(index)
+            if hv.runnable(index):
+                order.append(index)
         if self.shuffle:
             self._rng.shuffle(order)
         return order
 
-    def run(self, hv: Hypervisor, deadline: float | None, max_instructions: int | None) -> int:
-        from sevx86.hv.hypervisor import RunReason
-
-        sliced = len(hv.host.vcpus) > 1
+    def run(self, hv: RunTarget, deadline: float | None, max_instructions: int | None) -> int:
+        sliced = len(hv.vcpus) > 1
         exits = 0
-        while hv._result is None:
+        while not hv.done:
             if not self._order:
                 self._order = self._round(hv)
                 if not self._order:
-                    hv._no_runnable_vcpu()
+                    hv.no_runnable_vcpu()
                     break
             index = self._order.pop(0)
-            st = hv.vcpu_state(index)
-            if not smp.runnable(hv, st):
+            hv.wake_on_event(index)
+            if not hv.runnable(index):
                 continue  # an exit earlier in this round parked it
-            vcpu = hv.host.vcpus[index]
+            vcpu = hv.vcpus[index]
             remaining = None
             if deadline is not None:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
-                    hv._end(RunReason.TIMEOUT, "wall-clock limit reached", vcpu=index)
+                    hv.end(RunReason.TIMEOUT, "wall-clock limit reached", vcpu=index)
                     break
-            smp.prepare_entry(hv, vcpu)
+            hv.prepare_entry(index)
             budget = self._slice() if sliced else max_instructions
             exit = vcpu.vmrun(timeout=remaining, max_instructions=budget)
             exits += 1
             if sliced and exit.stop is StopReason.INSTRUCTION_LIMIT:
                 # The end of a slice: a preemption, not the user's limit.
-                smp.note_exit(hv, vcpu, exit)
+                hv.preempted(index, exit)
                 streak = self._streak.get(index, 0) + (budget or 0)
                 self._streak[index] = streak
                 if max_instructions and streak >= max_instructions:
-                    hv._end(
+                    hv.end(
                         RunReason.INSTRUCTION_LIMIT,
                         f"{streak} instructions without an exit",
                         vcpu=index,
                     )
                 continue
             self._streak[index] = 0
-            hv._run_one(vcpu, exit)
+            hv.handle_exit(index, exit)
         return exits
 
 
@@ -160,16 +160,16 @@ class ParallelScheduler:
         self._running: set[int] = set()
         self._exits = 0
 
-    def wake(self, hv: Hypervisor, index: int) -> None:
+    def wake(self, hv: RunTarget, index: int) -> None:
         with self.lock:
             self._cond.notify_all()
             if index in self._running:
                 # A running vCPU learns about a new event only at an exit: kick it
                 # out (KVM kicks the physical CPU with an IPI).
-                hv.host.vcpus[index].kick()
+                hv.vcpus[index].kick()
 
-    def run(self, hv: Hypervisor, deadline: float | None, max_instructions: int | None) -> int:
-        hv.host.enable_parallel()
+    def run(self, hv: RunTarget, deadline: float | None, max_instructions: int | None) -> int:
+        hv.enable_parallel()
         self._exits = 0
         threads = [
             threading.Thread(
@@ -178,7 +178,7 @@ class ParallelScheduler:
                 name=f"vcpu{v.index}",
                 daemon=True,
             )
-            for v in hv.host.vcpus
+            for v in hv.vcpus
         ]
         for t in threads:
             t.start()
@@ -186,55 +186,59 @@ class ParallelScheduler:
             t.join()
         return self._exits
 
-    def _finish(self, hv: Hypervisor) -> None:
+    def _finish(self, hv: RunTarget) -> None:
         """A result is in: stop every vCPU still running guest code."""
         for i in list(self._running):
-            hv.host.vcpus[i].kick()
+            hv.vcpus[i].kick()
         self._cond.notify_all()
 
     def _vcpu_thread(
-        self, hv: Hypervisor, index: int, deadline: float | None, max_instructions: int | None
+        self, hv: RunTarget, index: int, deadline: float | None, max_instructions: int | None
     ) -> None:
-        from sevx86.hv.hypervisor import RunReason
-
-        vcpu = hv.host.vcpus[index]
-        st = hv.vcpu_state(index)
+        vcpu = hv.vcpus[index]
         while True:
             with self.lock:
-                while hv._result is None and not smp.runnable(hv, st):
-                    if st.dead is not None:
+                while not hv.done and not self._may_enter(hv, index):
+                    if hv.dead(index):
                         return
-                    if not self._running and not any(smp.runnable(hv, s) for s in hv._states):
-                        hv._no_runnable_vcpu()  # nobody runs and nobody can wake anyone
+                    if not self._running and not any(
+                        self._may_enter(hv, i) for i in range(len(hv.vcpus))
+                    ):
+                        hv.no_runnable_vcpu()  # nobody runs and nobody can wake anyone
                         self._finish(hv)
                         break
                     self._cond.wait(0.05 if deadline is not None else None)
                     if deadline is not None and time.perf_counter() >= deadline:
-                        hv._end(RunReason.TIMEOUT, "wall-clock limit reached", vcpu=index)
+                        hv.end(RunReason.TIMEOUT, "wall-clock limit reached", vcpu=index)
                         self._finish(hv)
-                if hv._result is not None:
+                if hv.done:
                     return
                 remaining = None
                 if deadline is not None:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
-                        hv._end(RunReason.TIMEOUT, "wall-clock limit reached", vcpu=index)
+                        hv.end(RunReason.TIMEOUT, "wall-clock limit reached", vcpu=index)
                         self._finish(hv)
                         return
-                smp.prepare_entry(hv, vcpu)
+                hv.prepare_entry(index)
                 self._running.add(index)
             exit = vcpu.vmrun(timeout=remaining, max_instructions=max_instructions)
             with self.lock:
                 self._running.discard(index)
                 self._exits += 1
                 if exit.stop is StopReason.KICKED:
-                    smp.note_exit(hv, vcpu, exit)
-                elif hv._result is None:
-                    hv._run_one(vcpu, exit)
+                    hv.preempted(index, exit)
+                elif not hv.done:
+                    hv.handle_exit(index, exit)
                 self._cond.notify_all()
-                if hv._result is not None:
+                if hv.done:
                     self._finish(hv)
                     return
+
+    @staticmethod
+    def _may_enter(hv: RunTarget, index: int) -> bool:
+        hv.wake_on_event(index)
+        return hv.runnable(index)
 
 
 SCHEDULERS = ("deterministic", "parallel")

@@ -31,32 +31,22 @@ injection; KVM arch/x86/kvm/lapic.c and svm/sev.c):
   RFLAGS): it injects the highest vector when IF=1 and no shadow. A halted
   vCPU wakes for an NMI, or for an interrupt if it halted with IF=1; halted
   with IF=0 and nothing pending, it stays halted for good.
-* **Local APIC** (``Lapic``): the APIC ID, EOI and the ICR, as x2APIC MSRs
-  (0x802, 0x80B, 0x830) and the xAPIC MMIO page. ICR writes become IPIs:
-  fixed -> interrupt, NMI -> NMI, INIT, SIPI (KVM ``kvm_apic_send_ipi``).
+* **IPIs**: each vCPU's local APIC (``sevx86.hv.devices.lapic``) decodes
+  its ICR writes; ``send_ipi`` routes them to their targets: fixed ->
+  interrupt, NMI -> NMI, INIT, SIPI (KVM ``kvm_apic_send_ipi``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from sevx86.arch.apic import (
-    APIC_VERSION,
-    X2APIC_EOI,
-    X2APIC_ICR,
-    X2APIC_ID,
-    X2APIC_SELF_IPI,
-    ApicReg,
     DeliveryMode,
     Icr,
     Shorthand,
-    decode_icr,
-    x2apic_msr,
 )
 from sevx86.arch.ghcb import GhcbMsr, msr_encode
-from sevx86.arch.msr import X2APIC_FIRST, X2APIC_LAST
 from sevx86.arch.vectors import Vector
 from sevx86.arch.vmcb import (
     EVENTINJ_V,
@@ -68,30 +58,15 @@ from sevx86.arch.vmcb import (
 from sevx86.arch.vmsa import VMSA
 from sevx86.boot.reset import reset_vmsa
 from sevx86.config import GuestMode
+from sevx86.hv.ghcb import GhcbPage
+from sevx86.hv.vcpu_state import HoldKind, MpState, VcpuHvState
 
 if TYPE_CHECKING:
-    from sevx86.hv.hypervisor import Hypervisor, VcpuHvState
+    from sevx86.hv.hypervisor import Hypervisor
     from sevx86.machine import HostVcpu
     from sevx86.vmexit import VmExit
 
 _NMI_VECTOR = int(Vector.NMI)
-
-
-class MpState(StrEnum):
-    """Whether a vCPU may run (KVM ``mp_state``)."""
-
-    RUNNABLE = "runnable"
-    UNINITIALIZED = "uninitialized"  # an AP before its first INIT-SIPI
-    INIT_RECEIVED = "init-received"  # after INIT: waits for SIPI
-    AP_RESET_HOLD = "ap-reset-hold"  # parked by the GHCB AP reset hold request
-    HALTED = "halted"  # HLT: waits for an interrupt or NMI
-
-
-class HoldKind(StrEnum):
-    """How an AP asked for reset hold: the wake answer goes back the same way."""
-
-    GHCB = "ghcb"  # SW_EXITINFO2 of its GHCB
-    MSR = "msr"  # the GHCB MSR (response 0x007)
 
 
 # -- run states --------------------------------------------------------------------------
@@ -104,18 +79,22 @@ def initial_state(index: int, ap_start: str) -> MpState:
     return MpState.UNINITIALIZED
 
 
-def runnable(hv: Hypervisor, st: VcpuHvState) -> bool:
-    """May this vCPU enter now? Wakes a halted vCPU whose event can be taken."""
-    if st.dead is not None:
-        return False
-    if st.mp_state is MpState.HALTED:
-        if st.nmi_pending and not st.nmi_masked:
-            st.mp_state = MpState.RUNNABLE  # an NMI ends HLT whatever IF says
-        elif st.irr and st.guest_if:
-            st.mp_state = MpState.RUNNABLE
-        elif hv.host.vcpus[st.index].vmcb["event_inj"] & EVENTINJ_V:
-            st.mp_state = MpState.RUNNABLE  # the host queued an event itself
-    return st.mp_state is MpState.RUNNABLE
+def is_runnable(st: VcpuHvState) -> bool:
+    """May this vCPU enter now? Pure (KVM ``kvm_arch_vcpu_runnable`` asks the same)."""
+    return st.dead is None and st.events.mp_state is MpState.RUNNABLE
+
+
+def wake_on_event(hv: Hypervisor, st: VcpuHvState) -> None:
+    """A halted vCPU with an event it can take becomes runnable (KVM ``vcpu_block``)."""
+    ev = st.events
+    if st.dead is not None or ev.mp_state is not MpState.HALTED:
+        return
+    if ev.nmi_pending and not ev.nmi_masked:
+        ev.mp_state = MpState.RUNNABLE  # an NMI ends HLT whatever IF says
+    elif ev.irr and ev.guest_if:
+        ev.mp_state = MpState.RUNNABLE
+    elif hv.host.vcpus[st.index].vmcb["event_inj"] & EVENTINJ_V:
+        ev.mp_state = MpState.RUNNABLE  # the host queued an event itself
 
 
 def note_exit(hv: Hypervisor, vcpu: HostVcpu, exit: VmExit | None = None) -> None:
@@ -123,38 +102,35 @@ def note_exit(hv: Hypervisor, vcpu: HostVcpu, exit: VmExit | None = None) -> Non
     if exit is not None and exit.data.get("entered") is False:
         return  # stopped before its first VMRUN ran: nothing to learn
     st = hv.vcpu_state(vcpu.index)
-    st.entered = True
     state = vcpu.vmcb["int_state"]
-    st.guest_if = bool(state & INT_STATE_GUEST_IF)
-    st.shadow = bool(state & INT_STATE_SHADOW)
-    if hv.mode is not GuestMode.SEV_ES and st.nmi_masked and st.nmi_injected:
+    st.events.guest_if = bool(state & INT_STATE_GUEST_IF)
+    st.events.shadow = bool(state & INT_STATE_SHADOW)
+    if hv.mode is not GuestMode.SEV_ES and st.events.nmi_masked and st.events.nmi_injected:
         # Without SEV-ES the host has no NMI_COMPLETE; lacking an IRET
         # intercept it reopens the NMI window at the next exit after delivery.
-        st.nmi_masked = st.nmi_injected = False
+        st.events.nmi_masked = st.events.nmi_injected = False
 
 
 def prepare_entry(hv: Hypervisor, vcpu: HostVcpu) -> None:
     """Before VMRUN: inject one pending event the guest can take (NMI first, as KVM)."""
     st = hv.vcpu_state(vcpu.index)
     vmcb = vcpu.vmcb
-    if not st.entered or vmcb["event_inj"] & EVENTINJ_V:
-        # The engine drops EVENTINJ on a vCPU's first VMRUN (see
-        # tests/cpu/test_first_vmrun_eventinj.py): wait for the second.
-        return
-    if st.nmi_pending and not st.nmi_masked:
-        st.nmi_pending = False
-        st.nmi_masked = True
-        st.nmi_injected = True
+    if vmcb["event_inj"] & EVENTINJ_V:
+        return  # the host queued an event itself: that one goes first
+    if st.events.nmi_pending and not st.events.nmi_masked:
+        st.events.nmi_pending = False
+        st.events.nmi_masked = True
+        st.events.nmi_injected = True
         _inject(vcpu, _NMI_VECTOR, EventType.NMI)
-        hv._log("inject", "inject NMI", vcpu=vcpu.index, target="guest", vector=_NMI_VECTOR)
+        hv.log("inject", "inject NMI", vcpu=vcpu.index, target="guest", vector=_NMI_VECTOR)
         return
-    if st.irr and st.guest_if and not st.shadow:
-        vector = max(st.irr)  # the highest vector has the highest priority class
-        st.irr.discard(vector)
+    if st.events.irr and st.events.guest_if and not st.events.shadow:
+        vector = max(st.events.irr)  # the highest vector has the highest priority class
+        st.events.irr.discard(vector)
         _inject(vcpu, vector, EventType.INTR)
         # Until the next exit reports otherwise, the gate cleared IF.
-        st.guest_if = False
-        hv._log(
+        st.events.guest_if = False
+        hv.log(
             "inject",
             f"inject interrupt {vector:#x}",
             vcpu=vcpu.index,
@@ -172,32 +148,32 @@ def _inject(vcpu: HostVcpu, vector: int, kind: EventType) -> None:
 # -- host requests -------------------------------------------------------------------------
 def request_nmi(hv: Hypervisor, index: int) -> None:
     st = hv.vcpu_state(index)
-    already = st.nmi_pending
-    st.nmi_pending = True  # NMIs do not queue: a second one while pending is the same one
-    hv._log(
+    already = st.events.nmi_pending
+    st.events.nmi_pending = True  # NMIs do not queue: a second one while pending is the same one
+    hv.log(
         "nmi-request",
         f"NMI requested{' (one already pending)' if already else ''}"
-        f"{' (masked until NMI_COMPLETE)' if st.nmi_masked else ''}",
+        f"{' (masked until NMI_COMPLETE)' if st.events.nmi_masked else ''}",
         vcpu=index,
     )
-    hv._wake(index)
+    hv.wake(index)
 
 
 def request_interrupt(hv: Hypervisor, index: int, vector: int) -> None:
     if not 16 <= vector <= 255:
         raise ValueError(f"interrupt vector {vector} is not 16..255")
     st = hv.vcpu_state(index)
-    st.irr.add(vector)
-    hv._log("irq-request", f"interrupt {vector:#x} requested", vcpu=index, vector=vector)
-    hv._wake(index)
+    st.events.irr.add(vector)
+    hv.log("irq-request", f"interrupt {vector:#x} requested", vcpu=index, vector=vector)
+    hv.wake(index)
 
 
 def nmi_complete(hv: Hypervisor, index: int) -> None:
     st = hv.vcpu_state(index)
-    st.nmi_masked = st.nmi_injected = False
-    hv._log(
+    st.events.nmi_masked = st.events.nmi_injected = False
+    hv.log(
         "nmi-complete",
-        "NMI complete: NMI window open" + (", pending NMI next" if st.nmi_pending else ""),
+        "NMI complete: NMI window open" + (", pending NMI next" if st.events.nmi_pending else ""),
         vcpu=index,
     )
 
@@ -206,12 +182,12 @@ def nmi_complete(hv: Hypervisor, index: int) -> None:
 def ap_reset_hold(hv: Hypervisor, vcpu: HostVcpu, kind: HoldKind) -> None:
     """Park the AP until INIT + SIPI; the preset answer says "not woken" (KVM)."""
     st = hv.vcpu_state(vcpu.index)
-    st.mp_state = MpState.AP_RESET_HOLD
-    st.hold_kind = kind
-    st.hold_ghcb = vcpu.vmcb["ghcb_gpa"] if kind is HoldKind.GHCB else None
+    st.events.mp_state = MpState.AP_RESET_HOLD
+    st.events.hold_kind = kind
+    st.events.hold_ghcb = vcpu.vmcb["ghcb_gpa"] if kind is HoldKind.GHCB else None
     if kind is HoldKind.MSR:
         vcpu.vmcb["ghcb_gpa"] = msr_encode(GhcbMsr.AP_RESET_HOLD_RESP, 0)
-    hv._log("ap-reset-hold", f"vCPU {vcpu.index} parked in AP reset hold ({kind})", vcpu=vcpu.index)
+    hv.log("ap-reset-hold", f"vCPU {vcpu.index} parked in AP reset hold ({kind})", vcpu=vcpu.index)
 
 
 def init(hv: Hypervisor, index: int, source: int | None) -> None:
@@ -219,23 +195,23 @@ def init(hv: Hypervisor, index: int, source: int | None) -> None:
     if st.dead is not None:
         return
     if index == 0:
-        hv._log("ipi", "INIT to the BSP ignored (SEV-ES state cannot be reset)", vcpu=index)
+        hv.log("ipi", "INIT to the BSP ignored (SEV-ES state cannot be reset)", vcpu=index)
         return
-    before = st.mp_state
-    st.mp_state = MpState.INIT_RECEIVED
-    hv._log("ipi", f"INIT from vCPU {source}: {before} -> {st.mp_state}", vcpu=index)
+    before = st.events.mp_state
+    st.events.mp_state = MpState.INIT_RECEIVED
+    hv.log("ipi", f"INIT from vCPU {source}: {before} -> {st.events.mp_state}", vcpu=index)
 
 
 def sipi(hv: Hypervisor, index: int, vector: int, source: int | None) -> None:
     st = hv.vcpu_state(index)
     if st.dead is not None:
         return
-    if st.mp_state is not MpState.INIT_RECEIVED:
-        hv._log("ipi", f"SIPI from vCPU {source} ignored: vCPU is {st.mp_state}", vcpu=index)
+    if st.events.mp_state is not MpState.INIT_RECEIVED:
+        hv.log("ipi", f"SIPI from vCPU {source} ignored: vCPU is {st.events.mp_state}", vcpu=index)
         return
-    st.mp_state = MpState.RUNNABLE
-    if not st.received_first_sipi:
-        st.received_first_sipi = True
+    st.events.mp_state = MpState.RUNNABLE
+    if not st.events.received_first_sipi:
+        st.events.received_first_sipi = True
         if hv.mode is GuestMode.SEV_ES:
             # The host cannot set CS:IP from the vector under SEV-ES: the AP
             # starts from its launch VMSA (KVM keeps the VMM's values).
@@ -247,10 +223,10 @@ def sipi(hv: Hypervisor, index: int, vector: int, source: int | None) -> None:
         else:
             hv.host.vcpus[index].load_state(sipi_state(vector, hv.cpuid.raw(1)[0]))
             where = f"AP starts at {vector << 8:#06x}:0000"
-        hv._log("ipi", f"SIPI {vector:#x} from vCPU {source}: {where}", vcpu=index)
+        hv.log("ipi", f"SIPI {vector:#x} from vCPU {source}: {where}", vcpu=index)
     else:
         _wake_from_hold(hv, index, source)
-    hv._wake(index)
+    hv.wake(index)
 
 
 def sipi_state(vector: int, signature: int) -> bytes:
@@ -272,19 +248,17 @@ def _wake_from_hold(hv: Hypervisor, index: int, source: int | None) -> None:
     """A later SIPI: answer the AP reset hold with "woken" (non-zero), as KVM does."""
     st = hv.vcpu_state(index)
     vcpu = hv.host.vcpus[index]
-    kind, st.hold_kind = st.hold_kind, None
+    kind, st.events.hold_kind = st.events.hold_kind, None
     if kind is HoldKind.MSR:
         vcpu.vmcb["ghcb_gpa"] = msr_encode(GhcbMsr.AP_RESET_HOLD_RESP, 1)
-    elif kind is HoldKind.GHCB and st.hold_ghcb is not None:
-        from sevx86.hv.ghcb import GhcbPage
-
-        page = GhcbPage.read(hv.host.memory, st.hold_ghcb)
+    elif kind is HoldKind.GHCB and st.events.hold_ghcb is not None:
+        page = GhcbPage.read(hv.host.memory, st.events.hold_ghcb)
         page.set("sw_exit_info_2", 1)
         page.write_back(hv.host.memory)
     how = f"AP reset hold ends ({kind})" if kind else "resumes (it was not in AP reset hold)"
     if kind and not hv.ap_jump_table:
         how += "; no AP jump table is set"
-    hv._log("ipi", f"SIPI from vCPU {source}: {how}", vcpu=index, jump_table=hv.ap_jump_table)
+    hv.log("ipi", f"SIPI from vCPU {source}: {how}", vcpu=index, jump_table=hv.ap_jump_table)
 
 
 def send_ipi(hv: Hypervisor, source: int, icr: Icr) -> None:
@@ -302,7 +276,7 @@ def send_ipi(hv: Hypervisor, source: int, icr: Icr) -> None:
         elif mode == DeliveryMode.STARTUP:
             sipi(hv, target, icr.vector, source)
         else:
-            hv._log("ipi", f"IPI delivery mode {mode} not modelled; dropped", vcpu=source)
+            hv.log("ipi", f"IPI delivery mode {mode} not modelled; dropped", vcpu=source)
 
 
 def _targets(hv: Hypervisor, source: int, icr: Icr) -> Iterable[int]:
@@ -325,81 +299,20 @@ def _targets(hv: Hypervisor, source: int, icr: Icr) -> Iterable[int]:
 def describe_stuck(hv: Hypervisor) -> str:
     """Why nobody can run: one clause per vCPU."""
     parts = []
-    for st in hv._states:
+    for st in hv.states():
         if st.dead is not None:
             what = f"dead ({st.dead.reason.value})"
-        elif st.mp_state is MpState.HALTED:
-            what = "halted with IF=1 and nothing pending" if st.guest_if else "halted with IF=0"
+        elif st.events.mp_state is MpState.HALTED:
+            if_set = st.events.guest_if
+            what = "halted with IF=1 and nothing pending" if if_set else "halted with IF=0"
         else:
-            what = str(st.mp_state)
+            what = str(st.events.mp_state)
         parts.append(f"vCPU {st.index} {what}")
     return "; ".join(parts)
 
 
-# -- the local APIC ---------------------------------------------------------------------
-class Lapic:
-    """APIC ID, version, EOI and ICR of every vCPU; the rest reads 0 and ignores writes.
-
-    x2APIC MSRs come through ``hv`` MSR requests (``msr_read``/``msr_write``);
-    the xAPIC page is an MMIO device (``device``) the hypervisor maps at
-    ``XAPIC_BASE``. The APIC ID of vCPU n is n (as QEMU numbers them).
-    """
-
-    name = "lapic"
-
-    def __init__(self, hv: Hypervisor):
-        self.hv = hv
-        self._icr_high: dict[int, int] = {}
-
-    @staticmethod
-    def owns_msr(msr: int) -> bool:
-        return X2APIC_FIRST <= msr <= X2APIC_LAST
-
-    def msr_read(self, vcpu: int, msr: int) -> int | None:
-        if msr == X2APIC_ID:
-            return vcpu
-        if msr == x2apic_msr(ApicReg.VERSION):
-            return APIC_VERSION
-        if msr == x2apic_msr(ApicReg.LDR):
-            return 1 << vcpu if vcpu < 32 else 0
-        if msr in (X2APIC_EOI, X2APIC_SELF_IPI):
-            return None  # write-only: #GP
-        return 0
-
-    def msr_write(self, vcpu: int, msr: int, value: int) -> bool:
-        if msr == X2APIC_ICR:
-            send_ipi(self.hv, vcpu, decode_icr(value, x2apic=True))
-        elif msr == X2APIC_SELF_IPI:
-            request_interrupt(self.hv, vcpu, value & 0xFF)
-        elif msr in (X2APIC_ID, x2apic_msr(ApicReg.VERSION), x2apic_msr(ApicReg.LDR)):
-            return False  # read-only in x2APIC mode: #GP
-        return True  # EOI, TPR, SVR, LVTs...: accepted, nothing to model
-
-    # -- xAPIC MMIO (MmioDevice protocol) --------------------------------------------------
-    def mmio_read(self, offset: int, size: int) -> int:
-        vcpu = self.hv.current_vcpu or 0
-        reg = offset & ~0xF
-        if reg == ApicReg.ID:
-            return vcpu << 24
-        if reg == ApicReg.VERSION:
-            return APIC_VERSION
-        if reg == ApicReg.ICR_HIGH:
-            return self._icr_high.get(vcpu, 0)
-        return 0
-
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
-        vcpu = self.hv.current_vcpu or 0
-        reg = offset & ~0xF
-        if reg == ApicReg.ICR_HIGH:
-            self._icr_high[vcpu] = value & 0xFFFF_FFFF
-        elif reg == ApicReg.ICR_LOW:
-            full = (self._icr_high.get(vcpu, 0) << 32) | (value & 0xFFFF_FFFF)
-            send_ipi(self.hv, vcpu, decode_icr(full, x2apic=False))
-
-
 __all__ = [
     "HoldKind",
-    "Lapic",
     "MpState",
     "ap_reset_hold",
     "describe_stuck",
@@ -410,7 +323,8 @@ __all__ = [
     "prepare_entry",
     "request_interrupt",
     "request_nmi",
-    "runnable",
+    "is_runnable",
     "send_ipi",
     "sipi",
+    "wake_on_event",
 ]

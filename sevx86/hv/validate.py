@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sevx86.arch.bits import ADDRESS_LIMIT
 from sevx86.arch.exits import AP_JUMP_TABLE_GET, AP_JUMP_TABLE_SET, SvmExit, SwExit, exit_name
 from sevx86.arch.ghcb import (
     GHCB_PROTOCOL_MIN,
@@ -54,7 +55,6 @@ SCRATCH_LIMIT = 16 * 0x1000
 MMIO_MAX_V2 = 8
 # A string I/O count beyond this is nonsense (KVM: > INT_MAX).
 IOIO_COUNT_MAX = 0x7FFF_FFFF
-_U64 = 1 << 64
 
 Regs = dict[str, int]
 Extra = Callable[[int, Regs], tuple[str, ...]]
@@ -220,7 +220,7 @@ def check_scratch(
 ) -> Scratch | Invalid:
     """Rule 7 for ``length`` bytes at ``gpa``."""
     end = gpa + length
-    if gpa == 0 or end > _U64 or end < gpa:
+    if gpa == 0 or end > ADDRESS_LIMIT or end < gpa:
         return Invalid(GhcbError.INVALID_SCRATCH_AREA, f"scratch {gpa:#x}+{length:#x}")
     if gpa & PAGE_MASK == ghcb_gpa:
         if gpa < ghcb_gpa + SHARED_BUFFER_OFFSET or end > ghcb_gpa + SHARED_BUFFER_END:

@@ -1,6 +1,6 @@
 """Guest DRAM: one authoritative copy per page, three views.
 
-DESIGN.md ("Memory") gives the representation. Each page of a RAM region is
+docs/design.md ("Memory model") gives the representation. Each page of a RAM region is
 held in exactly one of two forms:
 
 * **private form** (the default): the plaintext the CPU sees when it reads
@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 
 from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_PROT_ALL, Uc
 
-from sevx86.config import PAGE_SIZE, GuestConfig
+from sevx86.arch.paging import PAGE_SIZE
+from sevx86.config import GuestConfig
 from sevx86.memory.cipher import BLOCK, MemoryCipher, PlaintextMemory, aligned_span
 
 # Unicorn physical address of the callback-served C=0 alias of GPA 0.

@@ -1,18 +1,18 @@
 """The guest MMU: page walks with the C-bit, on Unicorn's virtual-TLB hook.
 
 Unicorn 2.1 lets us replace QEMU's page walker (``UC_TLB_VIRTUAL`` plus a
-``UC_HOOK_TLB_FILL`` hook, DESIGN.md "MMU"). The hook runs on TLB misses only;
-it walks the guest's tables here and answers with a *Unicorn* physical
-address:
+``UC_HOOK_TLB_FILL`` hook; docs/engine.md, "Translations: what is cached and
+when it is flushed"). The hook runs on TLB misses only; it walks the guest's
+tables here and answers with a *Unicorn* physical address:
 
 * the private view (the guest physical address itself) for C=1 accesses,
 * the C=0 alias (``SHARED_ALIAS_BASE + gpa``) for shared data accesses,
 * a refusal for a fault or for guest-physical addresses without RAM.
 
-SEV rules (AMD APM vol 2, 15.34.5 and DESIGN.md): instruction fetches and
+SEV rules (AMD APM vol 2, 15.34.5; docs/design.md "Memory model"): instruction fetches and
 page-table walks are always private; the C-bit of the *leaf* entry decides
 for data. With paging off, or in legacy 32-bit and PAE paging (before long
-mode, where DESIGN.md treats the C-bit as inexpressible), every access is
+mode, where docs/design.md treats the C-bit as inexpressible), every access is
 private -- which is why early boot cannot share a page and must use the GHCB
 MSR protocol.
 

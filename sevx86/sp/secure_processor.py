@@ -9,12 +9,12 @@ The VEK never leaves this object: ``memory_cipher(handle)`` hands the memory
 controller a ``MemoryCipher`` bound to it, never key bytes.
 
 Guest memory in sevx86 is a ``PhysicalMemory`` whose ``cipher`` is the
-guest's ``MemoryCipher`` (DESIGN.md "Memory"): the host writes plaintext
+guest's ``MemoryCipher`` (docs/design.md, "Memory model"): the host writes plaintext
 images with ``write_dram`` (DRAM then holds the plaintext, as a host's C=0
 writes leave it), LAUNCH_UPDATE_DATA reads those DRAM bytes, measures them
 and writes them back through the private view, i.e. encrypted in place.
 
-Runtime VMSA integrity (DESIGN.md "World switch and VMSA integrity"): the SP
+Runtime VMSA integrity (docs/design.md, "World switch"): the SP
 keeps, per guest and vCPU, an HMAC-SHA-256 tag over the VMSA plaintext under
 a per-guest key that never leaves the SP. ``vmsa_seal`` records it when the
 CPU has written the VMSA at an automatic exit (and LAUNCH_UPDATE_VMSA seals
@@ -115,13 +115,16 @@ class SecureProcessor:
         api_minor: int = DEFAULT_API_MINOR,
         build: int = DEFAULT_BUILD,
         es_enabled: bool = True,
+        pdh: ec.EllipticCurvePrivateKey | None = None,
     ):
+        """``pdh``: the platform's PDH key, for a platform that outlives one
+        process (``sevx86 platform pdh``); a fresh one otherwise (PDH_GEN)."""
         self._api = (api_major, api_minor)
         self._build = build
         # INIT with the SEV-ES option: what the host kernel's driver does at boot.
         self._state = PlatformState.INIT
         self._es_enabled = es_enabled
-        self._pdh = ec.generate_private_key(ec.SECP384R1())
+        self._pdh = pdh if pdh is not None else ec.generate_private_key(ec.SECP384R1())
         self._guests: dict[int, GuestContext] = {}
 
     def __repr__(self) -> str:
@@ -446,8 +449,14 @@ class SecureProcessor:
         )
         return hmac.digest(guest.vmsa_key, msg, "sha256")
 
-    def vmsa_seal(self, handle: int, vcpu_id: int, memory: Memory, vmsa_spa: int) -> None:
-        """Record the tag of vCPU ``vcpu_id``'s VMSA as the CPU just wrote it (at an AE)."""
+    def vmsa_seal(
+        self, handle: int, vcpu_id: int, memory: Memory, vmsa_spa: int, page: bytes | None = None
+    ) -> None:
+        """Record the tag of vCPU ``vcpu_id``'s VMSA as the CPU just wrote it (at an AE).
+
+        ``page``: the plaintext the CPU wrote, sealed as is. Reading the page
+        back instead would seal whatever a host thread wrote in between.
+        """
         cmd = "VMSA_SEAL"
         guest = self._guest(handle, cmd)
         self._need_state(guest, cmd, GuestState.RUNNING)
@@ -457,7 +466,8 @@ class SecureProcessor:
             raise SevError(S.INVALID_PARAM, cmd, f"vCPU {vcpu_id} was not launched with a VMSA")
         if sealed.spa != vmsa_spa:
             raise SevError(S.INVALID_ADDRESS, cmd, f"vCPU {vcpu_id}'s VMSA is at {sealed.spa:#x}")
-        page = memory.read_private(vmsa_spa, VMSA_SIZE)
+        if page is None:
+            page = memory.read_private(vmsa_spa, VMSA_SIZE)
         guest.vmsas[vcpu_id] = SealedVmsa(vmsa_spa, self._vmsa_tag(guest, vcpu_id, vmsa_spa, page))
 
     def vmsa_check(self, handle: int, vcpu_id: int, memory: Memory, vmsa_spa: int) -> bool:
@@ -466,6 +476,16 @@ class SecureProcessor:
         False (VMRUN must fail with VMEXIT_INVALID) for any changed byte, an
         older VMSA put back, another address, a guest not yet RUNNING
         (LAUNCH_FINISH not done) or memory not under this guest's key.
+        """
+        return self.vmsa_verified(handle, vcpu_id, memory, vmsa_spa) is not None
+
+    def vmsa_verified(
+        self, handle: int, vcpu_id: int, memory: Memory, vmsa_spa: int
+    ) -> bytes | None:
+        """``vmsa_check`` that hands back the one plaintext read it verified.
+
+        VMRUN loads exactly these bytes: a second read for the load would let
+        a host thread swap the page between the check and the load.
         """
         guest = self._guest(handle, "VMSA_CHECK")
         sealed = guest.vmsas.get(vcpu_id)
@@ -476,9 +496,11 @@ class SecureProcessor:
             or sealed.spa != vmsa_spa
             or memory.cipher is not guest.cipher
         ):
-            return False
+            return None
         try:
             page = memory.read_private(vmsa_spa, VMSA_SIZE)
         except UnmappedAddress:
-            return False
-        return hmac.compare_digest(sealed.tag, self._vmsa_tag(guest, vcpu_id, vmsa_spa, page))
+            return None
+        if not hmac.compare_digest(sealed.tag, self._vmsa_tag(guest, vcpu_id, vmsa_spa, page)):
+            return None
+        return page

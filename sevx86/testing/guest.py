@@ -49,6 +49,11 @@ class GuestRun:
     ghcb_gpa: int | None = None
     _vmsa: dict[str, int] | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        # Short: pytest prints it in every failed ``assert run.halted``; the
+        # machine and the trace would fill a screen (describe() has the tail).
+        return f"GuestRun({self.result.stopped}, {len(self.result.exits)} exits)"
+
     # -- how it ended ---------------------------------------------------------------
     @property
     def halted(self) -> bool:

@@ -18,13 +18,19 @@ import pytest
 @pytest.fixture
 def sev_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """Factory: ``sev_guest(source, host=ScriptedHost(...), ...) -> GuestRun``."""
+    from sevx86.asm import AsmError
     from sevx86.testing.guest import GuestRun, run_guest
 
     runs: list[GuestRun] = []
 
     def factory(source: str, **options: Any) -> GuestRun:
         options.setdefault("name", request.node.name)
-        run = run_guest(source, **options)
+        try:
+            run = run_guest(source, **options)
+        except AsmError as exc:
+            # The user's source is wrong: its file:line message is the whole
+            # story, not a traceback through the assembler.
+            pytest.fail(str(exc), pytrace=False)
         runs.append(run)
         return run
 

@@ -18,9 +18,7 @@ from sevx86.arch.ghcb import GHCB, CpuidReg, GhcbMsr, valid_bit
 from sevx86.arch.vectors import ERROR_CODE_VECTORS, Vector
 from sevx86.arch.vmcb import VMCB_CONTROL, VMCB_SAVE, Intercept
 from sevx86.arch.vmsa import VMSA, VMSA_GPR_NAMES
-
-sevsnp_vmsa = pytest.importorskip("sevsnpmeasure.vmsa")
-from sevsnpmeasure.vmm_types import VMMType  # noqa: E402
+from tests.oracle import sev_snp_measure
 
 # ---------------------------------------------------------------------------
 # VMSA against sev-snp-measure
@@ -38,6 +36,7 @@ _SEGMENT_PARTS = ("selector", "attrib", "limit", "base")
 
 def _their_fields():
     """(our name, offset, size) of every non-reserved field in their struct."""
+    sevsnp_vmsa = sev_snp_measure("vmsa")
     area = sevsnp_vmsa.SevEsSaveArea
     seg = sevsnp_vmsa.VmcbSeg
     for name, ctype in area._fields_:
@@ -59,6 +58,7 @@ def _their_fields():
 
 
 def test_vmsa_fields_match_sev_snp_measure_offsets():
+    sevsnp_vmsa = sev_snp_measure("vmsa")
     theirs = list(_their_fields())
     assert len(theirs) > 100
     for name, offset, size in theirs:
@@ -108,6 +108,8 @@ def _qemu_reset_values(eip: int, sev_features: int, vcpu_sig: int) -> dict[str, 
 
 @pytest.mark.parametrize("eip", [0xFFFFFFF0, 0x0080_9000])
 def test_vmsa_page_equals_sev_snp_measure_page(eip):
+    sevsnp_vmsa = sev_snp_measure("vmsa")
+    VMMType = sev_snp_measure("vmm_types").VMMType
     sig = 0x00830F10  # EPYC-Rome: family 23, model 49, stepping 0
     theirs = bytes(sevsnp_vmsa.VMSA.build_save_area(eip, 0, sig, vmm_type=VMMType.QEMU))
     page = VMSA.new()

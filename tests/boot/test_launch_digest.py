@@ -19,15 +19,15 @@ from sevx86.sp.owner import GuestOwner, MeasurementMismatch, PlatformVersion
 from sevx86.sp.policy import GuestPolicy, PolicyFlag
 from sevx86.sp.secure_processor import SecureProcessor
 from tests.boot import synthetic_firmware as fw
+from tests.oracle import sev_snp_measure
 from tests.ovmf import OVMF_DIR
-
-sevsnp_guest = pytest.importorskip("sevsnpmeasure.guest")
-from sevsnpmeasure.sev_mode import SevMode  # noqa: E402
 
 REAL_FIRMWARE = [OVMF_DIR / "OVMF_CODE.fd", OVMF_DIR / "OVMF_CODE_4M.fd"]
 
 
 def _oracle(path: Path, vcpus: int, vcpu_type: str) -> bytes:
+    sevsnp_guest = sev_snp_measure("guest")
+    SevMode = sev_snp_measure("sev_mode").SevMode
     sig = vcpu_signature(vcpu_type)
     return sevsnp_guest.calc_launch_digest(
         SevMode.SEV_ES, vcpus, sig, str(path), None, None, None, 0

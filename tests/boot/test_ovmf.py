@@ -17,9 +17,8 @@ from sevx86.boot.ovmf import (
     parse_footer_table,
 )
 from tests.boot import synthetic_firmware as fw
+from tests.oracle import sev_snp_measure
 from tests.ovmf import OVMF_CODE, needs_ovmf
-
-sevsnp_ovmf = pytest.importorskip("sevsnpmeasure.ovmf")
 
 
 def test_synthetic_table_entries():
@@ -31,6 +30,7 @@ def test_synthetic_table_entries():
 
 
 def test_synthetic_table_agrees_with_sev_snp_measure(tmp_path):
+    sevsnp_ovmf = sev_snp_measure("ovmf")
     path = tmp_path / "fw.fd"
     path.write_bytes(fw.build())
     theirs = sevsnp_ovmf.OVMF(str(path))
@@ -73,6 +73,7 @@ def test_small_images_have_no_table():
 
 @needs_ovmf
 def test_debian_ovmf_reset_block_matches_sev_snp_measure():
+    sevsnp_ovmf = sev_snp_measure("ovmf")
     ours = OvmfImage.load(OVMF_CODE)
     theirs = sevsnp_ovmf.OVMF(str(OVMF_CODE))
     assert ours.sev_es_reset_addr() == theirs.sev_es_reset_eip()

@@ -16,7 +16,7 @@ from sevx86.boot.firmware_run import MILESTONES, FirmwareBoot
 from sevx86.boot.varstore import live_variables, parse_varstore
 from sevx86.hv import RunReason
 from sevx86.trace.events import TraceEvent, Tracer
-from tests.ovmf import OVMF_CODE, OVMF_VARS, needs_ovmf
+from tests.ovmf import OVMF_CODE, OVMF_VARS, ExitBudget, needs_ovmf
 
 pytestmark = [
     pytest.mark.ovmf,
@@ -33,15 +33,16 @@ KEEP = {
     "inject",
     "pflash",
 }
-BOOT_TIMEOUT = 900  # seconds; the boot takes well under a minute on a laptop core
 
 
 class Boot:
     def __init__(self) -> None:
         self.events: list[TraceEvent] = []
-        tracer = Tracer([self._keep], keep=False)
+        budget = ExitBudget()  # a limit in exits: no wall clock (tests/ovmf.py)
+        tracer = Tracer([self._keep, budget], keep=False)
         self.boot = FirmwareBoot(OVMF_CODE, varstore=OVMF_VARS, tracer=tracer, until="shell")
-        self.result = self.boot.run(timeout=BOOT_TIMEOUT)
+        budget.hv = self.boot.hv
+        self.result = self.boot.run()
 
     def _keep(self, event: TraceEvent) -> None:
         if event.kind in KEEP and not (event.kind == "vc" and len(self.events) > 20_000):
@@ -178,7 +179,11 @@ def test_the_variables_ovmf_sets_land_in_the_pflash_varstore(ovmf):
 
 def test_a_second_boot_reads_the_variables_back_from_the_flash(ovmf):
     """MonotonicCounterRuntimeDxe reads MTC and stores it plus one: 2 on the second boot."""
-    boot = FirmwareBoot(OVMF_CODE, varstore=_varstore(ovmf.boot))
+    budget = ExitBudget()
+    boot = FirmwareBoot(
+        OVMF_CODE, varstore=_varstore(ovmf.boot), tracer=Tracer([budget], keep=False)
+    )
+    budget.hv = boot.hv
     flash = boot.pc.pflash1
     assert flash is not None
 
@@ -198,7 +203,7 @@ def test_a_second_boot_reads_the_variables_back_from_the_flash(ovmf):
                 boot.hv.stop("MTC stored as 2")
 
     boot.hv.on_vmgexit(SwExit.MMIO_WRITE, after_write)
-    result = boot.run(timeout=BOOT_TIMEOUT)
+    result = boot.run()
     assert result.run.reason is RunReason.STOPPED, result.report()
     assert result.run.detail == "MTC stored as 2"
 

@@ -22,18 +22,22 @@ from sevx86.arch.cfi import FlashCmd
 from sevx86.arch.exits import SwExit
 from sevx86.boot.firmware_run import FirmwareBoot
 from sevx86.hv import RunReason
-from tests.ovmf import OVMF_CODE, OVMF_VARS, needs_ovmf_vars
+from sevx86.trace.events import Tracer
+from tests.ovmf import OVMF_CODE, OVMF_VARS, ExitBudget, needs_ovmf_vars
 
 pytestmark = [
     pytest.mark.ovmf,
     pytest.mark.slow,
     needs_ovmf_vars,
 ]
-BOOT_TIMEOUT = 600
 
 
 def test_ovmf_probes_the_varstore_and_finds_a_flash():
-    boot = FirmwareBoot(OVMF_CODE, varstore=OVMF_VARS, mode="sev")
+    budget = ExitBudget()  # a limit in exits, not seconds (tests/ovmf.py)
+    boot = FirmwareBoot(
+        OVMF_CODE, varstore=OVMF_VARS, mode="sev", tracer=Tracer([budget], keep=False)
+    )
+    budget.hv = boot.hv
     flash = boot.pc.pflash1
     assert flash is not None
     accesses: list[tuple[str, int, int]] = []
@@ -55,7 +59,7 @@ def test_ovmf_probes_the_varstore_and_finds_a_flash():
                 boot.hv.stop("OVMF programs the flash")
 
     boot.hv.on_request(SwExit.MMIO_WRITE, on_write)
-    result = boot.run(timeout=BOOT_TIMEOUT)
+    result = boot.run()
     assert result.run.reason is RunReason.STOPPED, result.report()
     probe = flash.base + 0x10  # the first byte not 0x00/0x50/0x70: the FV's GUID
     assert accesses == [

@@ -7,15 +7,14 @@ import pytest
 from sevx86.arch.vmsa import VMSA
 from sevx86.boot.reset import BSP_RESET_ADDR, initial_vmsas, reset_vmsa
 from sevx86.boot.vcpu_types import VCPU_TYPES, UnknownVcpuType, cpuid_signature, vcpu_signature
-
-sevsnp_vmsa = pytest.importorskip("sevsnpmeasure.vmsa")
-sevsnp_types = pytest.importorskip("sevsnpmeasure.vcpu_types")
-from sevsnpmeasure.vmm_types import VMMType  # noqa: E402
+from tests.oracle import sev_snp_measure
 
 
 @pytest.mark.parametrize("addr", [BSP_RESET_ADDR, 0x0080_B004, 0x0080_8004, 0xFFFF_E004])
 @pytest.mark.parametrize("vcpu_type", ["EPYC", "EPYC-Rome", "EPYC-Milan", "EPYC-Genoa"])
 def test_vmsa_page_equals_sev_snp_measure(addr, vcpu_type):
+    sevsnp_vmsa = sev_snp_measure("vmsa")
+    VMMType = sev_snp_measure("vmm_types").VMMType
     sig = vcpu_signature(vcpu_type)
     theirs = bytes(sevsnp_vmsa.VMSA.build_save_area(addr, 0, sig, vmm_type=VMMType.QEMU))
     assert bytes(reset_vmsa(addr, sig)) == theirs
@@ -43,12 +42,15 @@ def test_initial_vmsas_bsp_first_then_aps():
 
 
 def test_sev_features_land_in_the_vmsa():
+    sevsnp_vmsa = sev_snp_measure("vmsa")
+    VMMType = sev_snp_measure("vmm_types").VMMType
     page = reset_vmsa(BSP_RESET_ADDR, 0, sev_features=0x20)
     theirs = bytes(sevsnp_vmsa.VMSA.build_save_area(BSP_RESET_ADDR, 0x20, 0, VMMType.QEMU))
     assert bytes(page) == theirs
 
 
 def test_vcpu_types_are_sev_snp_measures_with_the_same_signatures():
+    sevsnp_types = sev_snp_measure("vcpu_types")
     assert set(VCPU_TYPES) == set(sevsnp_types.CPU_SIGS)
     for name, sig in sevsnp_types.CPU_SIGS.items():
         assert vcpu_signature(name) == sig, name

@@ -42,7 +42,17 @@ def test_boot_to_the_ghcb_milestone_with_a_json_trace(tmp_path, capsys):
     assert list(summary["milestones"])[:4] == ["cbit", "long-mode", "sec", "ghcb"]
     assert summary["exit_kinds"]["msr-protocol:CPUID_REQ"] == 8
     events = read_jsonl(trace)
-    assert events[0].kind == "vmrun"
+    # The launch traces itself, before the first VMRUN (SEV API order, QEMU's sev.c).
+    first_vmrun = next(i for i, e in enumerate(events) if e.kind == "vmrun")
+    launch = [e.summary.split()[0] for e in events[:first_vmrun] if e.kind == "launch"]
+    assert launch == [
+        "LAUNCH_START",
+        "LAUNCH_UPDATE_DATA",
+        "LAUNCH_UPDATE_VMSA",
+        "LAUNCH_MEASURE:",
+        "LAUNCH_FINISH",
+    ]
+    assert all(e.kind in ("launch", "load") for e in events[:first_vmrun])
     assert [e.data["milestone"] for e in events if e.kind == "milestone"][-1] == "ghcb-mmio"
 
 

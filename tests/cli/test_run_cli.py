@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sevx86.asm import assemble
@@ -38,7 +40,7 @@ def test_list_examples(sevx86):
     done = sevx86("run", "--list-examples")
     assert done.returncode == 0
     names = [line.split()[0] for line in done.stdout.splitlines()]
-    assert names == ["cpuid", "fault", "hello", "mmio", "portio", "smp"]
+    assert names == ["cpuid", "fault", "hello", "mmio", "portio", "secret", "smp"]
 
 
 def test_assembly_program_and_flat_binary_give_their_status(sevx86, tmp_path):
@@ -246,3 +248,17 @@ def test_a_reader_that_stops_early_is_no_error(cli_env, tmp_path, command):
     proc.stdout.close()
     assert proc.wait(timeout=60) == 0
     assert proc.stderr.read() == ""
+
+
+def _readme_block(name: str) -> str:
+    """The README's Python example that starts with ``# name``."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index(f"# {name} --")
+    return text[start : text.index("```", start)]
+
+
+def test_the_readmes_cpuid_lie_is_refused_by_the_firmware(sevx86, tmp_path):
+    (tmp_path / "lie_cpuid.py").write_text(_readme_block("lie_cpuid.py"))
+    done = sevx86("run", "example:hello", "--hv", "lie_cpuid.py")
+    assert (done.returncode, done.stdout) == (120, "")
+    assert "C-bit" in one_line_error(done, "run")

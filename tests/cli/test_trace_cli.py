@@ -37,7 +37,7 @@ def test_mermaid_sequence_diagram_of_guest_cpu_sp_hypervisor(sevx86, tmp_path):
     assert text.startswith("sequenceDiagram\n")
     for participant in ("Guest", "CPU", "SP", "HV"):
         assert f"participant {participant} as" in text
-    assert "CPU->>Guest: VC CPUID" in text and "HV->>SP: LAUNCH_START" in text
+    assert "CPU->>Guest: #35;VC CPUID" in text and "HV->>SP: LAUNCH_START" in text
 
 
 def test_mode_none_has_no_sev_es_steps(sevx86):
@@ -65,3 +65,42 @@ def test_help_lists_the_event_kinds(sevx86):
     assert done.returncode == 0
     for text in ("--mermaid", "msr-protocol", "ghcb-register", "paging", "exit status"):
         assert text in done.stdout
+
+
+def test_help_lists_every_kind_the_code_emits(sevx86):
+    from tests.trace.test_kinds import emitted_kinds
+
+    done = sevx86("trace", "--help")
+    for kind in emitted_kinds():
+        assert f"\n  {kind} " in done.stdout, kind
+
+
+def test_kinds_bogus_is_a_usage_error_naming_the_valid_kinds(sevx86):
+    done = sevx86("trace", "example:hello", "--kinds", "vc,bogus")
+    message = one_line_error(done, "trace")
+    assert done.returncode == 2 and "unknown event kind bogus" in message
+    assert "msr-protocol" in message and "ghcb-register" in message and done.stdout == ""
+    done = sevx86("trace", "example:hello", "--exclude", "nonsense")
+    assert done.returncode == 2 and "--exclude: unknown event kind nonsense" in done.stderr
+
+
+def test_kinds_vc_exclude_vc_is_a_usage_error(sevx86):
+    done = sevx86("trace", "example:hello", "--kinds", "vc", "--exclude", "vc")
+    assert done.returncode == 2 and "leave no event kind" in one_line_error(done, "trace")
+    assert done.stdout == ""
+
+
+def test_the_launch_traces_itself_in_the_same_form_as_boot(sevx86):
+    """run/trace (our firmware) and boot (OVMF) go through one launch: same LAUNCH_* events."""
+    done = sevx86("trace", "example:hello", "--json", "--kinds", "launch")
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    steps = [e["summary"].split()[0] for e in events]
+    assert steps == [
+        "LAUNCH_START",
+        "LAUNCH_UPDATE_DATA",
+        "LAUNCH_UPDATE_VMSA",
+        "LAUNCH_MEASURE:",
+        "LAUNCH_FINISH",
+    ]
+    assert events[0]["actor"] == "hv" and events[0]["target"] == "sp"
+    assert events[3]["actor"] == "sp" and len(events[3]["data"]["digest"]) == 64

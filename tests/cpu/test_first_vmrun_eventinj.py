@@ -1,10 +1,9 @@
 """EVENTINJ must be honoured on every VMRUN, the first one included.
 
 APM vol 2, 15.20 "Event Injection": VMRUN injects the event in EVENTINJ after
-loading the guest state -- any VMRUN. The engine only injects on resumes
-(VCpu._resume); on the first entry the event is dropped silently. Found by
-the guest_asm tests (an "injected #VC" test had to HLT first to work around
-it). Left as a strict xfail for the engine owner: it flips when fixed.
+loading the guest state -- any VMRUN. The engine once injected only on
+resumes and dropped the event on the first entry; this test keeps it honest
+(the hypervisor's event path relies on it since its workaround went).
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ def run_example(name: str, mode: str, vcpus: int = 1):
     return result, serial, debugcon
 
 
-def test_the_examples_are_the_documented_six():
-    assert sorted(list_examples()) == ["cpuid", "fault", "hello", "mmio", "portio", "smp"]
+def test_the_examples_are_the_documented_seven():
+    expected = ["cpuid", "fault", "hello", "mmio", "portio", "secret", "smp"]
+    assert sorted(list_examples()) == expected
     for path in EXAMPLES.glob("*.S"):
         assert Path(path).read_text().startswith(f"; {path.stem}: ")
 

@@ -21,6 +21,7 @@ from sevx86.boot.firmware import (
 from sevx86.boot.ovmf import OvmfImage
 from sevx86.boot.vcpu_types import vcpu_signature
 from sevx86.config import GuestConfig
+from tests.oracle import sev_snp_measure
 
 PAYLOAD = assemble("start:\n    mov eax, 3\n    ret\n", base=abi.PAYLOAD_GPA).code
 
@@ -77,15 +78,13 @@ def test_what_cannot_boot_is_refused_before_the_launch(size, memory, match):
         flash_image(bytes(size), memory=memory)
 
 
-sevsnp_guest = pytest.importorskip("sevsnpmeasure.guest")
-from sevsnpmeasure.sev_mode import SevMode  # noqa: E402
-
-
 @pytest.mark.parametrize(
     ("payload", "vcpus", "vcpu_type"),
     [(PAYLOAD, 1, "EPYC-v4"), (PAYLOAD, 2, "EPYC-Milan"), (b"", 4, "EPYC-Rome")],
 )
 def test_launch_digest_equals_sev_snp_measure(tmp_path, payload, vcpus, vcpu_type):
+    sevsnp_guest = sev_snp_measure("guest")
+    SevMode = sev_snp_measure("sev_mode").SevMode
     config = GuestConfig(vcpus=vcpus)
     booted = boot_machine(payload, config, vcpu_type=vcpu_type)
     path = tmp_path / "sevx86-fw.fd"

@@ -20,6 +20,7 @@ from sevx86.arch.ghcb import (
     msr_register_gpa_response,
     msr_sev_info_response,
 )
+from sevx86.asm import fw_abi as abi
 from sevx86.asm.fw_abi import FW_REASON_SET, FwReason
 from sevx86.cli.common import ExitStatus, exit_status, firmware_fatal
 from sevx86.hv import Hypervisor, RunReason
@@ -127,3 +128,60 @@ def test_plain_sev_firmware_refuses_a_cpuid_that_hides_sev():
     assert b.events("paging") == []  # it stopped before building page tables
     status, message = exit_status(b.result, 30, None)
     assert status == ExitStatus.TERMINATED and "denies" in message
+
+
+def _consistent_cbit_lie(position: int):
+    """CPUID 0x8000001F and the SEV information agree on ``position``, and
+    CPUID 0x80000008 reports an address width below it: every answer fits
+    the others, so only a test with paging on can tell the lie."""
+
+    def setup(hv: Hypervisor) -> None:
+        hv.cpuid = hv.cpuid.with_entries(
+            {
+                (LEAF_1F, None): (SEV_ES, encode_8000001f_ebx(position, 1), 0, 0),
+                (0x8000_0008, None): (40 | (40 << 8), 0, 0, 0),
+            }
+        )
+        _msr_answer(GhcbMsr.SEV_INFO_REQ, msr_sev_info_response(2, 1, position))(hv)
+
+    return setup
+
+
+@pytest.mark.parametrize("position", [47, 48, 50, 52, 63])
+def test_item10_a_consistent_cbit_lie_is_caught_after_paging_on(position):
+    """Issue 15 item 10: as Linux's sev_verify_cbit, the firmware writes a
+    random value with paging off (private) and reads it back through a
+    mapping with the claimed C-bit; the wrong position ends the guest with
+    FwReason.CBIT_VERIFY instead of a triple fault."""
+    b = boot(setup=_consistent_cbit_lie(position))
+    assert b.result.reason is RunReason.TERMINATED, b.result
+    term = b.result.termination
+    assert term is not None and term.by == "guest"
+    assert (term.reason_set, term.reason_code) == (FW_REASON_SET, FwReason.CBIT_VERIFY)
+    assert b.events("ghcb-register") == []  # no page was ever shared
+    status, message = exit_status(b.result, 30, None)
+    assert status == ExitStatus.TERMINATED and "C-bit" in message
+
+
+def test_item10_plain_sev_reports_the_cbit_lie_on_the_serial_port():
+    def setup(hv: Hypervisor) -> None:
+        hv.cpuid = hv.cpuid.with_entries(
+            {
+                (LEAF_1F, None): (int(MemEncryptEax.SEV), encode_8000001f_ebx(47, 1), 0, 0),
+                (0x8000_0008, None): (40 | (40 << 8), 0, 0, 0),
+            }
+        )
+
+    b = boot(mode="sev", setup=setup)
+    assert b.result.reason is RunReason.HALTED, b.result
+    assert firmware_fatal(b.result.outputs["serial"].decode()) == (
+        FW_REASON_SET,
+        FwReason.CBIT_VERIFY,
+    )
+
+
+def test_the_right_cbit_passes_the_check_which_leaves_no_trace():
+    b = boot()
+    assert (b.result.reason, b.result.exit_status) == (RunReason.EXIT_STATUS, 7)
+    scratch = b.booted.machine.memory.read_private(abi.CBIT_CHECK_GPA, abi.CBIT_CHECK_SIZE)
+    assert scratch == bytes(abi.CBIT_CHECK_SIZE)

@@ -66,10 +66,10 @@ def test_every_ap_reports_in_with_its_own_ghcb_and_the_payload_sees_the_count(vc
     slots = {abi.AP_GHCB_GPA + s * 0x1000 for s in range(vcpus - 1)}
     assert {int(line.rpartition(" ")[2], 16) for line in lines} == slots
     # The host saw each vCPU register its own page, and holds every AP.
-    ghcbs = [b.hv.vcpu_state(i).ghcb_registered for i in range(vcpus)]
+    ghcbs = [b.hv.vcpu_state(i).ghcb.registered for i in range(vcpus)]
     assert ghcbs[0] == abi.GHCB_GPA and set(ghcbs[1:]) == slots
     for n in range(1, vcpus):
-        assert b.hv.vcpu_state(n).mp_state is MpState.AP_RESET_HOLD
+        assert b.hv.vcpu_state(n).events.mp_state is MpState.AP_RESET_HOLD
     registered = {e.vcpu: e.summary for e in b.events("ghcb-register")}
     assert sorted(registered) == list(range(vcpus))
     # ...and the trace says which vCPU printed which line.
@@ -99,7 +99,7 @@ def test_without_sev_es_aps_come_up_with_init_sipi_and_halt(mode):
     assert ap_lines(b.result.console) == ["sevx86-fw: AP 1 up", "sevx86-fw: AP 2 up"]
     assert b.boot_info()["ap_jump_table"] == 0
     for n in (1, 2):
-        assert b.hv.vcpu_state(n).mp_state is MpState.HALTED
+        assert b.hv.vcpu_state(n).events.mp_state is MpState.HALTED
     assert not b.events("ap-reset-hold")
 
 

@@ -65,3 +65,31 @@ def test_run_guest_works_without_pytest():
     )
     assert run.halted
     assert [run.reg(r) for r in ("rax", "rbx", "rcx", "rdx")] == [1, 2, 3, 4]
+
+
+ASM_ERROR_TEST = """\
+def test_mine(sev_guest):
+    run = sev_guest("start:\\n    nop\\n    bogus eax\\n")
+    assert run.halted
+"""
+
+FAILING_ASSERT_TEST = """\
+def test_mine(sev_guest):
+    run = sev_guest('start:\\n    hlt\\n%include "vc_handler64.S"\\n')
+    assert not run.halted
+"""
+
+
+def test_i17_an_assembly_error_in_sev_guest_is_its_file_line_message_only(tmp_path):
+    result = _pytest(tmp_path, ASM_ERROR_TEST)
+    assert result.returncode == 1
+    assert "test_mine:3: " in result.stdout  # the source's name and line
+    assert "assembler.py" not in result.stdout  # no traceback through sevx86
+    assert "Traceback" not in result.stdout
+
+
+def test_i17_a_failed_assert_shows_a_short_guest_run(tmp_path):
+    result = _pytest(tmp_path, FAILING_ASSERT_TEST)
+    assert result.returncode == 1
+    assert "GuestRun(hlt, " in result.stdout
+    assert "machine=" not in result.stdout and "tracer=" not in result.stdout

@@ -12,6 +12,7 @@ import pytest
 
 from sevx86.hv import RunReason
 from sevx86.hv.devices import MMIO_TEST_ID
+from sevx86.hv.vcpu_state import MpState
 from tests.hv.guests import build, exit_direct, map_mmio
 from tests.hv.test_ghcb_requests import Capture
 
@@ -250,7 +251,7 @@ def test_hlt_with_interrupts_off_ends_halted():
     m, _, hv = build("    cli\n    hlt\n", "none")
     result = hv.run(timeout=30)
     assert result.reason is RunReason.HALTED
-    assert hv.vcpu_state(0).halted
+    assert hv.vcpu_state(0).events.mp_state is MpState.HALTED
 
 
 def test_timeout_is_reported_and_the_guest_can_continue():
@@ -278,3 +279,60 @@ gp_handler:
     result = hv.run(timeout=30)
     assert (result.reason, result.exit_status) == (RunReason.EXIT_STATUS, 13), result
     assert cap.reads == 0  # refused before the device was touched
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("insn", "index"), [("outsb", "rsi"), ("insw", "rdi")], ids=["rep_outsb", "rep_insw"]
+)
+def test_item4_a32_string_io_zero_extends_rsi_rdi_and_rcx(mode, insn, index):
+    """Issue 15 item 4: with a 32-bit address size in 64-bit mode the CPU
+    writes ESI/EDI/ECX, and a 32-bit result zero-extends into the 64-bit
+    register (APM vol 1 3.1.2.3; KVM's emulator ``assign_register`` does the
+    same). Bits 63:32 planted in RSI/RDI and RCX must be gone afterwards."""
+    cap = Capture()
+    body = (
+        f"""
+    mov {index}, 0xA5A5A5A500300000
+    mov rcx, 0x5A5A5A5A00000004
+    mov dx, 0x500
+    db 0x67
+    rep {insn}
+    mov r8, {index}
+"""
+        + store(0, "r8")
+        + store(1, "rcx")
+        + exit_direct(0)
+    )
+    m, _, hv = build(body, mode)
+    hv.io_bus.register(0x500, 4, cap)
+    result = hv.run(timeout=30)
+    assert result.ok, result
+    width = 1 if insn == "outsb" else 2
+    assert results(m, 2) == [0x300000 + 4 * width, 0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_item5_cpuid_0xd_sizes_follow_the_xcr0_set_by_xsetbv(mode):
+    """Issue 15 item 5: after XSETBV(XCR0 = x87|SSE|AVX) the host's CPUID
+    leaf 0xD answers the XSAVE sizes for that XCR0. APM vol 2 11.5.2 / the
+    standard layout: 512 bytes legacy area + 64 header + 256 AVX (YMM_Hi128)
+    = 0x340 for both sub-leaf 0 EBX (standard) and sub-leaf 1 EBX (compacted,
+    IA32_XSS = 0); it was 0x240, the size for XCR0 = 1."""
+    body = """
+    mov rax, cr4
+    bts rax, 18
+    mov cr4, rax
+    xor ecx, ecx
+    mov eax, 7
+    xor edx, edx
+    xsetbv
+    xor ecx, ecx
+    xgetbv
+""" + store(0)
+    for i, sub in enumerate((0, 1)):
+        body += f"    mov eax, 0xD\n    mov ecx, {sub}\n    cpuid\n" + store(1 + i, "rbx")
+    m, _, hv = build(body + exit_direct(0), mode)
+    result = hv.run(timeout=30)
+    assert result.ok, result
+    assert results(m, 3) == [7, 0x340, 0x340]

@@ -13,6 +13,7 @@ from sevx86.arch.vectors import Vector
 from sevx86.arch.vmcb import EventType, decode_event, encode_ioio
 from sevx86.hv import RunReason
 from sevx86.hv.devices import MMIO_TEST_BASE, MMIO_TEST_ID
+from sevx86.hv.vcpu_state import MpState
 from sevx86.trace.events import Tracer
 from tests.hv.guests import (
     CASE_GPA,
@@ -368,7 +369,7 @@ def test_ap_reset_hold_parks_the_only_vcpu_and_the_run_ends_halted():
     _, _, hv = build(register_ghcb() + call(SwExit.AP_HLT_LOOP, 0) + exit_sev_es(0))
     result = hv.run(timeout=30)
     assert result.reason is RunReason.HALTED
-    assert hv.vcpu_state(0).ap_hold
+    assert hv.vcpu_state(0).events.mp_state is MpState.AP_RESET_HOLD
 
 
 def test_hlt_ends_the_run_halted():
@@ -408,9 +409,9 @@ def test_cr4_write_trap_keeps_the_host_informed_and_cpuid_follows_it():
     assert result.ok, result
     assert not field(snapshot(m, 0), "rcx") & (1 << 27)
     assert field(snapshot(m, 1), "rcx") & (1 << 27)
-    assert hv.vcpu_state(0).cr4 & 0x40000
+    assert hv.vcpu_state(0).regs.cr4 & 0x40000
     assert result.counters["CR4_WRITE_TRAP"] == 1 and result.counters["EFER_WRITE_TRAP"] == 1
-    assert hv.vcpu_state(0).efer & 0x500 == 0x500  # LME | LMA
+    assert hv.vcpu_state(0).regs.efer & 0x500 == 0x500  # LME | LMA
     assert any("CR4 <-" in e.summary for e in tracer.of_kind("cr-trap"))
 
 

@@ -25,6 +25,7 @@ from sevx86.arch.vectors import Vector
 from sevx86.arch.vmcb import decode_event, encode_ioio
 from sevx86.hv import RunReason
 from sevx86.hv.validate import REQUIRED
+from sevx86.hv.vcpu_state import MpState
 from tests.hv.guests import CASE_GPA, CONTROL_GPA, GHCB_GPA, GHCB_MSR, build, register_ghcb
 
 RAM_TOP = 64 << 20
@@ -97,8 +98,9 @@ class Rig:
 
     def reset(self) -> None:
         state = self.hv.vcpu_state(0)
-        state.ap_hold = state.halted = False
-        state.ghcb_registered = GHCB_GPA
+        if state.events.mp_state in (MpState.AP_RESET_HOLD, MpState.HALTED):
+            state.events.mp_state = MpState.RUNNABLE
+        state.ghcb.registered = GHCB_GPA
 
     def serve(self, msr: int, page: bytes):
         self.reset()

@@ -31,18 +31,7 @@ from sevx86.hv.devices.i440fx import (
     Piix4Pm,
     i440fx_host_bridge,
 )
-from sevx86.hv.devices.lapic import (
-    APIC_BASE,
-    APIC_SIZE,
-    REG_LVT_TIMER,
-    REG_SVR,
-    REG_TIMER_CURRENT,
-    REG_TIMER_DIVIDE,
-    REG_TIMER_INITIAL,
-    REG_VERSION,
-    LocalApic,
-    describe_ipi,
-)
+from sevx86.hv.devices.lapic import APIC_BASE, APIC_SIZE, LocalApic, describe_ipi
 from sevx86.hv.devices.pci import PCI_IO_BASE, PCI_IO_LENGTH, PciHost
 from sevx86.hv.machines import system_states
 
@@ -296,33 +285,36 @@ def apic(clock: VirtualClock) -> tuple[MmioBus, LocalApic]:
 
 def test_lapic_reset_values():
     bus, _ = apic(VirtualClock())
-    assert bus.read(APIC_BASE + REG_VERSION, 4) & 0xFF == 0x14
-    assert (bus.read(APIC_BASE + REG_VERSION, 4) >> 16) & 0xFF == 5  # six LVT entries
-    assert bus.read(APIC_BASE + REG_SVR, 4) == 0xFF
-    assert bus.read(APIC_BASE + REG_LVT_TIMER, 4) == 0x0001_0000  # masked
+    assert bus.read(APIC_BASE + 0x030, 4) & 0xFF == 0x14
+    assert (bus.read(APIC_BASE + 0x030, 4) >> 16) & 0xFF == 5  # six LVT entries
+    assert bus.read(APIC_BASE + 0x0F0, 4) == 0xFF
+    assert bus.read(APIC_BASE + 0x320, 4) == 0x0001_0000  # masked
 
 
 def test_lapic_timer_counts_down_at_the_divided_bus_clock():
     clock = VirtualClock()
     bus, _ = apic(clock)
-    bus.write(APIC_BASE + REG_TIMER_DIVIDE, 4, 0b1011)  # divide by 1
-    bus.write(APIC_BASE + REG_TIMER_INITIAL, 4, 10_000)
+    bus.write(APIC_BASE + 0x3E0, 4, 0b1011)  # divide by 1
+    bus.write(APIC_BASE + 0x380, 4, 10_000)
     clock.advance(2_500)
-    assert bus.read(APIC_BASE + REG_TIMER_CURRENT, 4) == 7_500
-    bus.write(APIC_BASE + REG_TIMER_DIVIDE, 4, 0b0011)  # divide by 16
-    bus.write(APIC_BASE + REG_TIMER_INITIAL, 4, 100)
+    assert bus.read(APIC_BASE + 0x390, 4) == 7_500
+    bus.write(APIC_BASE + 0x3E0, 4, 0b0011)  # divide by 16
+    bus.write(APIC_BASE + 0x380, 4, 100)
     clock.advance(16 * 40)
-    assert bus.read(APIC_BASE + REG_TIMER_CURRENT, 4) == 60
+    assert bus.read(APIC_BASE + 0x390, 4) == 60
     clock.advance(16 * 1000)
-    assert bus.read(APIC_BASE + REG_TIMER_CURRENT, 4) == 0  # one-shot stops at 0
-    bus.write(APIC_BASE + REG_LVT_TIMER, 4, 0x0002_0030)  # periodic
-    assert bus.read(APIC_BASE + REG_TIMER_CURRENT, 4) != 0
+    assert bus.read(APIC_BASE + 0x390, 4) == 0  # one-shot stops at 0
+    bus.write(APIC_BASE + 0x320, 4, 0x0002_0030)  # periodic
+    assert bus.read(APIC_BASE + 0x390, 4) != 0
 
 
-def test_lapic_ipis_are_recorded():
-    bus, dev = apic(VirtualClock())
+def test_lapic_icr_writes_are_sent_as_ipis():
+    sent = []
+    dev = LocalApic(VirtualClock(), 3, send_ipi=lambda source, icr: sent.append((source, icr)))
+    bus = MmioBus()
+    bus.register(APIC_BASE, APIC_SIZE, dev)
     bus.write(APIC_BASE + 0x310, 4, 1 << 24)
     bus.write(APIC_BASE + 0x300, 4, 0x000C_4500)  # INIT to all others
-    assert dev.ipis == [(0x000C_4500, 1 << 24)]
-    assert describe_ipi(*dev.ipis[0]) == "INIT IPI vector 0x0 to all others"
+    [(source, icr)] = sent
+    assert source == 3 and describe_ipi(icr) == "INIT IPI vector 0x0 to all others"
     assert not bus.read(APIC_BASE + 0x300, 4) & (1 << 12)  # delivered

@@ -46,6 +46,7 @@ def build(
     ap_entry: str | None = None,
     tracer: Tracer | None = None,
     mode: str = "sev-es",
+    mmio: tuple[int, ...] = (),
 ) -> tuple[object, object, Hypervisor]:
     """(machine, program, hypervisor) for ``source`` on ``vcpus`` vCPUs.
 
@@ -58,6 +59,7 @@ def build(
         handlers={Vector.VC: "vc_handler", **(handlers or {})},
         ghcbs={i: ghcb(i) for i in preset},
         shared_pages=tuple(ghcb(i) for i in range(vcpus)) + shared,
+        mmio=mmio,
         ap_entry=ap_entry,
         defines={"VC_PERCPU": 1, "VC_CBIT_MASK": CBIT_MASK},
         name="<smp test>",

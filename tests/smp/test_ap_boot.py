@@ -117,7 +117,7 @@ def test_aps_reset_hold_wake_and_report_in(sched):
         ap_entry="ap_reset",
         tracer=tracer,
     )
-    assert hv.vcpu_state(1).mp_state is MpState.UNINITIALIZED
+    assert hv.vcpu_state(1).events.mp_state is MpState.UNINITIALIZED
     result = hv.run(timeout=120)
     assert result.ok, result
     lines = sorted(result.console.splitlines())
@@ -125,7 +125,7 @@ def test_aps_reset_hold_wake_and_report_in(sched):
     assert hv.ap_jump_table != 0
     for n in range(1, VCPUS):
         st = hv.vcpu_state(n)
-        assert st.received_first_sipi and st.ghcb_registered == 0x20000 + n * 0x1000
+        assert st.events.received_first_sipi and st.ghcb.registered == 0x20000 + n * 0x1000
     holds = {e.vcpu for e in tracer.of_kind("ap-reset-hold")}
     assert holds == set(range(1, VCPUS))
 

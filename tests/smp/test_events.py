@@ -187,7 +187,7 @@ tick:
     hv.request_interrupt(0, 0x30)
     result = hv.run(timeout=30)
     assert result.reason is RunReason.HALTED and "IF=0" in result.detail
-    assert hv.vcpu_state(0).irr == {0x30}  # never injected
+    assert hv.vcpu_state(0).events.irr == {0x30}  # never injected
 
 
 def test_a_fixed_ipi_interrupts_another_vcpu():

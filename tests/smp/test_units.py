@@ -42,7 +42,7 @@ def test_renderers_say_which_vcpu_did_what():
     tracer.emit("cpu", "vc", "#VC IOIO", vcpu=3, target="guest")
     rows = table(tracer.events).splitlines()[2:]
     assert rows[0].split()[2] == "0" and rows[1].split()[2] == "3"
-    assert "vCPU3: VC IOIO" in mermaid(tracer.events)  # mermaid drops "#"
+    assert "vCPU3: #35;VC IOIO" in mermaid(tracer.events)  # "#" as its Mermaid entity
 
 
 def test_make_scheduler_for_the_cli():

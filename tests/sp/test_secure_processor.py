@@ -242,8 +242,19 @@ def test_policy_the_platform_cannot_honour_is_refused(sp, policy):
     assert sp.status().guest_count == 0
 
 
-def test_policy_minimum_api_met_is_accepted(sp):
-    sp.launch_start(GuestPolicy.make(PolicyFlag.ES, api_major=1, api_minor=55))
+@pytest.mark.parametrize("older", [0, 1], ids=["same-version", "one-minor-older"])
+def test_item14_policy_minimum_api_met_is_accepted(sp, older):
+    """SEV API spec, "Guest Policy": API_MAJOR/API_MINOR are the oldest
+    firmware the guest accepts; a platform at or above it starts the launch.
+    The minimum is taken from the platform's own PLATFORM_STATUS."""
+    platform = sp.status()
+    policy = GuestPolicy.make(
+        PolicyFlag.ES, api_major=platform.api_major, api_minor=platform.api_minor - older
+    )
+    handle = sp.launch_start(policy)
+    guest = sp.guest_status(handle)
+    assert (guest.state, guest.policy) == (GuestState.LUPDATE, policy)
+    assert sp.status().guest_count == platform.guest_count + 1
 
 
 def test_es_on_a_platform_without_es_is_unsupported():

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import IO
 
 LogFn = Callable[..., None]
+LineListener = Callable[[str, str], None]  # (device, the line without its newline)
 
 DEFAULT_TAIL = 1 << 20  # bytes of output kept in memory, per device and overall
 MAX_LINE = 4096  # a partial line longer than this is traced as a line
@@ -56,6 +57,9 @@ class Console:
         self.tail_limit = tail_limit
         self._tails: dict[str, _Tail] = {}
         self._all = _Tail(tail_limit)
+        # Called with every completed line, e.g. a boot watching for a banner:
+        # the guest's own text, whatever the trace's wording.
+        self.listeners: list[LineListener] = []
         self._lines: dict[str, bytearray] = {}
         self.written: Counter[str] = Counter()  # bytes per device, including those let go
 
@@ -88,10 +92,10 @@ class Console:
         if stream is not None:
             stream.write(data)
             stream.flush()
-        if self.log is not None:
-            self._trace_lines(source, data)
+        if self.log is not None or self.listeners:
+            self._split_lines(source, data)
 
-    def _trace_lines(self, source: str, data: bytes) -> None:
+    def _split_lines(self, source: str, data: bytes) -> None:
         line = self._lines.setdefault(source, bytearray())
         start = 0
         while True:
@@ -99,23 +103,26 @@ class Console:
             if end < 0:
                 break
             line.extend(data[start:end])
-            self._emit(source, line)
+            self._emit(source, line, complete=True)
             start = end + 1
         line.extend(data[start:])
         while len(line) > MAX_LINE:
             piece = line[:MAX_LINE]
             del line[:MAX_LINE]
-            self._emit(source, piece)
+            self._emit(source, piece, complete=False)
 
-    def _emit(self, source: str, line: bytearray) -> None:
-        assert self.log is not None
+    def _emit(self, source: str, line: bytearray, *, complete: bool) -> None:
         text = bytes(line).decode("utf-8", "replace")
-        self.log("console", f"{source}: {text}", device=source)
         line.clear()
+        if self.log is not None:
+            self.log("console", f"{source}: {text}", device=source)
+        if complete:  # a listener sees only whole lines, as the guest wrote them
+            for listener in self.listeners:
+                listener(source, text)
 
     def text(self, source: str | None = None) -> str:
         data = self.all if source is None else self.outputs.get(source, b"")
         return bytes(data).decode("utf-8", "replace")
 
 
-__all__ = ["Console", "DEFAULT_TAIL", "MAX_LINE"]
+__all__ = ["Console", "DEFAULT_TAIL", "LineListener", "MAX_LINE"]

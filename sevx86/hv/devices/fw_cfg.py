@@ -46,7 +46,6 @@ from sevx86.arch.fw_cfg import (
     FwCfgKey,
 )
 
-_U32 = 0xFFFF_FFFF
 # The device's I/O window: selector, data, two unused ports, the DMA register.
 FW_CFG_IO_BASE = FW_CFG_IO_SELECTOR
 FW_CFG_IO_LENGTH = FW_CFG_IO_DMA + FW_CFG_IO_DMA_SIZE - FW_CFG_IO_SELECTOR

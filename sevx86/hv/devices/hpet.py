@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from sevx86.arch.bits import U32_MASK as _U32
+from sevx86.arch.bits import U64_MASK as _U64
 from sevx86.arch.hpet import (
     CAP_COUNT_SIZE_64,
     CAP_LEGACY_ROUTE,
@@ -65,8 +67,6 @@ from sevx86.arch.hpet import (
 )
 from sevx86.hv.clock import TimeSource
 
-_U32 = 0xFFFF_FFFF
-_U64 = (1 << 64) - 1
 FS_PER_NS = 1_000_000
 NS_PER_TICK = HPET_PERIOD_FS // FS_PER_NS  # 10
 

@@ -23,6 +23,7 @@ them into the hypervisor's interrupt requests (``sevx86.hv.devices.routing``).
 
 from __future__ import annotations
 
+from sevx86.arch.bits import U32_MASK as _U32
 from sevx86.arch.ioapic import (
     ID_MASK,
     IOAPIC_EOI,
@@ -46,8 +47,6 @@ from sevx86.arch.ioapic import (
     VERSION_MAX_ENTRY_SHIFT,
 )
 from sevx86.hv.devices.irq import ApicInterrupt, ApicSink
-
-_U32 = 0xFFFF_FFFF
 
 
 class IoApic:

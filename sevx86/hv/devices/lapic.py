@@ -1,116 +1,184 @@
-"""A local APIC in xAPIC mode: its MMIO page at 0xFEE0_0000.
+"""The local APIC: one per vCPU, reached as the xAPIC page and as the x2APIC MSRs.
 
-Register map (AMD APM vol 2, 16.3 "Local APIC Registers"; Intel SDM vol 3,
-table 11-1): each register is 32 bits at a 16-byte-aligned offset. What a
-firmware touches is modelled -- ID, version, TPR, PPR, EOI, LDR, DFR, the
-spurious-interrupt vector register, ISR/TMR/IRR, ESR, the ICR, every LVT
-entry and the timer (initial count, current count, divide configuration).
-Reset values follow the specification: LVT entries masked (0x0001_0000),
-DFR all ones, SVR 0xFF (APIC software-disabled).
+There is one model of the local APIC (``LocalApic``) and the hypervisor
+always creates one per vCPU (``LocalApics``, ``Hypervisor.lapic``). Both
+register interfaces reach the same register file (AMD APM vol 2, 16.3 "Local
+APIC Registers"; Intel SDM vol 3, table 10-1 and 10.12 for x2APIC):
 
-The timer counts down at the APIC bus clock divided by the divide
-configuration; like QEMU and KVM, sevx86 uses a 1 GHz bus clock (one tick
-per nanosecond of the platform's ``VirtualClock``). One-shot timers stop at
-0; periodic ones reload. No interrupt is delivered (the event-injection path
-does not exist yet): a firmware polling the current count sees time pass,
-one waiting for the interrupt waits in vain -- the trace shows it. IPIs
-written to the ICR are recorded (``ipis``) and reported to ``on_ipi``.
+* the xAPIC MMIO page at 0xFEE0_0000: 32-bit registers at 16-byte-aligned
+  offsets; the ICR is two registers, writing the low one sends the IPI;
+* the x2APIC MSRs 0x800 + (offset >> 4): the ICR is one 64-bit MSR, SELF IPI
+  (0x83F) sends a fixed interrupt to this APIC, ID/VERSION/LDR are read-only
+  and a write to them is a #GP, EOI and SELF IPI are write-only.
 
-Under SEV-ES the page is not guest RAM: each access is a nested page fault,
-a #VC, and the guest's handler forwards it as a GHCB MMIO request.
+Under SEV-ES neither is guest RAM nor a passthrough MSR: each access is a
+#VC the guest's handler forwards as a GHCB MMIO or MSR request.
+
+What is modelled: ID, version, TPR/PPR, EOI, LDR, DFR, SVR, ISR/TMR/IRR as
+readable registers, ESR with its write-to-latch protocol, every LVT entry
+(reset masked), the ICR and the timer. The timer counts down at the APIC bus
+clock divided by the divide configuration, a 1 GHz bus clock as QEMU and KVM
+use (one tick per nanosecond of the ``VirtualClock``); one-shot timers stop at
+0, periodic ones reload. Its interrupt is not delivered yet.
+
+The interface other host code uses (the platform's interrupt controllers,
+``sevx86.hv.smp``):
+
+* ``accept_interrupt(vector)``: an interrupt message for this APIC (from an
+  IOAPIC, an MSI, an IPI): an illegal vector sets "receive illegal vector";
+  a legal one goes to ``deliver``, the hypervisor's event path;
+* ``eoi()``, ``tpr``, ``ppr``, ``lvt(reg)``, ``timer_current()``;
+* ``send_ipi(source, icr)``, the callback an ICR write calls: ``sevx86.hv.smp``
+  routes the IPI to its targets. An ICR or SELF IPI write with a fixed or
+  lowest-priority vector 0..15 is not sent: "send illegal vector" is set in
+  ESR and the guest goes on (Intel SDM vol 3, 10.5.3), as a real APIC does.
+
+The in-service / priority arbitration of injected interrupts is not yet
+done here: the hypervisor's event path (``sevx86.hv.smp``) injects the
+highest requested vector once the guest can take it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from sevx86.arch.apic import (
+    APIC_FIRST_LEGAL_VECTOR,
+    APIC_VERSION,
+    DFR_RESET,
+    ICR_DELIVERY_PENDING,
+    LVT_MASKED,
+    LVT_REGS,
+    LVT_TIMER_PERIODIC,
+    SVR_RESET,
+    X2APIC_ICR,
+    X2APIC_ID,
+    XAPIC_BASE,
+    XAPIC_PAGE_SIZE,
+    ApicReg,
+    DeliveryMode,
+    EsrBit,
+    Icr,
+    Shorthand,
+    decode_icr,
+    x2apic_msr,
+)
+from sevx86.arch.bits import U32_MASK as _U32
+from sevx86.arch.msr import X2APIC_FIRST, X2APIC_LAST
 from sevx86.hv.clock import VirtualClock
 
-APIC_BASE = 0xFEE0_0000
-APIC_SIZE = 0x1000
+APIC_BASE = XAPIC_BASE
+APIC_SIZE = XAPIC_PAGE_SIZE
+# A register slot is 16 bytes; only its first 4 are the register.
+_SLOT = 0x10
+_BANK = 8  # ISR, TMR and IRR are 8 registers of 32 bits each
 
-REG_ID = 0x020
-REG_VERSION = 0x030
-REG_TPR = 0x080
-REG_APR = 0x090
-REG_PPR = 0x0A0
-REG_EOI = 0x0B0
-REG_RRD = 0x0C0
-REG_LDR = 0x0D0
-REG_DFR = 0x0E0
-REG_SVR = 0x0F0
-REG_ISR = 0x100  # eight registers, 0x100..0x170
-REG_TMR = 0x180
-REG_IRR = 0x200
-REG_ESR = 0x280
-REG_LVT_CMCI = 0x2F0
-REG_ICR_LO = 0x300
-REG_ICR_HI = 0x310
-REG_LVT_TIMER = 0x320
-REG_LVT_THERMAL = 0x330
-REG_LVT_PERF = 0x340
-REG_LVT_LINT0 = 0x350
-REG_LVT_LINT1 = 0x360
-REG_LVT_ERROR = 0x370
-REG_TIMER_INITIAL = 0x380
-REG_TIMER_CURRENT = 0x390
-REG_TIMER_DIVIDE = 0x3E0
-
-LVT_MASKED = 0x0001_0000
-LVT_TIMER_PERIODIC = 0x0002_0000
-LVT_REGS = (
-    REG_LVT_CMCI,
-    REG_LVT_TIMER,
-    REG_LVT_THERMAL,
-    REG_LVT_PERF,
-    REG_LVT_LINT0,
-    REG_LVT_LINT1,
-    REG_LVT_ERROR,
+# Registers a guest may write in xAPIC mode (the rest are read-only or actions).
+_WRITABLE = frozenset(
+    {
+        ApicReg.ID,
+        ApicReg.TPR,
+        ApicReg.LDR,
+        ApicReg.DFR,
+        ApicReg.SVR,
+        ApicReg.ICR_HIGH,
+        ApicReg.TIMER_DIVIDE,
+        *LVT_REGS,
+    }
 )
-# Version 0x14 (integrated APIC) with 6 LVT entries (max LVT index 5): QEMU's value.
-APIC_VERSION = 0x14 | (5 << 16)
-SVR_RESET = 0x0000_00FF
-ICR_DELIVERY_STATUS = 1 << 12
-ICR_DELIVERY_MODE_SHIFT = 8
-DELIVERY_MODES = {0: "fixed", 1: "lowest", 2: "SMI", 4: "NMI", 5: "INIT", 6: "SIPI"}
-WRITABLE = {
-    REG_ID,
-    REG_TPR,
-    REG_LDR,
-    REG_DFR,
-    REG_SVR,
-    REG_ESR,
-    REG_ICR_HI,
-    REG_TIMER_DIVIDE,
-    *LVT_REGS,
+# x2APIC: read-only registers (a WRMSR is a #GP) and write-only ones (an RDMSR is).
+_X2APIC_READ_ONLY = frozenset(x2apic_msr(r) for r in (ApicReg.ID, ApicReg.VERSION, ApicReg.LDR))
+_X2APIC_WRITE_ONLY = frozenset(x2apic_msr(r) for r in (ApicReg.EOI, ApicReg.SELF_IPI))
+_FIXED_MODES = (DeliveryMode.FIXED, DeliveryMode.LOWEST_PRIORITY)
+DELIVERY_NAMES = {
+    DeliveryMode.FIXED: "fixed",
+    DeliveryMode.LOWEST_PRIORITY: "lowest",
+    DeliveryMode.SMI: "SMI",
+    DeliveryMode.NMI: "NMI",
+    DeliveryMode.INIT: "INIT",
+    DeliveryMode.STARTUP: "SIPI",
 }
 
-IpiHook = Callable[[int, int], None]  # (icr_low, icr_high)
+SendIpi = Callable[[int, Icr], None]  # (source APIC ID, the decoded ICR)
+Deliver = Callable[[int, int], None]  # (APIC ID, vector): the hypervisor's event path
+LogFn = Callable[..., None]
 
 
 class LocalApic:
+    """The local APIC of one vCPU (see the module docstring for its interface)."""
+
     name = "lapic"
 
-    def __init__(self, clock: VirtualClock, apic_id: int = 0, on_ipi: IpiHook | None = None):
+    def __init__(
+        self,
+        clock: VirtualClock,
+        apic_id: int = 0,
+        *,
+        send_ipi: SendIpi | None = None,
+        deliver: Deliver | None = None,
+        log: LogFn | None = None,
+    ):
         self.clock = clock
-        self.on_ipi = on_ipi
+        self.apic_id = apic_id
+        self.send_ipi = send_ipi
+        self.deliver = deliver
+        self.log = log
         self.regs: dict[int, int] = {
-            REG_ID: apic_id << 24,
-            REG_VERSION: APIC_VERSION,
-            REG_DFR: 0xFFFF_FFFF,
-            REG_SVR: SVR_RESET,
+            ApicReg.ID: apic_id << 24,
+            ApicReg.VERSION: APIC_VERSION,
+            ApicReg.DFR: DFR_RESET,
+            ApicReg.SVR: SVR_RESET,
             **{r: LVT_MASKED for r in LVT_REGS},
         }
-        self.isr = [0] * 8
+        self.isr = [0] * _BANK
+        self.esr = 0  # what a read of ESR returns: the errors latched at its last write
+        self.errors = 0  # errors since the last ESR write (not yet visible)
         self.timer_initial = 0
         self.timer_loaded_ns = 0
-        self.ipis: list[tuple[int, int]] = []
 
-    # -- timer ------------------------------------------------------------------------
+    # -- interrupts -----------------------------------------------------------------------
+    def accept_interrupt(self, vector: int) -> bool:
+        """An interrupt message for this APIC; False (and an ESR bit) for vectors 0..15."""
+        if vector < APIC_FIRST_LEGAL_VECTOR:
+            self._error(EsrBit.RECEIVE_ILLEGAL_VECTOR, f"received illegal vector {vector:#x}")
+            return False
+        if self.deliver is not None:
+            self.deliver(self.apic_id, vector)
+        return True
+
+    def eoi(self) -> None:
+        """End the highest in-service interrupt."""
+        for i in reversed(range(_BANK)):
+            if self.isr[i]:
+                self.isr[i] &= ~(1 << (self.isr[i].bit_length() - 1))
+                return
+
+    @property
+    def tpr(self) -> int:
+        return self.regs.get(ApicReg.TPR, 0)
+
+    @property
+    def ppr(self) -> int:
+        """Processor priority: the TPR's class (no in-service arbitration yet)."""
+        return self.tpr & 0xF0
+
+    def lvt(self, reg: ApicReg) -> int:
+        return self.regs[reg]
+
+    def _error(self, bit: EsrBit, what: str) -> None:
+        self.errors |= bit
+        if self.log is not None:
+            summary = f"local APIC {self.apic_id}: {what} (ESR {bit.name})"
+            self.log("apic-error", summary, vcpu=self.apic_id)
+        lvt = self.regs[ApicReg.LVT_ERROR]
+        if not lvt & LVT_MASKED and lvt & 0xFF >= APIC_FIRST_LEGAL_VECTOR and self.deliver:
+            self.deliver(self.apic_id, lvt & 0xFF)
+
+    # -- timer ----------------------------------------------------------------------------
     @property
     def divide_shift(self) -> int:
         """log2 of the divider: DCR bits 0,1,3 -> 2, 4, ..., 128, 1 (APM 16.4.1)."""
-        dcr = self.regs.get(REG_TIMER_DIVIDE, 0)
+        dcr = self.regs.get(ApicReg.TIMER_DIVIDE, 0)
         v = (dcr & 3) | ((dcr >> 1) & 4)
         return (v + 1) & 7
 
@@ -118,59 +186,150 @@ class LocalApic:
         if not self.timer_initial:
             return 0
         ticks = (self.clock.now_ns() - self.timer_loaded_ns) >> self.divide_shift
-        if self.regs[REG_LVT_TIMER] & LVT_TIMER_PERIODIC:
+        if self.regs[ApicReg.LVT_TIMER] & LVT_TIMER_PERIODIC:
             return self.timer_initial - ticks % self.timer_initial
         return max(self.timer_initial - ticks, 0)
 
-    # -- registers ----------------------------------------------------------------------
+    # -- the register file (xAPIC offsets) ---------------------------------------------------
     def read_reg(self, reg: int) -> int:
-        if REG_ISR <= reg < REG_ISR + 0x80:
-            return self.isr[(reg - REG_ISR) >> 4]
-        if reg == REG_TIMER_CURRENT:
+        if ApicReg.ISR <= reg < ApicReg.ISR + _BANK * _SLOT:
+            return self.isr[(reg - ApicReg.ISR) // _SLOT]
+        if reg == ApicReg.TIMER_CURRENT:
             return self.timer_current()
-        if reg == REG_TIMER_INITIAL:
+        if reg == ApicReg.TIMER_INITIAL:
             return self.timer_initial
-        if reg == REG_PPR:
-            return self.regs.get(REG_TPR, 0) & 0xF0
+        if reg == ApicReg.PPR:
+            return self.ppr
+        if reg == ApicReg.ESR:
+            return self.esr
         return self.regs.get(reg, 0)
 
     def write_reg(self, reg: int, value: int) -> None:
-        value &= 0xFFFF_FFFF
-        if reg == REG_EOI:
-            for i in reversed(range(8)):  # end the highest in-service interrupt
-                if self.isr[i]:
-                    self.isr[i] &= ~(1 << (self.isr[i].bit_length() - 1))
-                    break
-        elif reg == REG_TIMER_INITIAL:
+        value &= _U32
+        if reg == ApicReg.EOI:
+            self.eoi()
+        elif reg == ApicReg.ESR:
+            # A write latches the errors seen since the previous one (SDM 10.5.3).
+            self.esr, self.errors = self.errors, 0
+        elif reg == ApicReg.TIMER_INITIAL:
             self.timer_initial = value
             self.timer_loaded_ns = self.clock.now_ns()
-        elif reg == REG_ICR_LO:
-            self.regs[REG_ICR_LO] = value & ~ICR_DELIVERY_STATUS  # delivered at once
-            high = self.regs.get(REG_ICR_HI, 0)
-            self.ipis.append((value, high))
-            if self.on_ipi is not None:
-                self.on_ipi(value, high)
-        elif reg in WRITABLE:
+        elif reg == ApicReg.ICR_LOW:
+            self.regs[ApicReg.ICR_LOW] = value & ~ICR_DELIVERY_PENDING  # delivered at once
+            high = self.regs.get(ApicReg.ICR_HIGH, 0)
+            self._send(decode_icr(high << 32 | value, x2apic=False))
+        elif reg in _WRITABLE:
             self.regs[reg] = value
 
-    # -- MMIO ---------------------------------------------------------------------------
+    def _send(self, icr: Icr) -> None:
+        if icr.mode in _FIXED_MODES and icr.vector < APIC_FIRST_LEGAL_VECTOR:
+            self._error(EsrBit.SEND_ILLEGAL_VECTOR, f"IPI with illegal vector {icr.vector:#x}")
+            return
+        if self.send_ipi is not None:
+            self.send_ipi(self.apic_id, icr)
+
+    # -- xAPIC page (MmioDevice protocol) ---------------------------------------------------
     def mmio_read(self, offset: int, size: int) -> int:
-        reg, sub = offset & ~0xF, offset & 0xF
+        reg, sub = offset & ~(_SLOT - 1), offset & (_SLOT - 1)
         if sub >= 4:
             return 0  # the other 12 bytes of each 16-byte slot are reserved
         return self.read_reg(reg) >> (8 * sub)
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
-        reg, sub = offset & ~0xF, offset & 0xF
+        reg, sub = offset & ~(_SLOT - 1), offset & (_SLOT - 1)
         if sub == 0 and size >= 4:
             self.write_reg(reg, value)
 
+    # -- x2APIC MSRs ------------------------------------------------------------------------
+    def msr_read(self, msr: int) -> int | None:
+        """RDMSR of an x2APIC register; None is a #GP."""
+        if msr in _X2APIC_WRITE_ONLY:
+            return None
+        if msr == X2APIC_ID:
+            return self.apic_id  # the full 32-bit x2APIC ID
+        if msr == x2apic_msr(ApicReg.LDR):
+            return 1 << self.apic_id if self.apic_id < 32 else 0
+        if msr == X2APIC_ICR:
+            return self.regs.get(ApicReg.ICR_LOW, 0) | self.regs.get(ApicReg.ICR_HIGH, 0) << 32
+        return self.read_reg((msr - X2APIC_FIRST) * _SLOT)
 
-def describe_ipi(icr_low: int, icr_high: int) -> str:
-    mode = DELIVERY_MODES.get((icr_low >> ICR_DELIVERY_MODE_SHIFT) & 7, "reserved")
-    shorthand = ("", " to self", " to all", " to all others")[(icr_low >> 18) & 3]
-    dest = "" if shorthand else f" to APIC {icr_high >> 24}"
-    return f"{mode} IPI vector {icr_low & 0xFF:#x}{shorthand}{dest}"
+    def msr_write(self, msr: int, value: int) -> bool:
+        """WRMSR of an x2APIC register; False is a #GP."""
+        if msr in _X2APIC_READ_ONLY:
+            return False
+        if msr == X2APIC_ICR:
+            self.regs[ApicReg.ICR_LOW] = value & _U32 & ~ICR_DELIVERY_PENDING
+            self.regs[ApicReg.ICR_HIGH] = value >> 32 & _U32
+            self._send(decode_icr(value, x2apic=True))
+            return True
+        if msr == x2apic_msr(ApicReg.SELF_IPI):
+            # A fixed, edge-triggered IPI to this APIC (SDM 10.12.11).
+            self._send(
+                Icr(
+                    vector=value & 0xFF,
+                    mode=DeliveryMode.FIXED,
+                    logical=False,
+                    assert_level=True,
+                    level_triggered=False,
+                    shorthand=Shorthand.SELF,
+                    destination=self.apic_id,
+                    x2apic=True,
+                )
+            )
+            return True
+        if msr == x2apic_msr(ApicReg.ESR) and value:
+            return False  # only 0 may be written in x2APIC mode (SDM 10.5.3)
+        self.write_reg((msr - X2APIC_FIRST) * _SLOT, value)
+        return True
 
 
-__all__ = ["APIC_BASE", "APIC_SIZE", "LocalApic", "describe_ipi"]
+class LocalApics:
+    """Every vCPU's ``LocalApic``: the xAPIC page routed to the accessing vCPU, the MSRs."""
+
+    name = "lapic"
+
+    def __init__(self, apics: Sequence[LocalApic], current: Callable[[], int]):
+        self.apics = list(apics)
+        self._current = current
+
+    def __getitem__(self, index: int) -> LocalApic:
+        return self.apics[index]
+
+    def __len__(self) -> int:
+        return len(self.apics)
+
+    def use_clock(self, clock: VirtualClock) -> None:
+        """Time the APIC timers by the platform's clock (``QemuPc``)."""
+        for apic in self.apics:
+            apic.clock = clock
+
+    @staticmethod
+    def owns_msr(msr: int) -> bool:
+        return X2APIC_FIRST <= msr <= X2APIC_LAST
+
+    def msr_read(self, vcpu: int, msr: int) -> int | None:
+        return self.apics[vcpu].msr_read(msr)
+
+    def msr_write(self, vcpu: int, msr: int, value: int) -> bool:
+        return self.apics[vcpu].msr_write(msr, value)
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        return self.apics[self._current()].mmio_read(offset, size)
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        self.apics[self._current()].mmio_write(offset, size, value)
+
+
+def describe_ipi(icr: Icr) -> str:
+    mode = DELIVERY_NAMES.get(icr.mode, "reserved")  # type: ignore[call-overload]
+    shorthand = {
+        Shorthand.NONE: "",
+        Shorthand.SELF: " to self",
+        Shorthand.ALL_INCLUDING_SELF: " to all",
+        Shorthand.ALL_EXCLUDING_SELF: " to all others",
+    }[icr.shorthand]
+    dest = "" if shorthand else f" to APIC {icr.destination}"
+    return f"{mode} IPI vector {icr.vector:#x}{shorthand}{dest}"
+
+
+__all__ = ["APIC_BASE", "APIC_SIZE", "LocalApic", "LocalApics", "describe_ipi"]
