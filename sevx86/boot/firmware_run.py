@@ -74,7 +74,7 @@ from sevx86.boot.fv import EntryPoint, FlashLayout
 from sevx86.boot.launch import DEFAULT_VCPU_TYPE, LaunchedGuest, adopt, launch_guest
 from sevx86.boot.ovmf import OvmfImage
 from sevx86.config import GuestConfig, GuestMode, MiB
-from sevx86.hv.clock import VirtualClock
+from sevx86.hv.clock import RealtimeClock, VirtualClock
 from sevx86.hv.hypervisor import ExitEvent, Hypervisor, Proceed
 from sevx86.hv.machines import QemuPc
 from sevx86.hv.msr_protocol import MsrProtocolRequest
@@ -202,7 +202,7 @@ class FirmwareBoot:
         vcpu_type: str = DEFAULT_VCPU_TYPE,
         tracer: Tracer | None = None,
         console: IO[bytes] | None = None,
-        clock: VirtualClock | None = None,
+        clock: VirtualClock | RealtimeClock | None = None,
         until: str | None = None,
         watch_entries: bool = True,
         sp: SecureProcessor | None = None,

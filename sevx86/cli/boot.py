@@ -28,7 +28,8 @@ from sevx86.cli import common
 from sevx86.cli.main import UsageError
 from sevx86.config import PAGE_SIZE, ConfigError, parse_size
 from sevx86.gdb import session
-from sevx86.hv.clock import VirtualClock
+from sevx86.hv import RunReason
+from sevx86.hv.clock import ClockChoice, ClockMode, RealtimeClock, VirtualClock
 from sevx86.hv.hypervisor import EXIT_TABLE
 from sevx86.hv.machines import PC_BELOW_4G_LIMIT
 from sevx86.sp.policy import GuestPolicy
@@ -78,8 +79,12 @@ default shell: the boot stops at the UEFI shell banner; --until none runs on):
     + "\n".join(f"  {name:<13} {text}" for name, text in MILESTONES.items())
     + """
 
-time: the devices read a virtual clock that advances --clock-step per exit
-(default 10 us), so a run and its trace are the same every time.
+time (--clock): one platform clock drives the TSC, PIT, HPET, PM timer, RTC
+and APIC timer. realtime (default): guest time is the host's, a 5-second
+countdown takes 5 s. icount: deterministic -- each exit advances guest time
+by --clock-step ns (default 10 us), or 2**SHIFT ns with icount:SHIFT, and a
+machine whose vCPUs all halt jumps to its next timer; a run and its trace
+are then the same every time.
 
 exit status: 0 if the --until milestone was reached (with --until none: if
 the guest powered off), 1 if the run ended otherwise (timeout, instruction
@@ -166,11 +171,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"trace as a Mermaid sequence diagram (first {MERMAID_EVENTS} events)",
     )
     p.add_argument(
+        "--clock",
+        default="realtime",
+        metavar="realtime|icount[:SHIFT]",
+        help="guest time: the host's (default) or deterministic per exit (see below)",
+    )
+    p.add_argument(
         "--clock-step",
         metavar="NS",
         type=int,
         default=10_000,
-        help="virtual nanoseconds per exit (default 10000)",
+        help="with --clock icount: virtual nanoseconds per exit (default 10000)",
     )
     p.add_argument("--quiet", action="store_true", help="do not echo the guest's console")
     linux = p.add_argument_group("direct kernel boot (QEMU's -kernel/-initrd/-append, via fw_cfg)")
@@ -193,6 +204,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--timeout is given",
     )
     p.set_defaults(func=run)
+
+
+def _clock(args: argparse.Namespace) -> VirtualClock | RealtimeClock:
+    try:
+        choice = ClockChoice.parse(args.clock)
+    except ValueError as exc:
+        raise UsageError(f"--clock {exc}") from None
+    if args.clock_step <= 0:
+        raise UsageError(f"--clock-step {args.clock_step} must be positive")
+    if choice.mode is ClockMode.ICOUNT and choice.shift is None:
+        return VirtualClock(step_ns=args.clock_step)
+    return choice.make()
 
 
 def _read(path: str, what: str) -> bytes:
@@ -363,6 +386,7 @@ def run(args: argparse.Namespace) -> int:
             gdb_address = session.parse_address(args.gdb)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    clock = _clock(args)
     if args.save_varstore and not args.varstore:
         raise UsageError("--save-varstore needs --varstore (there is no flash to save)")
     if (args.initrd or args.append is not None) and not args.kernel:
@@ -388,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
             vcpu_type=args.vcpu_type,
             tracer=tracer,
             console=console,
-            clock=VirtualClock(step_ns=args.clock_step),
+            clock=clock,
             until=until,
             on_milestone=progress.milestone,
             policy=policy,
@@ -432,7 +456,9 @@ def run(args: argparse.Namespace) -> int:
     elif until is not None:
         status = EXIT_REACHED if result.milestone(until).reached else EXIT_NOT_REACHED
     else:
-        status = EXIT_REACHED if "S5" in result.run.detail else EXIT_NOT_REACHED
+        status = (
+            EXIT_REACHED if result.run.reason is RunReason.POWERED_OFF else EXIT_NOT_REACHED
+        )
     if server is not None:
         server.finish(status)
     return status

@@ -36,6 +36,7 @@ from sevx86.boot.ovmf import OvmfError
 from sevx86.cli.main import EXIT_INTERNAL, EXIT_USAGE, UsageError
 from sevx86.config import ConfigError, GuestConfig, GuestMode, parse_size
 from sevx86.hv import Hypervisor, RunReason, RunResult
+from sevx86.hv.clock import NS_PER_S, TSC_HZ, ClockChoice, ClockMode, RealtimeClock, TscClock
 from sevx86.hv.scheduler import DEFAULT_QUANTUM, SCHEDULERS, Scheduler, make_scheduler
 from sevx86.sp.launch import LaunchError, resolve_policy
 from sevx86.sp.policy import GuestPolicy
@@ -153,6 +154,13 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
         help="play the hypervisor: FILE defines setup(hv) and/or a subclass of "
         "sevx86.hv.Hypervisor, of any name (see sevx86.hv and the README)",
     )
+    parser.add_argument(
+        "--clock",
+        default="icount",
+        metavar="realtime|icount[:SHIFT]",
+        help="the guest's TSC: icount (default: deterministic, 1000 cycles per read, or "
+        "2**SHIFT ns of a 2 GHz TSC per read) or realtime (the host's monotonic clock)",
+    )
     h = parser.add_argument_group("several vCPUs (the hypervisor)")
     h.add_argument(
         "--scheduler",
@@ -227,9 +235,18 @@ class HvOptions:
     seed: int = 0
     quantum: int | None = None
     ap_start: str = "sipi"
+    clock: ClockChoice = ClockChoice(ClockMode.ICOUNT)
 
     def make_scheduler(self) -> Scheduler:
         return make_scheduler(self.scheduler, seed=self.seed, quantum=self.quantum)
+
+    def make_tsc(self) -> TscClock:
+        """The TSC of a run without the pc devices: nothing else reads the clock."""
+        if self.clock.mode is ClockMode.REALTIME:
+            return TscClock(source=RealtimeClock())
+        if self.clock.shift is None:
+            return TscClock()
+        return TscClock(step=max(1, (1 << self.clock.shift) * TSC_HZ // NS_PER_S))
 
 
 def hv_options(args: argparse.Namespace) -> HvOptions:
@@ -244,7 +261,11 @@ def hv_options(args: argparse.Namespace) -> HvOptions:
             raise UsageError(f"--quantum {quantum} must be at least 1")
     if args.ap_start not in AP_START:
         raise UsageError(f"--ap-start {args.ap_start!r} is not one of {', '.join(AP_START)}")
-    return HvOptions(args.scheduler, seed, quantum, args.ap_start)
+    try:
+        clock = ClockChoice.parse(getattr(args, "clock", "icount"))
+    except ValueError as exc:
+        raise UsageError(f"--clock {exc}") from None
+    return HvOptions(args.scheduler, seed, quantum, args.ap_start, clock)
 
 
 def guest_policy(args: argparse.Namespace, mode: GuestMode) -> GuestPolicy | None:
@@ -543,6 +564,8 @@ def exit_status(
         if 0 <= status <= 0xFF:
             return status, ""
         return 0xFF, f"the guest's exit status {status:#x} does not fit 0..255"
+    if reason is RunReason.POWERED_OFF:
+        return 0, ""
     if reason is RunReason.TERMINATED:
         term = result.termination
         if term is not None and term.by == "guest":
@@ -742,6 +765,8 @@ def run_hypervisor(
             f"--hv: {plugin.cls.__name__}(host, console=, scheduler=, ap_start=) failed: {exc}"
         ) from None
     hv.console.routes["debugcon"] = debugcon
+    if options.clock != ClockChoice(ClockMode.ICOUNT):  # the default keeps the hv's own TSC
+        hv.msrs.clock = options.make_tsc()
     if plugin.setup is not None:
         try:
             plugin.setup(hv)

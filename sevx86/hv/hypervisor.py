@@ -347,6 +347,10 @@ class Hypervisor:
         """End the run after the exit being handled (a device powered off, a watcher is done)."""
         self._end(RunReason.STOPPED, detail, vcpu=vcpu)
 
+    def power_off(self, detail: str) -> None:
+        """The platform powered off at the guest's request (ACPI S5): the run ends cleanly."""
+        self._end(RunReason.POWERED_OFF, detail, exit_status=0)
+
     def _end(self, reason: RunReason, detail: str, **kw: Any) -> None:
         if self._result is None:
             self._result = RunResult(reason, detail=detail, **kw)

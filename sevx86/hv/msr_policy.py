@@ -7,8 +7,12 @@ then the policy's answer. A refused access is answered like KVM does with
 "exception" answer (SW_EXITINFO1 = 1, SW_EXITINFO2 = EVENTINJ of #GP(0)),
 for the other modes by EVENTINJ at the next VMRUN.
 
-MSR numbers come from ``sevx86.arch.msr``; reset values follow AMD APM vol 2
-(MTRRs, PAT) and what KVM reports for an EPYC guest (DE_CFG).
+MSR numbers come from ``sevx86.arch.msr`` and ``sevx86.arch.msr_kvm``; reset
+values follow AMD APM vol 2 (MTRRs, PAT) and what KVM reports for an EPYC
+guest (DE_CFG). ``KVM_FIXED_MSRS`` is the one table of the model-specific
+MSRs a kernel probes that KVM answers instead of raising #GP
+(``kvm_get_msr_common``, ``svm_get_msr``; writes as ``kvm_set_msr_common``
+takes them: ignored, stored, or refused).
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ from dataclasses import dataclass
 
 from sevx86.arch.bits import U64_MASK as _U64
 from sevx86.arch.msr import Msr
+from sevx86.arch.msr_kvm import (
+    CLK_CTL_VALUE,
+    EBC_FREQUENCY_ID_VALUE,
+    FSB_FREQ_VALUE,
+    PATCH_LEVEL_VALUE,
+    PERF_STATUS_VALUE,
+    KvmMsr,
+)
 from sevx86.hv.clock import TscClock
 
 # MSRs the CPU handles without an exit, as KVM's direct-access list: syscall and
@@ -56,6 +68,57 @@ class MsrRule:
     readable: bool = True
     writable: bool = True
     value: int = 0
+    ignore_writes: bool = False  # WRMSR succeeds and changes nothing (KVM: "break;")
+
+
+def _fixed(value: int = 0) -> MsrRule:
+    """Reads give ``value``; a write raises #GP (KVM has no case for it)."""
+    return MsrRule(writable=False, value=value)
+
+
+def _sink(value: int = 0) -> MsrRule:
+    """Reads give ``value``; writes are accepted and dropped."""
+    return MsrRule(value=value, ignore_writes=True)
+
+
+# The MSRs KVM answers with a fixed value, and what a write does there.
+KVM_FIXED_MSRS: dict[int, MsrRule] = {
+    Msr.SYSCFG: _fixed(),  # no SME for the guest: MemEncryptionModEn reads 0
+    KvmMsr.HWCR: MsrRule(),  # vcpu->arch.msr_hwcr, 0 at reset, written back
+    KvmMsr.NB_CFG: _sink(),
+    KvmMsr.PLATFORM_ID: _fixed(),
+    KvmMsr.EBL_CR_POWERON: _fixed(),
+    KvmMsr.LASTBRANCH_FROM_IP: _fixed(),
+    KvmMsr.LASTBRANCH_TO_IP: _fixed(),
+    KvmMsr.LASTINT_FROM_IP: _fixed(),
+    KvmMsr.LASTINT_TO_IP: _fixed(),
+    KvmMsr.TSEG_ADDR: _fixed(),
+    KvmMsr.TSEG_MASK: _fixed(),
+    Msr.VM_HSAVE_PA: _sink(),
+    Msr.VM_CR: _fixed(),  # no nested SVM state: 0
+    KvmMsr.INT_PENDING_MSG: _fixed(),
+    KvmMsr.MMIO_CONF_BASE: _fixed(),
+    KvmMsr.BU_CFG2: _sink(),
+    KvmMsr.PERF_CTL: _fixed(),
+    KvmMsr.DC_CFG: _sink(),
+    KvmMsr.TW_CFG: _sink(),
+    KvmMsr.EX_CFG: _sink(),
+    KvmMsr.IC_CFG: _fixed(),  # svm_get_msr: 0 outside family 15h models 2-1Fh
+    KvmMsr.RAPL_POWER_UNIT: _fixed(),
+    KvmMsr.PKG_ENERGY_STATUS: _fixed(),
+    KvmMsr.DRAM_ENERGY_STATUS: _fixed(),
+    KvmMsr.PP0_ENERGY_STATUS: _fixed(),
+    KvmMsr.PP1_ENERGY_STATUS: _fixed(),
+    KvmMsr.PATCH_LEVEL: _sink(PATCH_LEVEL_VALUE),  # guest writes ignored (host-initiated only)
+    KvmMsr.FSB_FREQ: _fixed(FSB_FREQ_VALUE),
+    KvmMsr.EBC_FREQUENCY_ID: _fixed(EBC_FREQUENCY_ID_VALUE),
+    KvmMsr.PERF_STATUS: _fixed(PERF_STATUS_VALUE),
+    KvmMsr.CLK_CTL: _sink(CLK_CTL_VALUE),
+    KvmMsr.POWER_CTL: MsrRule(),
+    # Machine check: sevx86 reports no banks (KVM's count is set by the VMM).
+    KvmMsr.MCG_CAP: _fixed(),
+    KvmMsr.MCG_STATUS: MsrRule(),
+}
 
 
 class MsrPolicy:
@@ -80,6 +143,7 @@ class MsrPolicy:
             SPEC_CTRL: MsrRule(),
             PRED_CMD: MsrRule(readable=False),
             DE_CFG: MsrRule(value=DE_CFG_LFENCE_SERIALIZE),
+            **KVM_FIXED_MSRS,
         }
         for n in range(8):
             rules[Msr.MTRR_PHYSBASE0 + 2 * n] = MsrRule()
@@ -118,6 +182,8 @@ class MsrPolicy:
         if rule is None or not rule.writable:
             return False
         value &= _U64
+        if rule.ignore_writes:
+            return True
         if msr == Msr.TSC:
             self.clock.write(value)
         else:
@@ -125,4 +191,4 @@ class MsrPolicy:
         return True
 
 
-__all__ = ["MsrPolicy", "MsrRule", "PASSTHROUGH_MSRS", "PASSTHROUGH_MSRS_SEV_ES"]
+__all__ = ["KVM_FIXED_MSRS", "MsrPolicy", "MsrRule", "PASSTHROUGH_MSRS", "PASSTHROUGH_MSRS_SEV_ES"]

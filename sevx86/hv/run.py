@@ -39,7 +39,8 @@ class RunReason(StrEnum):
     INSTRUCTION_LIMIT = "instruction-limit"  # the per-entry instruction budget
     EMULATION_ERROR = "emulation-error"  # the CPU engine (or the MMIO decoder) gave up
     HYPERVISOR_ERROR = "hypervisor-error"  # a bug in a handler or hook (see detail)
-    STOPPED = "stopped"  # a device or hook ended the run (power off, a milestone reached)
+    STOPPED = "stopped"  # a device or hook ended the run (a milestone reached, a reset)
+    POWERED_OFF = "powered-off"  # the guest switched the machine off (ACPI S5): a clean end
 
 
 @dataclass(frozen=True)

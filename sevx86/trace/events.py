@@ -57,10 +57,12 @@ class TraceKind(StrEnum):
     POWER = "power"
     IPI = "ipi"
     IRQ_REQUEST = "irq-request"
+    IRQ_DROPPED = "irq-dropped"
     NMI_REQUEST = "nmi-request"
     NMI_COMPLETE = "nmi-complete"
     AP_RESET_HOLD = "ap-reset-hold"
     APIC_ERROR = "apic-error"
+    CLOCK = "clock"
     MILESTONE = "milestone"
     HALT = "halt"
     TERMINATE = "terminate"
@@ -101,11 +103,13 @@ KIND_HELP: dict[TraceKind, tuple[str, str]] = {
     TraceKind.PFLASH: ("hv", "a flash command (program, erase, mode change)"),
     TraceKind.POWER: ("hv", "the guest asks for power off, sleep or reset"),
     TraceKind.IPI: ("hv", "INIT, SIPI and other IPIs between vCPUs (--vcpus N)"),
-    TraceKind.IRQ_REQUEST: ("hv", "an interrupt requested for a vCPU"),
+    TraceKind.IRQ_REQUEST: ("hv", "an interrupt requested for a vCPU (a device, an IPI)"),
+    TraceKind.IRQ_DROPPED: ("hv", "an interrupt no vCPU could take (illegal vector, no target)"),
     TraceKind.NMI_REQUEST: ("hv", "an NMI requested for a vCPU"),
     TraceKind.NMI_COMPLETE: ("hv", "the guest's NMI_COMPLETE: the NMI window opens"),
     TraceKind.AP_RESET_HOLD: ("hv", "an AP parked in AP reset hold (GHCB spec)"),
     TraceKind.APIC_ERROR: ("hv", "the local APIC refused a write and set an ESR bit"),
+    TraceKind.CLOCK: ("hv", "every vCPU halted: the clock warped or slept to a timer"),
     TraceKind.MILESTONE: ("hv", "a boot milestone reached (sevx86 boot)"),
     TraceKind.HALT: ("hv", "a vCPU halted"),
     TraceKind.TERMINATE: ("hv", "a termination request, with reason set and code"),

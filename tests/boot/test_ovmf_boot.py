@@ -206,3 +206,54 @@ def test_a_second_boot_reads_the_variables_back_from_the_flash(ovmf):
     result = boot.run()
     assert result.run.reason is RunReason.STOPPED, result.report()
     assert result.run.detail == "MTC stored as 2"
+
+
+# -- ACPI tables through etc/table-loader (sevx86.hv.devices.acpi_tables) -----------
+
+EFI_SYSTEM_TABLE_SIGNATURE = b"IBI SYST"
+EFI_SYSTEM_TABLE_HEADER_SIZE = 0x78  # x64 EFI_SYSTEM_TABLE (UEFI 2.x, 4.3)
+# EFI_ACPI_20_TABLE_GUID 8868E871-E4F1-11D3-BC22-0080C73C8881, in memory order.
+EFI_ACPI_20_TABLE_GUID = bytes.fromhex("71e86888f1e4d311bc220080c73c8881")
+
+
+def _u(data: bytes, at: int, size: int) -> int:
+    return int.from_bytes(data[at : at + size], "little")
+
+
+def test_ovmf_runs_the_table_loader_and_installs_our_acpi_tables(ovmf):
+    reads = ovmf.boot.pc.fw_cfg.reads
+    assert reads["etc/table-loader"] >= 1 and reads["etc/acpi/tables"] >= 1
+    assert reads["etc/acpi/rsdp"] >= 1
+    memory = ovmf.boot.machine.memory
+    ram = next(r for r in memory.regions if r.base == 0)
+    data = memory.read_private(0, ram.size)
+    # The EFI system table's configuration table has an ACPI 2.0 entry ...
+    rsdp_addrs = []
+    at = data.find(EFI_SYSTEM_TABLE_SIGNATURE)
+    while at >= 0:
+        if _u(data, at + 12, 4) == EFI_SYSTEM_TABLE_HEADER_SIZE:
+            count, table = _u(data, at + 104, 8), _u(data, at + 112, 8)
+            for i in range(count if table + 24 * count <= len(data) else 0):
+                entry = data[table + 24 * i : table + 24 * i + 24]
+                if entry[:16] == EFI_ACPI_20_TABLE_GUID:
+                    rsdp_addrs.append(_u(entry, 16, 8))
+        at = data.find(EFI_SYSTEM_TABLE_SIGNATURE, at + 1)
+    assert rsdp_addrs, "no ACPI 2.0 entry in the EFI configuration table"
+    # ... whose RSDP (OVMF's own, ACPI 6.x 5.2.5.3) leads to the tables we built.
+    rsdp = data[rsdp_addrs[0] : rsdp_addrs[0] + 36]
+    assert rsdp[:8] == b"RSD PTR " and sum(rsdp[:20]) & 0xFF == 0 and sum(rsdp) & 0xFF == 0
+    xsdt_at = _u(rsdp, 24, 8)
+    xsdt = data[xsdt_at : xsdt_at + _u(data, xsdt_at + 4, 4)]
+    assert xsdt[:4] == b"XSDT" and sum(xsdt) & 0xFF == 0
+    tables = {}
+    for at in range(36, len(xsdt), 8):
+        addr = _u(xsdt, at, 8)
+        table = data[addr : addr + _u(data, addr + 4, 4)]
+        assert sum(table) & 0xFF == 0, table[:4]
+        tables[table[:4]] = table
+    assert {b"FACP", b"APIC", b"HPET"} <= tables.keys()
+    assert tables[b"APIC"][10:16] == b"SEVX86" and tables[b"HPET"][10:16] == b"SEVX86"
+    fadt = tables[b"FACP"]
+    assert _u(fadt, 76, 4) == ovmf.boot.pc.acpi_pm.base + 8  # the PM timer OVMF programmed
+    dsdt_at = _u(fadt, 140, 8) or _u(fadt, 40, 4)
+    assert data[dsdt_at : dsdt_at + 4] == b"DSDT"

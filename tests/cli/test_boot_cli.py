@@ -90,3 +90,18 @@ def test_save_varstore_writes_the_flash_back(tmp_path, capsys):
     assert status == 0
     # Stopped long before the variable driver: the flash is as it came.
     assert out.read_bytes() == varstore.read_bytes()
+
+
+def test_a_bad_clock_is_a_usage_error(tmp_path, capsys):
+    image = tmp_path / "fw.fd"
+    image.write_bytes(bytes(0x1000))
+    assert main(["boot", str(image), "--clock", "sundial"]) == 2
+    assert "--clock" in capsys.readouterr().err
+    assert main(["boot", str(image), "--clock", "icount", "--clock-step", "0"]) == 2
+    assert main(["run", "example:hello", "--clock", "icount:x"]) == 2
+    assert "SHIFT" in capsys.readouterr().err
+
+
+def test_run_takes_both_clocks():
+    assert main(["run", "example:hello", "--clock", "realtime"]) == 0
+    assert main(["run", "example:hello", "--clock", "icount:3"]) == 0

@@ -144,7 +144,8 @@ def test_s5_power_off_stops_the_run():
     _, _, hv = build(body, "none")
     QemuPc(hv)
     result = hv.run(timeout=30)
-    assert result.reason is RunReason.STOPPED and "S5" in result.detail
+    assert result.reason is RunReason.POWERED_OFF and "S5" in result.detail
+    assert result.exit_status == 0
 
 
 def test_memory_reaching_the_pci_hole_is_refused():

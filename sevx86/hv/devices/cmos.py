@@ -8,6 +8,16 @@ index port reads as 0xFF. Time comes from the platform's deterministic
 unless the guest changes register B. Register A never shows an update in
 progress; a guest that sets the time does so with register B's SET bit.
 
+Interrupts on IRQ8 (MC146818A "Interrupts"; QEMU ``rtc_periodic_timer``,
+``rtc_update_timer``): register C's PF is set at the periodic rate register
+A's RS bits select (32768 >> (RS - 1) Hz; RS 1 and 2 are 256 and 128 Hz, 0
+is off), UF at every update (each second, unless SET), AF when an update
+makes the time match the alarm bytes (0xC0-0xFF in one of them: "don't
+care"). The flags are set whatever register B enables; IRQF (bit 7) and the
+IRQ8 line follow (PF & PIE) | (AF & AIE) | (UF & UIE); reading register C
+clears them and drops the line. ``poll`` is called when the platform clock
+moves; several periods between two polls coalesce into one interrupt.
+
 The RAM holds what PC firmware reads (QEMU ``hw/i386/pc.c`` ``pc_cmos_init``):
 base memory at 0x15/0x16, extended memory at 0x17/0x18 and 0x30/0x31 (KiB
 above 1 MiB, at most 65535), memory above 16 MiB at 0x34/0x35 and above
@@ -20,7 +30,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sevx86.hv.clock import VirtualClock
+from sevx86.hv.clock import TimeSource
+from sevx86.hv.devices.irq import IrqLine
 
 CMOS_INDEX_PORT = 0x70
 CMOS_DATA_PORT = 0x71
@@ -50,6 +61,17 @@ REG_MEM_ABOVE_4G_LO = 0x5B
 REG_CPU_COUNT = 0x5F
 
 REG_A_UIP = 0x80
+REG_A_RS_MASK = 0x0F  # periodic rate select
+REG_B_PIE = 0x40
+REG_B_AIE = 0x20
+REG_B_UIE = 0x10
+REG_C_IRQF = 0x80
+REG_C_PF = 0x40
+REG_C_AF = 0x20
+REG_C_UF = 0x10
+ALARM_DONT_CARE = 0xC0  # an alarm byte >= 0xC0 matches any value
+RTC_BASE_HZ = 32_768
+NS_PER_S = 1_000_000_000
 REG_A_RESET = 0x26  # 32.768 kHz time base, 1024 Hz periodic rate (QEMU's reset value)
 REG_B_SET = 0x80
 REG_B_DM_BINARY = 0x04
@@ -76,10 +98,20 @@ def _from_bcd(value: int) -> int:
 class CmosRtc:
     name = "cmos-rtc"
 
-    def __init__(self, clock: VirtualClock, *, start: dt.datetime = DEFAULT_START):
+    def __init__(
+        self,
+        clock: TimeSource,
+        *,
+        start: dt.datetime = DEFAULT_START,
+        irq: IrqLine | None = None,
+    ):
         self.clock = clock
+        self.irq = irq if irq is not None else IrqLine("irq8")
         self.start = start
         self.start_ns = clock.now_ns()
+        self._periodic_base_ns = self.start_ns
+        self._periodic_seen = 0
+        self._seconds_seen = 0
         self.index = 0
         self.ram = bytearray(CMOS_SIZE)
         self.ram[REG_A] = REG_A_RESET
@@ -158,6 +190,63 @@ class CmosRtc:
         except ValueError:
             return  # an impossible date: keep the clock running as it was
         self.start, self.start_ns = new, self.clock.now_ns()
+        self._seconds_seen = 0
+
+    # -- interrupts ------------------------------------------------------------------
+    def periodic_hz(self) -> int:
+        """The periodic interrupt rate register A selects (0: off)."""
+        rs = self.ram[REG_A] & REG_A_RS_MASK
+        if rs == 0:
+            return 0
+        return RTC_BASE_HZ >> (rs + 6 if rs <= 2 else rs - 1)
+
+    def poll(self) -> None:
+        """Time moved: set PF, UF and AF for what happened since the last poll."""
+        now = self.clock.now_ns()
+        hz = self.periodic_hz()
+        if hz:
+            periods = (now - self._periodic_base_ns) * hz // NS_PER_S
+            if periods > self._periodic_seen:
+                self._periodic_seen = periods
+                self.ram[REG_C] |= REG_C_PF
+        seconds = (now - self.start_ns) // NS_PER_S
+        if seconds > self._seconds_seen and not self.ram[REG_B] & REG_B_SET:
+            self._seconds_seen = seconds
+            self.ram[REG_C] |= REG_C_UF
+            if self._alarm_matches():
+                self.ram[REG_C] |= REG_C_AF
+        self._update_irq()
+
+    def _alarm_matches(self) -> bool:
+        pairs = (
+            (REG_SECONDS_ALARM, REG_SECONDS),
+            (REG_MINUTES_ALARM, REG_MINUTES),
+            (REG_HOURS_ALARM, REG_HOURS),
+        )
+        return all(
+            self.ram[alarm] >= ALARM_DONT_CARE or self.ram[alarm] == self._time_reg(reg)
+            for alarm, reg in pairs
+        )
+
+    def _update_irq(self) -> None:
+        c, b = self.ram[REG_C], self.ram[REG_B]
+        pending = c & b & (REG_C_PF | REG_C_AF | REG_C_UF)  # PIE/AIE/UIE sit at the same bits
+        if pending:
+            self.ram[REG_C] = c | REG_C_IRQF
+        if bool(pending) != self.irq.level:
+            self.irq.set_level(bool(pending))
+
+    def next_event_ns(self) -> int | None:
+        """When the next enabled interrupt is due (for a clock that skips idle time)."""
+        b = self.ram[REG_B]
+        due: list[int] = []
+        hz = self.periodic_hz()
+        if b & REG_B_PIE and hz:
+            nxt = self._periodic_seen + 1
+            due.append(self._periodic_base_ns + -(-nxt * NS_PER_S // hz))
+        if b & (REG_B_UIE | REG_B_AIE) and not b & REG_B_SET:
+            due.append(self.start_ns + (self._seconds_seen + 1) * NS_PER_S)
+        return min(due) if due else None
 
     # -- the ports -------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:
@@ -169,7 +258,9 @@ class CmosRtc:
         if reg == REG_A:
             return self.ram[REG_A] & ~REG_A_UIP
         if reg == REG_C:
+            self.poll()
             value, self.ram[REG_C] = self.ram[REG_C], 0  # reading clears the flags
+            self._update_irq()
             return value
         return self.ram[reg]
 
@@ -181,6 +272,10 @@ class CmosRtc:
         reg = self.index
         if reg in (REG_C, REG_D):
             return  # read-only
+        if reg == REG_A:
+            self.ram[REG_A] = value & ~REG_A_UIP
+            self._periodic_base_ns, self._periodic_seen = self.clock.now_ns(), 0
+            return
         if reg == REG_B:
             was_set = self.ram[REG_B] & REG_B_SET
             if value & REG_B_SET and not was_set:
@@ -189,6 +284,7 @@ class CmosRtc:
             self.ram[REG_B] = value
             if was_set and not value & REG_B_SET:
                 self._latch_time()
+            self._update_irq()
             return
         editing_now = reg in TIME_REGS + DATE_REGS and not self.ram[REG_B] & REG_B_SET
         if editing_now:  # one field changes; the others keep their current value

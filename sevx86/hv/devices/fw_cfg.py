@@ -85,6 +85,7 @@ class FwCfg:
         self.log = log
         self.items: dict[int, FwCfgItem] = {}
         self.files: dict[str, FwCfgItem] = {}
+        self.refreshers: dict[str, Callable[[], bytes]] = {}  # file -> rebuild on select
         self.selected = int(FwCfgKey.SIGNATURE)  # QEMU's reset selects the signature
         self.offset = 0
         self.dma_address = 0
@@ -117,6 +118,17 @@ class FwCfg:
         if len(self.files) >= FW_CFG_FILE_SLOTS:
             raise ValueError("no free fw_cfg file slot")
         self.files[name] = FwCfgItem(bytearray(data), writable, name)
+
+    def on_select(self, name: str, refresh: Callable[[], bytes]) -> None:
+        """Call ``refresh`` whenever file ``name`` is selected; its bytes become the file's.
+
+        QEMU builds its ACPI tables this way (``acpi_build_update``): from the
+        machine as the firmware has programmed it by then. The size must not change
+        (the file directory already announced it).
+        """
+        if name not in self.files:
+            raise KeyError(name)
+        self.refreshers[name] = refresh
 
     def file_key(self, name: str) -> int:
         """The selector key of a file: its rank in name order after FILE_FIRST."""
@@ -160,6 +172,13 @@ class FwCfg:
         self.offset = 0
         label = self.label(self.selected)
         self.reads[label] = self.reads.get(label, 0) + 1
+        refresh = self.refreshers.get(label)
+        if refresh is not None:
+            data = refresh()
+            item = self.files[label]
+            if len(data) != len(item.data):
+                raise ValueError(f"fw_cfg file {label!r} changed size when refreshed")
+            item.data[:] = data
         if self.log is not None:
             self.log("fw-cfg", f"fw_cfg select {label}", key=self.selected)
 
