@@ -50,6 +50,7 @@ from sevx86.machine import Machine
 from sevx86.memory.dram import PhysicalMemory
 from sevx86.memory.pagetables import PageTableBuilder
 from sevx86.sp.launch import GuestLaunch
+from sevx86.sp.policy import GuestPolicy
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import Tracer
 
@@ -227,6 +228,7 @@ def build_machine(
     tracer: Tracer | None = None,
     sp: SecureProcessor | None = None,
     finish: bool = True,
+    policy: GuestPolicy | int | None = None,
 ) -> tuple[Machine, Program]:
     """Assemble ``spec``, launch a machine with the environment, ``config.vcpus`` vCPUs."""
     config = config or GuestConfig(memory=8 << 20)
@@ -245,7 +247,7 @@ def build_machine(
     )
     long_mode = spec.bits == 64
     # Images -> launch -> machine, as every stack builder does (sevx86.sp.launch).
-    launch = GuestLaunch(config, sp=sp, tracer=tracer)
+    launch = GuestLaunch(config, sp=sp, policy=policy, tracer=tracer)
     launch.start()
     machine = Machine(config, launch=launch, tracer=tracer)
     idt = bytearray(256 * (16 if long_mode else 8))

@@ -183,6 +183,29 @@ class Machine:
         # and pages already scanned for atomics must be seen by the watch.
         self.memory.flush_tlbs()
 
+    @property
+    def policy(self) -> GuestPolicy | None:
+        """The launch policy (GUEST_STATUS), None in mode none."""
+        return self._sp.guest_status(self._handle).policy if self._sp is not None else None
+
+    # -- a debugger's door (KVM_SEV_DBG_DECRYPT / KVM_SEV_DBG_ENCRYPT) -------------------
+    def dbg_decrypt(self, spa: int, length: int) -> bytes:
+        """Guest plaintext through the SP's DBG_DECRYPT (SevError under NODBG).
+
+        16-byte aligned blocks only, as the command takes them; ``sevx86.gdb``
+        rounds like KVM's ``sev_dbg_crypt``. Mode none: the bytes themselves.
+        """
+        if self._sp is None:
+            return self.memory.read_private(spa, length)
+        return self._sp.dbg_decrypt(self._handle, self.memory, spa, length)
+
+    def dbg_encrypt(self, spa: int, data: bytes) -> None:
+        """Write guest plaintext through the SP's DBG_ENCRYPT (SevError under NODBG)."""
+        if self._sp is None:
+            self.memory.write_private(spa, data)
+            return
+        self._sp.dbg_encrypt(self._handle, self.memory, spa, data)
+
     # -- the host's side ------------------------------------------------------------------
     def host_view(self) -> HostView:
         if not self._finished:

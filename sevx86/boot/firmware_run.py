@@ -81,6 +81,7 @@ from sevx86.hv.msr_protocol import MsrProtocolRequest
 from sevx86.hv.requests import GhcbRequest
 from sevx86.hv.run import RunResult
 from sevx86.memory.mmu import Access, Translation
+from sevx86.sp.policy import GuestPolicy
 from sevx86.sp.secure_processor import SecureProcessor
 from sevx86.trace.events import TraceEvent, TraceKind, Tracer
 
@@ -207,6 +208,7 @@ class FirmwareBoot:
         sp: SecureProcessor | None = None,
         mode: GuestMode | str = GuestMode.SEV_ES,
         on_milestone: Callable[[Milestone], None] | None = None,
+        policy: GuestPolicy | int | None = None,
     ):
         if until is not None and until not in MILESTONES:
             raise ValueError(f"unknown milestone {until!r}; known: {', '.join(MILESTONES)}")
@@ -230,7 +232,9 @@ class FirmwareBoot:
             self.sp,
             image,
             config=self.config,
-            policy=None,  # the mode's default (sevx86.sp.launch.default_policy)
+            # None: the mode's default (sevx86.sp.launch.default_policy); a
+            # debugger needs the owner's debuggable policy (NODBG clear).
+            policy=policy,
             varstore=_read(varstore),
             vcpu_type=vcpu_type,
             tracer=self.tracer,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from sevx86.asm import AsmError, assemble
+from sevx86.asm.elf import SymbolSection, symbol_elf
 
 EXIT_BAD_INPUT = 2  # the CLI's convention for bad usage or unreadable input
 EXIT_WRITE_FAILED = 1
@@ -39,7 +40,8 @@ example, a reset vector at the top of a flash image:
 
   $ sevx86 asm reset.S -o reset.bin --listing
   $ sevx86 asm guest.S --base 0x100000 -o guest.bin && sevx86 run guest.bin
-  $ sevx86 asm guest.S --base 0x100000 -D DEBUG=1 -I include/ --json"""
+  $ sevx86 asm guest.S --base 0x100000 -D DEBUG=1 -I include/ --json
+  $ sevx86 asm guest.S --base 0x100000 --symbols guest.elf   # gdb: symbol-file guest.elf"""
 
 
 def _int(text: str) -> int:
@@ -102,6 +104,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="write base, size and symbols as JSON (stdout without FILE)",
     )
+    parser.add_argument(
+        "--symbols",
+        type=Path,
+        metavar="FILE",
+        help="write an ELF with the bytes at their address and every label as a symbol "
+        "(gdb: symbol-file FILE, then break LABEL)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -152,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
         output.write_bytes(program.code)
         if args.listing:
             _write_text(args.listing, program.listing())
+        if args.symbols:
+            name = path.stem.replace(".", "_") or "program"
+            args.symbols.write_bytes(symbol_elf([SymbolSection.of(name, program)]))
         if args.json:
             report = {"output": str(output), **program.to_json()}
             _write_text(args.json, json.dumps(report, indent=2) + "\n")

@@ -27,12 +27,15 @@ from sevx86.boot.vcpu_types import VCPU_TYPES
 from sevx86.cli import common
 from sevx86.cli.main import UsageError
 from sevx86.config import PAGE_SIZE, ConfigError, parse_size
+from sevx86.gdb import session
 from sevx86.hv.clock import VirtualClock
 from sevx86.hv.hypervisor import EXIT_TABLE
 from sevx86.hv.machines import PC_BELOW_4G_LIMIT
+from sevx86.sp.policy import GuestPolicy
 from sevx86.trace.events import JsonLinesSink, TraceEvent, Tracer
 from sevx86.trace.render import mermaid, table
 
+DEFAULT_TIMEOUT = 600.0
 EXIT_REACHED = 0
 EXIT_NOT_REACHED = 1
 EXIT_INTERRUPTED = int(common.ExitStatus.INTERRUPTED)
@@ -138,8 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--timeout",
         metavar="S",
         type=float,
-        default=600.0,
-        help="wall-clock limit in seconds (default 600)",
+        help="wall-clock limit in seconds (default 600; none with --gdb)",
     )
     p.add_argument(
         "--max-instructions",
@@ -175,6 +177,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     linux.add_argument("--kernel", metavar="BZIMAGE", help="Linux bzImage for the firmware to boot")
     linux.add_argument("--initrd", metavar="FILE", help="initial ramdisk (needs --kernel)")
     linux.add_argument("--append", metavar="CMDLINE", help="kernel command line (needs --kernel)")
+    dbg = p.add_argument_group("debugging")
+    dbg.add_argument(
+        "--policy",
+        metavar="VALUE",
+        help="SEV policy given to LAUNCH_START (default 0x5, NODBG|ES, as QEMU); it must "
+        "have ES (bit 2). 0x4 launches a debuggable guest (MEASURE covers the policy)",
+    )
+    dbg.add_argument(
+        "--gdb",
+        metavar="[HOST:]PORT",
+        help="stop at the reset vector and wait for gdb's 'target remote' (loopback unless "
+        "HOST is given; 0: a free port). Without --policy 0x4 the SP's NODBG refuses "
+        "DBG_DECRYPT: gdb sees ciphertext and no registers. No wall-clock limit unless "
+        "--timeout is given",
+    )
     p.set_defaults(func=run)
 
 
@@ -336,8 +353,16 @@ def run(args: argparse.Namespace) -> int:
     memory = _memory(args.memory)
     if args.vcpus < 1:
         raise UsageError(f"--vcpus {args.vcpus} must be at least 1")
-    if args.timeout <= 0:
+    if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    timeout = args.timeout if args.timeout is not None or args.gdb else DEFAULT_TIMEOUT
+    policy = _policy(args.policy)
+    gdb_address = None
+    if args.gdb:
+        try:
+            gdb_address = session.parse_address(args.gdb)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if args.save_varstore and not args.varstore:
         raise UsageError("--save-varstore needs --varstore (there is no flash to save)")
     if (args.initrd or args.append is not None) and not args.kernel:
@@ -366,6 +391,7 @@ def run(args: argparse.Namespace) -> int:
             clock=VirtualClock(step_ns=args.clock_step),
             until=until,
             on_milestone=progress.milestone,
+            policy=policy,
         )
     except (OvmfError, ConfigError, ValueError) as exc:
         close()
@@ -374,11 +400,22 @@ def run(args: argparse.Namespace) -> int:
         add_to_fw_cfg(linux, boot.pc.fw_cfg)
     for code in EXIT_TABLE:
         boot.hv.on_exit(code, progress.count_exit)
+    server = None
     try:
+        if gdb_address is not None:
+            try:
+                server = session.start(boot.machine, gdb_address, sys.stderr, command="boot")
+            except OSError as exc:
+                raise UsageError(f"--gdb {args.gdb}: {exc.strerror or exc}") from None
+            server.on_kill = lambda: boot.hv.stop("killed from gdb")
         with progress.running():
             result, interrupted = _run_interruptibly(
-                boot, timeout=args.timeout, max_instructions=args.max_instructions
+                boot, timeout=timeout, max_instructions=args.max_instructions
             )
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     finally:
         close()
     if console is not None:
@@ -391,10 +428,26 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + result.report(), file=sys.stderr)
     if interrupted:
         print("sevx86 boot: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if until is not None:
-        return EXIT_REACHED if result.milestone(until).reached else EXIT_NOT_REACHED
-    return EXIT_REACHED if "S5" in result.run.detail else EXIT_NOT_REACHED
+        status = EXIT_INTERRUPTED
+    elif until is not None:
+        status = EXIT_REACHED if result.milestone(until).reached else EXIT_NOT_REACHED
+    else:
+        status = EXIT_REACHED if "S5" in result.run.detail else EXIT_NOT_REACHED
+    if server is not None:
+        server.finish(status)
+    return status
+
+
+def _policy(text: str | None) -> GuestPolicy | None:
+    if text is None:
+        return None
+    try:
+        policy = GuestPolicy(int(text, 0))
+    except ValueError:
+        raise UsageError(f"--policy {text!r} is not a 32-bit number") from None
+    if not policy.es:
+        raise UsageError(f"--policy {text}: boot launches SEV-ES, the policy needs ES (0x4)")
+    return policy
 
 
 def _save_varstore(boot: FirmwareBoot, path: str) -> None:

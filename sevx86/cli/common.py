@@ -30,6 +30,7 @@ from sevx86.asm import AsmError, assemble
 from sevx86.asm import fw_abi as abi
 from sevx86.asm.guest_abi import GUEST_ASM_REASON_SET, VC_REASON_TEXT, VcReason
 from sevx86.asm.preprocess import guest_asm_dir
+from sevx86.asm.program import Program
 from sevx86.boot.firmware import BootedGuest, FirmwareError, boot_machine, check_machine
 from sevx86.boot.ovmf import OvmfError
 from sevx86.cli.main import EXIT_INTERNAL, EXIT_USAGE, UsageError
@@ -89,6 +90,7 @@ exit status:
   125      --max-instructions reached
   130      interrupted (Ctrl-C): the run ends at the next exit or kick, the
            summary and the trace written so far still come
+  137      killed from gdb (--gdb), as a shell reports SIGKILL
   1        internal error in sevx86"""
 
 _FATAL_LINE = re.compile(r"sevx86-fw: fatal: reason set 0x([0-9a-f]+) code 0x([0-9a-f]+)")
@@ -137,9 +139,8 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--timeout",
-        default=str(DEFAULT_TIMEOUT),
         metavar="SECONDS",
-        help=f"wall-clock limit of the run (default {DEFAULT_TIMEOUT:g}; 0: none)",
+        help=f"wall-clock limit of the run (default {DEFAULT_TIMEOUT:g}, none with --gdb; 0: none)",
     )
     g.add_argument(
         "--max-instructions",
@@ -261,6 +262,9 @@ def guest_policy(args: argparse.Namespace, mode: GuestMode) -> GuestPolicy | Non
 
 
 def run_limits(args: argparse.Namespace) -> tuple[float | None, int | None]:
+    if args.timeout is None:
+        # A person at a gdb prompt is not a hung guest: no limit unless asked.
+        args.timeout = "0" if getattr(args, "gdb", None) else str(DEFAULT_TIMEOUT)
     try:
         timeout = float(args.timeout)
     except ValueError:
@@ -316,6 +320,7 @@ class Payload:
     name: str  # how messages refer to it
     code: bytes
     symbols: dict[str, int] = field(default_factory=dict)  # labels, for fault messages
+    program: Program | None = None  # when assembled here: its labels, for a symbol file
 
     def where(self, address: int) -> str:
         """``label+0x12`` for an address inside the program ("" outside it)."""
@@ -381,7 +386,7 @@ def load_program(args: argparse.Namespace) -> Payload:
     program = _assemble_payload(path, args.include, defines)
     if not program.code:
         raise UsageError(f"{path}: empty program")
-    return Payload(name, program.code, dict(program.symbols))
+    return Payload(name, program.code, dict(program.symbols), program)
 
 
 # The firmware enters a payload at its first byte (firmware/README.md, "Payload

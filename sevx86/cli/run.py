@@ -9,6 +9,9 @@ from contextlib import ExitStack
 from sevx86.asm import fw_abi as abi
 from sevx86.cli import common, launch_owner
 from sevx86.cli.main import UsageError
+from sevx86.gdb import session
+from sevx86.gdb.server import GdbServer
+from sevx86.hv import Hypervisor
 from sevx86.trace.events import JsonLinesSink, Tracer
 
 DESCRIPTION = f"""\
@@ -42,6 +45,8 @@ examples:
   sevx86 run guest.bin --memory 256M --timeout 5
   sevx86 run example:hello --vcpus 4            the firmware starts 3 APs first
   sevx86 run example:smp --vcpus 4 --seed 7     ...then wakes them through the AP jump table
+  sevx86 run guest.S --policy 0x4 --gdb 1234    a debuggable SEV-ES guest, stopped for gdb:
+      gdb -ex 'symbol-file FILE' -ex 'target remote :1234'   (FILE: as printed; break vc_do_cpuid)
 
 a minimal PROGRAM (guest.S):
   start:  mov edx, 0xF4       ; the debug-exit port
@@ -81,6 +86,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="write the flash image (firmware + PROGRAM) that the launch measures",
     )
+    dbg = parser.add_argument_group("debugging (see the README: debugging a #VC handler)")
+    dbg.add_argument(
+        "--gdb",
+        metavar="[HOST:]PORT",
+        help="stop before the first instruction and wait for gdb's 'target remote' on "
+        "HOST:PORT (loopback unless HOST is given; port 0 picks a free one). Under "
+        "sev/sev-es the debugger sees private memory and the VMSA only through the SP's "
+        "DBG_DECRYPT: launch with a policy without NODBG to debug (--policy 0x4 under "
+        "sev-es, 0x0 under sev)",
+    )
+    dbg.add_argument(
+        "--symbols",
+        metavar="FILE",
+        help="write an ELF with the labels of the firmware, its #VC handlers and PROGRAM "
+        "(gdb: symbol-file FILE); with --gdb and no --symbols, a temporary file",
+    )
     out.add_argument(
         "-v",
         "--verbose",
@@ -88,6 +109,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="show the firmware's debug console and a summary on stderr",
     )
     parser.set_defaults(func=run)
+
+
+KILLED = 128 + 9  # gdb's kill: what a shell reports for a process killed by SIGKILL
+
+
+def _gdb_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    if not args.gdb:
+        return None
+    try:
+        address = session.parse_address(args.gdb)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.scheduler == "parallel":
+        # The stub is all-stop: a stopped vCPU must be the only one running.
+        raise UsageError("--gdb needs --scheduler deterministic (one vCPU runs at a time)")
+    return address
+
+
+def _with_kill(plugin: common.HvPlugin, server: GdbServer) -> common.HvPlugin:
+    """The user's plugin, plus gdb's ``kill`` wired to end the hypervisor's run."""
+    user_setup = plugin.setup
+
+    def setup(hv: Hypervisor) -> None:
+        server.on_kill = lambda: hv.stop("killed from gdb")
+        if user_setup is not None:
+            user_setup(hv)
+
+    return common.HvPlugin(plugin.cls, setup)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     common.guest_policy(args, config.mode)
     options = common.hv_options(args)
     plugin = common.load_hv_plugin(args.hv)
+    gdb_address = _gdb_address(args)
     payload = common.load_program(args)
     sp, launch_options = launch_owner.owner_launch(args)
     with ExitStack() as stack:
@@ -121,6 +171,24 @@ def run(args: argparse.Namespace) -> int:
                     f.write(booted.image)
             except OSError as exc:
                 raise UsageError(f"--save-image {args.save_image}: {exc.strerror or exc}") from None
+        symbols = None
+        if args.symbols or gdb_address:
+            try:
+                symbols = session.write_symbols(session.symbol_file(payload.program), args.symbols)
+            except OSError as exc:
+                raise UsageError(f"--symbols {args.symbols}: {exc.strerror or exc}") from None
+            if args.symbols is None:
+                stack.callback(session.remove_quietly, symbols)  # our temporary file
+        server = None
+        if gdb_address is not None:
+            try:
+                server = session.start(
+                    booted.machine, gdb_address, sys.stderr, command="run", symbols=symbols
+                )
+            except OSError as exc:
+                raise UsageError(f"--gdb {args.gdb}: {exc.strerror or exc}") from None
+            stack.callback(server.close)
+            plugin = _with_kill(plugin, server)
         result = common.run_hypervisor(
             booted,
             console=common.PipeSafe(sys.stdout.buffer),  # type: ignore[arg-type]
@@ -130,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
             plugin=plugin,
             options=options,
         )
+        if server is not None and not server.killed:
+            server.finish(int(common.exit_status(result, timeout, limit)[0]))
     try:
         sys.stdout.flush()
     except BrokenPipeError:
@@ -138,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
         result, timeout, limit, last_vc, vc_hint=" (-v names the #VC)"
     )
     message = common.locate_rips(message, result.console, payload)
+    if server is not None and server.killed:
+        status, message = KILLED, "killed from gdb"
     if message:
         print(f"sevx86 run: {message}", file=sys.stderr)
     if args.verbose:

@@ -88,6 +88,7 @@ from sevx86.memory.mmu import (
 from sevx86.vmexit import StopReason, VmExit
 
 if TYPE_CHECKING:
+    from sevx86.cpu.debug import VcpuDebug
     from sevx86.cpu.parallel import AtomicWatch, World
     from sevx86.cpu.vmsa_guard import VmsaGuard
     from sevx86.trace.events import Tracer
@@ -143,6 +144,8 @@ class VCpu:
         self.world: World | None = None
         self.atomics: AtomicWatch | None = None
         self._intercept_hooks: list[InterceptHook] = []
+        # A debugger's breakpoints and stops (sevx86.cpu.debug), None without one.
+        self.debug: VcpuDebug | None = None
 
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(ux.UC_CPU_X86_EPYC_ROME)
@@ -349,6 +352,13 @@ class VCpu:
         acts on it; a request already pending skips ``emu_start``.
         """
         while True:
+            debug = self.debug
+            if debug is not None:
+                # Before the stop request is read: a kick that comes while the
+                # debugger holds the vCPU is acted on at once.
+                debug.before_entry()  # may stop here for the debugger, and change RIP
+                if self._entry != STUB:
+                    self._entry = self.rip()
             self.filler.pending = None
             error: UcError | None = None
             ran = self.stop.value is StopRequest.NONE
@@ -365,6 +375,8 @@ class VCpu:
                         world.leave(self)
                 self.ctx.invalidate()
             request = self.stop.take()
+            # A debugger's stop stops Unicorn without a request (sevx86.cpu.debug).
+            restart = debug is not None and debug.take_restart()
             if self.io.active:
                 # However Unicorn stopped (a refused fill, the stop request,
                 # an intercept later in the block): undo and intercept.
@@ -381,6 +393,9 @@ class VCpu:
                 if request is StopRequest.TIMEOUT:
                     return self._interrupted(StopReason.TIMEOUT, "wall-clock limit reached")
                 return self._interrupted(StopReason.KICKED, "the host took the CPU back")
+            if restart and request is StopRequest.NONE and error is None:
+                self._entry = self.rip()  # a debugger stop, not an exit: carry on
+                continue
             if request is StopRequest.NONE and error is None and count:
                 # Nobody asked Unicorn to stop: its instruction count ran out.
                 return self._interrupted(StopReason.INSTRUCTION_LIMIT, f"{count} instructions ran")

@@ -106,6 +106,23 @@ class WorldSwitch:
         if v.tracer.enabled:
             v.trace("cpu", "world-switch", "state saved to the VMSA and sealed", target="sp")
 
+    def reload_vmsa(self) -> bool:
+        """A debugger's stop ends, SEV-ES: load the VMSA if it was rewritten and resealed.
+
+        The stop wrote and sealed the state (``save_vmsa``); an owner-allowed
+        DBG_ENCRYPT may have changed it since (the SP reseals its own write, SEV
+        API 55766 DBG_ENCRYPT). The page is checked and loaded as VMRUN does;
+        False when the check fails (the next VMRUN then fails, as for any host write).
+        """
+        v = self._vcpu
+        page = self._check()
+        if page is None:
+            return False
+        if page != self._saved:
+            state.apply(v.uc, v.ctx, page)
+            self._saved = page
+        return True
+
     def host_registers(self) -> state.RegisterFile:
         """A plain #VMEXIT (none/sev): the registers as the host's plaintext copy."""
         v = self._vcpu

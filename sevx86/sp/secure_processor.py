@@ -432,6 +432,14 @@ class SecureProcessor:
             memory.write_private(spa, data)
         except UnmappedAddress as exc:
             raise SevError(S.INVALID_ADDRESS, cmd, str(exc)) from None
+        # A debugger the owner allowed may change registers in a VMSA (SEV-ES
+        # keeps them only there, APM vol 2 15.35.1): the write is the SP's own,
+        # so it seals the new page. Any other write still fails vmsa_check.
+        for vcpu_id, sealed in guest.vmsas.items():
+            if sealed.spa < spa + len(data) and spa < sealed.spa + VMSA_SIZE:
+                page = memory.read_private(sealed.spa, VMSA_SIZE)
+                tag = self._vmsa_tag(guest, vcpu_id, sealed.spa, page)
+                guest.vmsas[vcpu_id] = SealedVmsa(sealed.spa, tag)
 
     # -- runtime VMSA integrity (the CPU engine's API) -----------------------------
     @staticmethod

@@ -67,6 +67,7 @@ class TraceKind(StrEnum):
     SHUTDOWN = "shutdown"
     VCPU_DEAD = "vcpu-dead"
     EMULATION_ERROR = "emulation-error"
+    DEBUG_STOP = "debug-stop"
     RUN_END = "run-end"
 
 
@@ -111,6 +112,7 @@ KIND_HELP: dict[TraceKind, tuple[str, str]] = {
     TraceKind.SHUTDOWN: ("cpu -> hv", "shutdown (triple fault): the vCPU is dead"),
     TraceKind.VCPU_DEAD: ("hv", "one vCPU can no longer run; the others go on"),
     TraceKind.EMULATION_ERROR: ("cpu -> hv", "the CPU engine gave up on an instruction"),
+    TraceKind.DEBUG_STOP: ("cpu", "a vCPU stopped for the debugger (--gdb): why, and where"),
     TraceKind.RUN_END: ("hv", "the run ended, and why"),
 }
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from sevx86.config import GuestConfig
 from sevx86.hv import RunReason
 from sevx86.hv.cpuid import CpuidTable
 from sevx86.hv.devices import MMIO_TEST_ID
@@ -320,9 +319,7 @@ def test_item5_cpuid_0xd_sizes_follow_the_xcr0_set_by_xsetbv(mode):
     leaf 0xD answers the XSAVE sizes for that XCR0. APM vol 2 11.5.2 / the
     standard layout: 512 bytes legacy area + 64 header + 256 AVX (YMM_Hi128)
     = 0x340 for both sub-leaf 0 EBX (standard) and sub-leaf 1 EBX (compacted,
-    IA32_XSS = 0); it was 0x240, the size for XCR0 = 1. The unfiltered
-    model: the default table offers no AVX component, because the engine
-    cannot run AVX (docs/cpuid.md)."""
+    IA32_XSS = 0); it was 0x240, the size for XCR0 = 1."""
     body = """
     mov rax, cr4
     bts rax, 18
@@ -336,8 +333,11 @@ def test_item5_cpuid_0xd_sizes_follow_the_xcr0_set_by_xsetbv(mode):
 """ + store(0)
     for i, sub in enumerate((0, 1)):
         body += f"    mov eax, 0xD\n    mov ecx, {sub}\n    cpuid\n" + store(1 + i, "rbx")
-    model = CpuidTable.default(GuestConfig(), honest=False)
-    m, _, hv = build(body + exit_direct(0), mode, hv_kwargs={"cpuid": model})
+    m, _, hv = build(body + exit_direct(0), mode)
+    # The default table no longer offers AVX (the engine does not execute it,
+    # docs/cpuid.md), so take the unfiltered model, whose leaf 0xD has the YMM
+    # component: the point here is that the host follows the guest's XCR0.
+    hv.cpuid = CpuidTable.default(m.config, honest=False)
     result = hv.run(timeout=30)
     assert result.ok, result
     assert results(m, 3) == [7, 0x340, 0x340]

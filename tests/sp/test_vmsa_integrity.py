@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from sevx86.arch.vmsa import VMSA, VMSA_SIZE
 from sevx86.sp.errors import SevApiStatus, SevError
+from sevx86.sp.policy import GuestPolicy, PolicyFlag
 from sevx86.sp.secure_processor import SecureProcessor
 from tests.sp.conftest import ES_POLICY, guest_memory
 
@@ -131,3 +132,38 @@ def test_launch_vmsa_is_measured_encrypted_and_sealed():
     sp.launch_measure(handle)
     sp.launch_finish(handle)
     assert sp.vmsa_check(handle, 0, memory, SPAS[0])
+
+
+def _debuggable_running_guest(sp: SecureProcessor):
+    handle = sp.launch_start(GuestPolicy.make(PolicyFlag.ES))  # ES, no NODBG
+    memory = guest_memory(sp, handle)
+    for vcpu, spa in enumerate(SPAS):
+        page = VMSA.new()
+        VMSA.write(page, "rip", 0xFFF0 + vcpu)
+        memory.write_dram(spa, bytes(page))
+        sp.launch_update_vmsa(handle, memory, spa, vcpu)
+    sp.launch_measure(handle)
+    sp.launch_finish(handle)
+    return handle, memory
+
+
+def test_dbg_encrypt_of_a_vmsa_is_sealed_by_the_sp():
+    # A debugger the owner allowed writes registers through DBG_ENCRYPT; the SP
+    # made that write, so VMRUN accepts the page (and loads the new RAX).
+    sp = SecureProcessor()
+    handle, memory = _debuggable_running_guest(sp)
+    page = bytearray(sp.dbg_decrypt(handle, memory, SPAS[1], VMSA_SIZE))
+    VMSA.write(page, "rax", 0x1234)
+    sp.dbg_encrypt(handle, memory, SPAS[1], bytes(page))
+    assert sp.vmsa_check(handle, 1, memory, SPAS[1])
+    assert VMSA.read(memory.read_private(SPAS[1], VMSA_SIZE), "rax") == 0x1234
+    assert sp.vmsa_check(handle, 0, memory, SPAS[0])  # the other vCPU's seal is untouched
+
+
+def test_a_write_that_is_not_dbg_encrypt_still_fails_after_one():
+    sp = SecureProcessor()
+    handle, memory = _debuggable_running_guest(sp)
+    sp.dbg_encrypt(handle, memory, SPAS[0], bytes(16))  # first 16 bytes (ES selector etc.)
+    assert sp.vmsa_check(handle, 0, memory, SPAS[0])
+    memory.write_private(SPAS[0] + 0x1F8, (7).to_bytes(8, "little"))  # not through the SP
+    assert not sp.vmsa_check(handle, 0, memory, SPAS[0])
