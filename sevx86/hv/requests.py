@@ -126,7 +126,34 @@ class Request:
         return None
 
 
-class GhcbRequest(Request):
+class _SharedRegisters:
+    """Registers as the guest shared them (``inputs``) and the answer (``outputs``).
+
+    Under SEV-ES the host sees only what the guest put in the GHCB (or the one
+    value of an MSR-protocol request) and writes back only what it answers;
+    the guest's handler merges the answer into its registers itself.
+    """
+
+    inputs: dict[str, int]
+    outputs: dict[str, int]
+
+    def reg(self, name: str) -> int:
+        if name in self.outputs:
+            return self.outputs[name]
+        return self.inputs.get(name, 0)
+
+    def has_reg(self, name: str) -> bool:
+        return name in self.outputs or name in self.inputs
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.outputs[name] = value & _U64
+
+    def set_reg_part(self, name: str, value: int, size: int) -> None:
+        # The guest's handler merges the low bytes into its register itself.
+        self.outputs[name] = value & ((1 << (8 * size)) - 1)
+
+
+class GhcbRequest(_SharedRegisters, Request):
     """A request read from the GHCB page (SEV-ES)."""
 
     via_ghcb = True
@@ -148,21 +175,6 @@ class GhcbRequest(Request):
         self.scratch: Scratch | None = valid.scratch
         self._read = memory_read
         self._write = memory_write
-
-    def reg(self, name: str) -> int:
-        if name in self.outputs:
-            return self.outputs[name]
-        return self.inputs.get(name, 0)
-
-    def has_reg(self, name: str) -> bool:
-        return name in self.outputs or name in self.inputs
-
-    def set_reg(self, name: str, value: int) -> None:
-        self.outputs[name] = value & _U64
-
-    def set_reg_part(self, name: str, value: int, size: int) -> None:
-        # The guest's handler merges the low bytes into its register itself.
-        self.outputs[name] = value & ((1 << (8 * size)) - 1)
 
     def read_data(self, size: int) -> bytes | None:
         s = self.scratch
@@ -200,7 +212,7 @@ class GhcbRequest(Request):
         return info
 
 
-class MsrCpuidRequest(Request):
+class MsrCpuidRequest(_SharedRegisters, Request):
     """A CPUID asked through the GHCB MSR protocol: one leaf, sub-leaf 0, one register wanted.
 
     It is served like any CPUID request (the same handler table, hooks and
@@ -219,20 +231,6 @@ class MsrCpuidRequest(Request):
         self.register = register
         self.inputs: dict[str, int] = {"rax": leaf, "rcx": 0}
         self.outputs: dict[str, int] = {}
-
-    def reg(self, name: str) -> int:
-        if name in self.outputs:
-            return self.outputs[name]
-        return self.inputs.get(name, 0)
-
-    def has_reg(self, name: str) -> bool:
-        return name in self.outputs or name in self.inputs
-
-    def set_reg(self, name: str, value: int) -> None:
-        self.outputs[name] = value & _U64
-
-    def set_reg_part(self, name: str, value: int, size: int) -> None:
-        self.outputs[name] = value & ((1 << (8 * size)) - 1)
 
     def read_data(self, size: int) -> bytes | None:
         return None
